@@ -1,0 +1,236 @@
+"""The `citykpi` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ingest.config import ConfigError, Settings, load_settings, masked_dump
+from ingest.logs import setup_logging
+
+app = typer.Typer(help="citykpi: smart-city telemetry to TimescaleDB KPI series and U4SSC indicators.",
+                  no_args_is_help=True)
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+dl_app = typer.Typer(help="Dead letters: list and re-queue rejected payloads.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(dl_app, name="deadletters")
+console = Console(stderr=True)
+log = logging.getLogger("citykpi")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file")]
+LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR")]
+
+
+def _settings(config: Path | None, log_level: str | None = None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    setup_logging(log_level or settings.log_level)
+    return settings
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective configuration, secrets masked."""
+    print(json.dumps(masked_dump(_settings(config, "WARNING")), indent=2, default=str))
+
+
+@app.command()
+def migrate(config: ConfigOpt = None, log_level: LogOpt = "INFO") -> None:
+    """Apply the schema migrations (idempotent, safe to run concurrently)."""
+    from ingest.service import prepare_database
+
+    settings = _settings(config, log_level)
+    asyncio.run(prepare_database(settings))
+
+
+async def _until_signal(main: asyncio.Future[None] | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
+    if main is not None:
+        waiters.append(main)  # type: ignore[arg-type]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _simulate(settings: Settings, duration_s: float | None, backfill_h: float = 0.0) -> None:
+    from ingest.publishers import KafkaPublisher, MqttPublisher
+    from ingest.simulator import CitySimulator
+
+    sim_settings = settings.simulator
+    sim = CitySimulator(sim_settings)
+    publisher: MqttPublisher | KafkaPublisher
+    if sim_settings.transport == "mqtt":
+        publisher = MqttPublisher(settings.mqtt, client_id=f"citykpi-sim-{sim_settings.city}")
+    else:
+        publisher = KafkaPublisher(settings.kafka, {t.format: t.filter for t in settings.kafka.topics})
+    await publisher.start()
+    step = timedelta(seconds=sim_settings.interval_s)
+    t = datetime.now(UTC) - timedelta(hours=backfill_h)
+    t = t.replace(microsecond=0)
+    started = time.monotonic()
+    try:
+        while duration_s is None or time.monotonic() - started < duration_s:
+            now = datetime.now(UTC)
+            if t <= now:
+                await publisher.publish(sim.tick(t))
+                t += step
+                if t < now - step:  # catching up on a backfill: yield, but don't sleep
+                    await asyncio.sleep(0)
+                    continue
+            await asyncio.sleep(max(0.0, min(sim_settings.interval_s / sim_settings.speedup,
+                                              (t - datetime.now(UTC)).total_seconds())))
+    finally:
+        await publisher.stop()
+        log.info("simulator published %d messages; faults injected: %s", publisher.published, sim.faults)
+
+
+@app.command()
+def simulate(
+    config: ConfigOpt = None,
+    transport: Annotated[str | None, typer.Option(help="mqtt or kafka")] = None,
+    duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
+    backfill_hours: Annotated[float, typer.Option(help="publish this many past hours first")] = 0.0,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Publish realistic city telemetry (with faults) to MQTT or Kafka."""
+    settings = _settings(config, log_level)
+    if transport:
+        settings.simulator.transport = transport  # type: ignore[assignment]
+
+    async def main() -> None:
+        task = asyncio.ensure_future(_simulate(settings, duration, backfill_hours))
+        await _until_signal(task)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def _progress_table(service: object, started: float, latest: list[tuple[str, str, float, str]]) -> Table:
+    from ingest.service import Service
+
+    assert isinstance(service, Service)
+    s = service.pipeline.stats
+    elapsed = max(1e-9, time.monotonic() - started)
+    t = Table(title="citykpi — live", show_header=True)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("messages received", f"{s.messages:,}")
+    t.add_row("readings stored", f"{s.stored:,}")
+    t.add_row("readings/s (avg)", f"{s.stored / elapsed:,.0f}")
+    t.add_row("duplicates ignored", f"{s.duplicates:,}")
+    t.add_row("dead letters", f"{s.dead_letters:,}")
+    t.add_row("write batches", f"{s.batches:,}")
+    t.add_row("sources", ", ".join(f"{x.name}{'' if getattr(x, 'connected', False) else ' (down)'}"
+                                   for x in service.sources))
+    for name, unit, value, when in latest:
+        t.add_row(name, f"{value:,.2f} {unit}  [dim]{when}[/dim]")
+    return t
+
+
+async def _latest_values(settings: Settings) -> list[tuple[str, str, float, str]]:
+    from kpi_rollups.live import latest_summary
+
+    return await latest_summary(settings)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    with_simulator: Annotated[bool, typer.Option("--with-simulator", help="also run the city simulator")] = False,
+    progress: Annotated[bool, typer.Option(help="live progress table on the terminal")] = True,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run the ingestion service until SIGTERM/Ctrl-C, then drain cleanly."""
+    from ingest.service import Service
+
+    settings = _settings(config, log_level)
+
+    async def main() -> None:
+        service = Service(settings)
+        await service.start()
+        tasks = []
+        if with_simulator:
+            tasks.append(asyncio.ensure_future(_simulate(settings, None, backfill_h=0.0)))
+        started = time.monotonic()
+        if progress and sys.stderr.isatty():
+            latest: list[tuple[str, str, float, str]] = []
+            with Live(_progress_table(service, started, latest), console=console, refresh_per_second=2) as live:
+                waiter = asyncio.ensure_future(_until_signal())
+                while not waiter.done():
+                    await asyncio.wait([waiter], timeout=2)
+                    try:
+                        latest = await _latest_values(settings)
+                    except Exception as e:  # the table is a convenience; never stop the service for it
+                        log.debug("latest values unavailable: %s", e)
+                    live.update(_progress_table(service, started, latest))
+        else:
+            await _until_signal()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await service.stop()
+
+    asyncio.run(main())
+
+
+@dl_app.command("list")
+def deadletters_list(
+    config: ConfigOpt = None,
+    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+    limit: Annotated[int, typer.Option(help="rows to show")] = 20,
+) -> None:
+    """Show recent dead letters and counts by reason."""
+    from ingest.deadletters import list_dead_letters
+
+    settings = _settings(config, "WARNING")
+    counts, rows = asyncio.run(list_dead_letters(settings, reason, limit))
+    t = Table(title="dead letters by reason")
+    t.add_column("reason")
+    t.add_column("count", justify="right")
+    for r, n in counts:
+        t.add_row(r, f"{n:,}")
+    Console().print(t)
+    t = Table(title=f"latest {limit}")
+    for col in ("id", "received", "source", "topic", "device", "reason", "detail"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["id"]), r["received_at"].isoformat(timespec="seconds"), r["source"], r["topic"] or "",
+                  r["device_id"] or "", r["reason"], (r["detail"] or "")[:80])
+    Console().print(t)
+
+
+@dl_app.command("requeue")
+def deadletters_requeue(
+    config: ConfigOpt = None,
+    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="only these ids")] = None,
+) -> None:
+    """Decode stored payloads again (after fixing configuration or registry) and write what passes."""
+    from ingest.deadletters import requeue_dead_letters
+
+    settings = _settings(config, "INFO")
+    result = asyncio.run(requeue_dead_letters(settings, reason, ids or None))
+    Console().print(f"re-queued {result.requeued} payloads: {result.stored} readings stored, "
+                    f"{result.still_rejected} rejected again, {result.skipped} skipped (payload truncated)")
+
+
+def main() -> None:
+    app()

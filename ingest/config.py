@@ -1,0 +1,270 @@
+"""citykpi's one configuration model.
+
+Sources, highest precedence first: keyword arguments, environment variables (`CITYKPI_…`, nested
+fields with `__`, e.g. `CITYKPI_MQTT__PORT=1883`), `.env`, the local stack's `.stack/urls.env`, a TOML
+file named by `CITYKPI_CONFIG_FILE` (or `citykpi --config FILE`), then defaults that point at the
+local stack started by `deploy/local/stack.sh`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "CITYKPI_CONFIG_FILE"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+
+
+class ConfigError(SystemExit):
+    """Invalid configuration: the message names each bad field and how to fix it."""
+
+
+class DatabaseSettings(BaseModel):
+    url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:15433/citykpi"),
+        description="PostgreSQL/TimescaleDB DSN; a password in it is masked in `config show`.",
+    )
+    pool_min: int = Field(2, ge=1)
+    pool_max: int = Field(8, ge=1)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    raw_retention_days: int = Field(400, ge=1, description="raw readings older than this are dropped")
+    rollup_1m_retention_days: int = Field(90, ge=1)
+    retention_interval_s: float = Field(3600.0, gt=0, description="how often the retention job runs")
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseSettings:
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must be <= pool_max")
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_scheme(cls, v: SecretStr) -> SecretStr:
+        scheme = urlsplit(v.get_secret_value()).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/citykpi")
+        return v
+
+
+class TopicRoute(BaseModel):
+    """How a topic maps to city, device and payload format.
+
+    `filter` is an MQTT filter (`+`/`#`) or a Kafka topic name; `city_level`/`device_level` are
+    1-based topic levels (MQTT) to take the city and device from; `city` is a fixed city instead.
+    """
+
+    filter: str
+    format: str = "senml"
+    city: str | None = None
+    city_level: int | None = Field(None, ge=1)
+    device_level: int | None = Field(None, ge=1)
+    field_map: dict[str, str] = Field(default_factory=dict)
+
+
+class MqttSettings(BaseModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(18830, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str = "citykpi-1"
+    clean_start: bool = False
+    session_expiry_s: int = Field(86400, ge=0)
+    qos: Literal[0, 1, 2] = 1
+    shared_group: str | None = Field(
+        "citykpi", description="MQTT 5 shared subscription group ($share/<group>/…); None to disable"
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_inflight: int = Field(2000, ge=1, description="messages received but not yet acknowledged")
+    keepalive_s: int = Field(30, ge=5)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    routes: list[TopicRoute] = Field(
+        default_factory=lambda: [
+            TopicRoute(filter="city/+/senml/+", format="senml", city_level=2, device_level=4),
+            TopicRoute(filter="city/+/ngsi-ld/+", format="ngsi-ld", city_level=2, device_level=4),
+            TopicRoute(filter="city/+/ngsi-v2/+", format="ngsi-v2", city_level=2, device_level=4),
+            TopicRoute(filter="city/+/sensor-community/+", format="sensor-community", city_level=2,
+                       device_level=4),
+            TopicRoute(filter="v3/+/devices/+/up", format="ttn", city="demo", device_level=4),
+        ]
+    )
+
+    @model_validator(mode="after")
+    def _persistent_session_needs_stable_id(self) -> MqttSettings:
+        if not self.clean_start and not ID_PATTERN.match(self.client_id):
+            raise ValueError("a persistent session (clean_start=false) needs a stable client_id")
+        if self.shared_group is not None and self.protocol != "5":
+            raise ValueError("shared subscriptions need protocol '5'; set shared_group to null for 3.1.1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class KafkaSettings(BaseModel):
+    enabled: bool = True
+    bootstrap_servers: str = "127.0.0.1:19092"
+    group_id: str = "citykpi"
+    client_id: str = "citykpi"
+    topics: list[TopicRoute] = Field(
+        default_factory=lambda: [
+            TopicRoute(filter=f"citykpi.{fmt}", format=fmt, city="demo")
+            for fmt in ("senml", "ngsi-ld", "ngsi-v2", "sensor-community", "ttn")
+        ]
+    )
+    dead_letter_topic: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    max_poll_records: int = Field(5000, ge=1)
+    session_timeout_ms: int = Field(10000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+
+class WriterSettings(BaseModel):
+    batch_max_rows: int = Field(5000, ge=1)
+    batch_max_delay_s: float = Field(0.2, gt=0)
+    queue_max_rows: int = Field(200_000, ge=1, description="backpressure bound on readings waiting")
+    retry_max_backoff_s: float = Field(30.0, gt=0)
+
+
+class ValidationSettings(BaseModel):
+    max_payload_bytes: int = Field(256 * 1024, ge=64)
+    max_future_s: float = Field(300.0, ge=0)
+    min_time: datetime = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
+    unknown_device: Literal["register", "reject"] = "register"
+    dead_letter_payload_bytes: int = Field(4096, ge=0)
+
+
+class SimulatorSettings(BaseModel):
+    city: str = "demo"
+    transport: Literal["mqtt", "kafka"] = "mqtt"
+    air_stations: int = Field(8, ge=0)
+    noise_sensors: int = Field(12, ge=0)
+    traffic_counters: int = Field(10, ge=0)
+    water_meters: int = Field(40, ge=0)
+    electricity_meters: int = Field(40, ge=0)
+    parking_spots: int = Field(30, ge=0)
+    waste_bins: int = Field(20, ge=0)
+    weather_stations: int = Field(2, ge=0)
+    interval_s: float = Field(10.0, gt=0, description="simulated seconds between a device's readings")
+    speedup: float = Field(1.0, gt=0, description="simulated seconds per wall-clock second")
+    fault_rate: float = Field(0.01, ge=0, le=1, description="share of messages with an injected fault")
+    seed: int = 42
+
+
+class HttpSettings(BaseModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class CitySettings(BaseModel):
+    city_id: str
+    name: str
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name like 'Europe/Paris'") from e
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CITYKPI_",
+        env_nested_delimiter="__",
+        env_file=(".stack/urls.env", ".env"),
+        extra="ignore",
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    writer: WriterSettings = Field(default_factory=WriterSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    cities: list[CitySettings] = Field(
+        default_factory=lambda: [CitySettings(city_id="demo", name="Demo City", timezone="Europe/Paris")]
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kpi_refresh_interval_s: float = Field(60.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
+        toml_file = os.environ.get(CONFIG_FILE_ENV)
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings or raise `ConfigError` naming each bad field and its fix."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"configuration file {config_file} does not exist")
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = ["invalid configuration:"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            env = "CITYKPI_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
+            lines.append(f"  {loc or '(root)'}: {err['msg']} (got {err.get('input')!r}; set {env} or fix it "
+                         f"in the TOML file)")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ***."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret masked."""
+    data = settings.model_dump(mode="json")
+    data["database"]["url"] = mask_dsn(settings.database.url.get_secret_value())
+    return data

@@ -1,0 +1,229 @@
+"""Sources -> decode and validate -> batched writes -> acknowledgements.
+
+Sources hand over `Delivery`s (messages acknowledged together) with `submit()`, which waits when
+the pipeline is full: that wait is the backpressure on MQTT (unacked messages stop at the broker's
+in-flight limit) and Kafka (the consumer pauses). A write batch is made of whole deliveries, and a
+delivery is acknowledged only after the batch holding it is committed (see processors.writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ingest import telemetry
+from ingest.config import Settings
+from ingest.routing import Router
+from ingest.validation import Rejected, Validator
+from processors.writer import DeadLetter, TimescaleWriter, WriteBatch, WriteResult
+from schemas.decoders import DECODERS
+from schemas.readings import DecodeContext, DecodeError
+
+log = logging.getLogger(__name__)
+
+EMPTY: Mapping[str, str] = {}
+
+
+@dataclass(slots=True)
+class Message:
+    payload: bytes
+    topic: str
+    received_at: datetime
+    headers: Mapping[str, str] = EMPTY
+    partition: int | None = None
+    offset: int | None = None
+
+
+async def _no_ack() -> None:
+    return None
+
+
+@dataclass
+class Delivery:
+    """Messages from one source, acknowledged together once their readings are committed."""
+
+    source: str
+    router: Router
+    messages: list[Message]
+    ack: Callable[[], Awaitable[None]] = _no_ack
+    position: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineStats:
+    messages: int = 0
+    readings: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+_STOP = object()
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, writer: TimescaleWriter,
+                 on_write: Callable[[WriteResult], None] | None = None) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.validator = Validator(settings.validation)
+        self.stats = PipelineStats()
+        self._on_write = on_write
+        self._inbound: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
+        self._to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._decode_loop(), name="citykpi-decode"),
+                       asyncio.create_task(self._write_loop(), name="citykpi-write")]
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Queue a delivery; waits while the pipeline is full (backpressure)."""
+        if self._closed:
+            raise RuntimeError("pipeline is closed")
+        await self._inbound.put(delivery)
+
+    def is_full(self) -> bool:
+        return self._inbound.full()
+
+    async def drain_and_stop(self) -> None:
+        """Write and acknowledge everything already submitted, then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._inbound.put(_STOP)
+        await asyncio.gather(*self._tasks)
+
+    # -- decoding -------------------------------------------------------------------------
+    async def _decode_loop(self) -> None:
+        max_rows = self.settings.writer.batch_max_rows
+        max_delay = self.settings.writer.batch_max_delay_s
+        try:
+            while True:
+                item = await self._inbound.get()
+                if item is _STOP:
+                    break
+                batch, acks, deadline = self._new_batch(), [], time.monotonic() + max_delay
+                stop = False
+                while True:
+                    self._decode_delivery(item, batch)
+                    acks.append(item.ack)
+                    telemetry.QUEUE_ROWS.set(len(batch))
+                    if len(batch) >= max_rows:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._inbound.get(), remaining)
+                    except TimeoutError:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                await self._to_write.put((batch, acks))
+                if stop:
+                    break
+        finally:
+            await self._to_write.put(_STOP)
+
+    def _new_batch(self) -> WriteBatch:
+        return WriteBatch(source="")
+
+    def _decode_delivery(self, d: Delivery, batch: WriteBatch) -> None:
+        settings = self.settings.validation
+        limit = settings.dead_letter_payload_bytes
+        now = datetime.now(UTC)
+        sources = batch.source.split("+") if batch.source else []
+        if d.source not in sources:
+            batch.source = "+".join([*sources, d.source])
+        batch.position.setdefault(d.source, []).append(d.position)
+        batch.messages += len(d.messages)
+        n_before = len(batch)
+        canonical = self.validator.canonical
+        for m in d.messages:
+            def dead(reason: str, detail: str, city: str | None = None, device: str | None = None,
+                     with_payload: bool = True, m: Message = m) -> None:
+                batch.dead_letters.append(DeadLetter(
+                    d.source, reason, detail, m.topic, m.partition, m.offset, city, device,
+                    m.payload[:limit] if with_payload else None, len(m.payload)))
+                telemetry.REJECTED.labels(d.source, reason).inc()
+
+            if len(m.payload) > settings.max_payload_bytes:
+                dead("payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
+                continue
+            route = d.router.match(m.topic)
+            if route is None:
+                dead("no_route", f"no configured route matches topic {m.topic!r}")
+                continue
+            decoder = DECODERS.get(route.format)
+            if decoder is None:
+                dead("unknown_format", route.format)
+                continue
+            ctx = DecodeContext(received_at=m.received_at, topic=m.topic, headers=m.headers,
+                                device_id=route.device, city=route.city, field_map=dict(route.field_map))
+            try:
+                readings = decoder(m.payload, ctx)
+            except DecodeError as e:
+                dead(e.reason, e.detail, route.city, route.device)
+                continue
+            except Exception as e:  # a decoder bug must not stop the service
+                log.exception("decoder %s crashed on %s", route.format, m.topic)
+                dead("decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
+                continue
+            first_reject = True
+            for r in readings:
+                city = r.city or route.city
+                if not city:
+                    dead("no_city", "neither the payload nor the route names a city", None, r.device_id)
+                    continue
+                try:
+                    value = canonical(r, now)
+                except Rejected as e:
+                    dead(e.reason, e.detail, city, r.device_id, with_payload=first_reject)
+                    first_reject = False
+                    continue
+                batch.add(city, r.device_id, r.metric, r.time, value)
+        telemetry.MESSAGES_RECEIVED.labels(d.source).inc(len(d.messages))
+        telemetry.READINGS_RECEIVED.labels(d.source).inc(len(batch) - n_before)
+
+    # -- writing --------------------------------------------------------------------------
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._to_write.get()
+            if item is _STOP:
+                return
+            batch, acks = item
+            result = await self.writer.write(batch)
+            for ack in acks:
+                try:
+                    await ack()
+                except Exception as e:  # e.g. a Kafka rebalance: the new owner replays, stored once
+                    log.warning("acknowledgement failed after commit (%s); messages will be redelivered "
+                                "and ignored as duplicates", e)
+            self._record(batch, result)
+
+    def _record(self, batch: WriteBatch, result: WriteResult) -> None:
+        s = self.stats
+        s.messages += batch.messages
+        s.readings += result.received
+        s.stored += result.stored
+        s.duplicates += result.duplicates
+        s.dead_letters += result.dead_letters
+        s.batches += 1
+        src = batch.source or "none"
+        telemetry.READINGS_STORED.labels(src).inc(result.stored)
+        telemetry.READINGS_DUPLICATE.labels(src).inc(result.duplicates)
+        telemetry.BATCH_ROWS.observe(result.received)
+        telemetry.WRITE_SECONDS.observe(result.seconds)
+        telemetry.LAST_WRITE.set(time.time())
+        if self._on_write is not None:
+            self._on_write(result)

@@ -1,0 +1,95 @@
+"""Publishers used by the simulator, the benchmarks and the tests: MQTT (paho) and Kafka (aiokafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest.config import KafkaSettings, MqttSettings
+from ingest.kafka.source import kafka_security_kwargs
+from ingest.simulator import SimMessage
+
+# paho loses messages once more than 65,535 wait for their PUBACK (packet ids wrap): stay below.
+MAX_UNACKED = 20_000
+
+
+class MqttPublisher:
+    def __init__(self, settings: MqttSettings, client_id: str = "citykpi-publisher", qos: int = 1) -> None:
+        self.qos = qos
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if settings.username:
+            self._client.username_pw_set(
+                settings.username, settings.password.get_secret_value() if settings.password else None)
+        self._client.max_inflight_messages_set(MAX_UNACKED)
+        self._client.max_queued_messages_set(0)
+        self._settings = settings
+        self._acked = threading.Semaphore(MAX_UNACKED)
+        self._client.on_publish = lambda *_a: self._acked.release()
+        self.published = 0
+
+    async def start(self) -> None:
+        connected = threading.Event()
+        self._client.on_connect = lambda *_a: connected.set()
+        self._client.connect(self._settings.host, self._settings.port, 30)
+        self._client.loop_start()
+        if not await asyncio.to_thread(connected.wait, 10):
+            raise TimeoutError("publisher could not connect to the MQTT broker")
+
+    async def publish(self, messages: Iterable[SimMessage]) -> None:
+        for m in messages:
+            if not self._acked.acquire(blocking=False):
+                await asyncio.to_thread(self._acked.acquire)
+            self._client.publish(m.topic, m.payload, qos=self.qos)
+            self.published += 1
+
+    async def flush(self) -> None:
+        """Wait until the broker acknowledged everything published."""
+        for _ in range(MAX_UNACKED):
+            await asyncio.to_thread(self._acked.acquire)
+        for _ in range(MAX_UNACKED):
+            self._acked.release()
+
+    async def stop(self) -> None:
+        await self.flush()
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+
+class KafkaPublisher:
+    def __init__(self, settings: KafkaSettings, topic_for_format: dict[str, str]) -> None:
+        self._settings = settings
+        self._topics = topic_for_format
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, linger_ms=5, max_batch_size=256 * 1024,
+            **kafka_security_kwargs(settings),  # type: ignore[arg-type]
+        )
+        self.published = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    def topic(self, mqtt_topic: str) -> str:
+        """The Kafka topic for a simulator message: by its format (the third MQTT topic level)."""
+        fmt = mqtt_topic.split("/")[2]
+        return self._topics.get(fmt, self._topics.get("senml", "citykpi.senml"))
+
+    async def publish(self, messages: Iterable[SimMessage]) -> None:
+        futures = []
+        for m in messages:
+            key = m.topic.rsplit("/", 1)[-1].encode()
+            headers = [(k, v.encode()) for k, v in m.headers.items()]
+            futures.append(await self._producer.send(self.topic(m.topic), m.payload, key=key, headers=headers))
+            self.published += 1
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+    async def stop(self) -> None:
+        await self._producer.stop()

@@ -1,0 +1,57 @@
+"""Retention run by the service: TimescaleDB `drop_chunks` (Apache edition), or DELETE on plain PostgreSQL.
+
+Timescale's Community edition could run `add_retention_policy` itself; doing it here keeps one
+behaviour for every server and keeps the rollups (the KPI evidence) longer than the raw readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from ingest.config import Settings
+from schemas.migrations import detect_features
+
+log = logging.getLogger(__name__)
+
+
+def retention_days(settings: Settings) -> dict[str, tuple[str, int]]:
+    """table -> (time column, days kept)."""
+    db = settings.database
+    return {"readings": ("time", db.raw_retention_days), "rollup_1m": ("bucket", db.rollup_1m_retention_days)}
+
+
+async def apply_retention(conn: asyncpg.Connection, settings: Settings) -> dict[str, int]:
+    """Drop data past its retention; returns chunks (or rows) removed per table."""
+    features = await detect_features(conn)
+    removed: dict[str, int] = {}
+    for table, (column, days) in retention_days(settings).items():
+        if features.hypertables:
+            dropped = await conn.fetch(
+                "SELECT drop_chunks($1::regclass, older_than => now() - make_interval(days => $2))", table, days
+            )
+            removed[table] = len(dropped)
+        else:
+            status = await conn.execute(
+                f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => $1)", days
+            )
+            removed[table] = int(status.split()[-1])
+    return removed
+
+
+async def retention_loop(settings: Settings) -> None:
+    dsn = settings.database.url.get_secret_value()
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                removed = await apply_retention(conn, settings)
+                if any(removed.values()):
+                    log.info("retention removed %s", removed)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError) as e:
+            log.warning("retention job failed (%s); will retry", e)
+        await asyncio.sleep(settings.database.retention_interval_s)

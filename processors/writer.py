@@ -1,0 +1,284 @@
+"""The TimescaleDB writer: one transaction per batch, idempotent, rollups included.
+
+Commit order (the one place it is written down):
+  1. in one transaction: record the ingest batch, COPY readings into a staging table,
+     INSERT … ON CONFLICT DO NOTHING RETURNING the new rows, merge their partial aggregates into
+     the rollup tables, store dead letters (rejects and same-key conflicts);
+  2. COMMIT;
+  3. only then does the caller acknowledge the messages (MQTT PUBACK, Kafka offset commit).
+A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
+twice, because only rows the insert reports as new reach the rollups.
+
+Retriable errors (connection loss, restart, deadlock…) keep the batch and retry with capped
+backoff; permanent ones (the database rejects the data) bisect the batch, so only the offending
+rows become dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from processors import errors
+from processors.rollups import ROLLUP_LEVELS, rollup_rows
+from schemas import statements as sql
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    source: str
+    reason: str
+    detail: str = ""
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    city_id: str | None = None
+    device_id: str | None = None
+    payload: bytes | None = None
+    payload_size: int = 0
+
+    def record(self) -> tuple[object, ...]:
+        return (self.source, self.topic, self.partition, self.offset, self.city_id, self.device_id,
+                self.reason, self.detail[:2000], self.payload, self.payload_size)
+
+
+@dataclass
+class WriteBatch:
+    """Validated readings (parallel columns) and dead letters from whole inbound messages."""
+
+    source: str
+    city: list[str] = field(default_factory=list)
+    device: list[str] = field(default_factory=list)
+    metric: list[str] = field(default_factory=list)
+    time: list[datetime] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    flags: list[int] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    position: dict[str, Any] = field(default_factory=dict)
+    messages: int = 0
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def add(self, city: str, device: str, metric: str, t: datetime, value: float, flags: int = 0) -> None:
+        self.city.append(city)
+        self.device.append(device)
+        self.metric.append(metric)
+        self.time.append(t)
+        self.value.append(value)
+        self.flags.append(flags)
+
+    def take(self, idx: list[int]) -> WriteBatch:
+        """A batch of the chosen rows (used to bisect a batch the database rejected)."""
+        return WriteBatch(
+            source=self.source,
+            city=[self.city[i] for i in idx], device=[self.device[i] for i in idx],
+            metric=[self.metric[i] for i in idx], time=[self.time[i] for i in idx],
+            value=[self.value[i] for i in idx], flags=[self.flags[i] for i in idx],
+            position=self.position,
+        )
+
+
+@dataclass
+class WriteResult:
+    received: int
+    stored: int
+    duplicates: int
+    dead_letters: int
+    rollup_rows: int
+    seconds: float
+
+
+class TimescaleWriter:
+    """Writes `WriteBatch`es over one dedicated connection; `start()`/`stop()` bound its life."""
+
+    def __init__(self, dsn: str, *, unknown_device: str = "register", max_backoff_s: float = 30.0,
+                 connect_timeout_s: float = 10.0) -> None:
+        self._dsn = dsn
+        self._unknown_device = unknown_device
+        self._max_backoff_s = max_backoff_s
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: asyncpg.Connection | None = None
+        self._devices: dict[tuple[str, str], int] = {}
+        self._metric_ids: dict[str, int] = {}
+        self._decibel_ids: frozenset[int] = frozenset()
+        self._cities: set[str] = set()
+        self._stopping = asyncio.Event()
+        self.last_success: float | None = None
+
+    async def start(self) -> None:
+        await self._connect()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> TimescaleWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+        await conn.execute(sql.STAGING_READINGS)
+        await conn.execute(sql.STAGING_ROLLUP)
+        rows = await conn.fetch(sql.METRIC_IDS)
+        self._metric_ids = {r["name"]: r["metric_id"] for r in rows}
+        self._decibel_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "decibel")
+        self._cities = {r["city_id"] for r in await conn.fetch(sql.KNOWN_CITIES)}
+        self._conn = conn
+        return conn
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        """Commit the batch, retrying retriable failures until it lands or the writer stops."""
+        backoff = 0.1
+        while True:
+            try:
+                return await self._write_or_bisect(batch)
+            except errors.RetriableWriteError as e:
+                if self._stopping.is_set():
+                    raise
+                log.warning("write failed (%s); retrying in %.1f s, batch kept (%d readings, source %s)",
+                            e, backoff, len(batch), batch.source)
+                await self._drop_connection()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                await asyncio.wait_for(self._conn.close(), 2)
+            except Exception:  # the connection is already broken; terminate it
+                self._conn.terminate()
+            self._conn = None
+
+    async def _write_or_bisect(self, batch: WriteBatch) -> WriteResult:
+        try:
+            return await self._write_once(batch)
+        except errors.PermanentWriteError as e:
+            if len(batch) <= 1:
+                log.error("database rejected a reading (%s); dead-lettering it", e)
+                rejected = [DeadLetter(batch.source, f"db_rejected:{e.sqlstate}", str(e),
+                                       city_id=c, device_id=d)
+                            for c, d in zip(batch.city, batch.device, strict=True)]
+                empty = WriteBatch(source=batch.source, dead_letters=batch.dead_letters + rejected,
+                                   position=batch.position, messages=batch.messages)
+                return await self._write_once(empty)
+            half = len(batch) // 2
+            first = batch.take(list(range(half)))
+            first.dead_letters, first.messages = batch.dead_letters, batch.messages
+            second = batch.take(list(range(half, len(batch))))
+            a = await self._write_or_bisect(first)
+            b = await self._write_or_bisect(second)
+            return WriteResult(a.received + b.received, a.stored + b.stored, a.duplicates + b.duplicates,
+                               a.dead_letters + b.dead_letters, a.rollup_rows + b.rollup_rows,
+                               a.seconds + b.seconds)
+
+    async def _write_once(self, batch: WriteBatch) -> WriteResult:
+        t0 = time.perf_counter()
+        try:
+            conn = await self._connect()
+            device_keys = await self._device_keys(conn, batch)
+            records, dead = self._records(batch, device_keys)
+            async with conn.transaction():
+                batch_id = await conn.fetchval(
+                    sql.INSERT_INGEST_BATCH, batch.source, json.dumps(batch.position), len(batch)
+                )
+                new_rows: list[asyncpg.Record] = []
+                if records:
+                    await conn.copy_records_to_table(
+                        "staging_readings", records=records, columns=sql.STAGING_READINGS_COLUMNS
+                    )
+                    new_rows = await conn.fetch(sql.INSERT_NEW_READINGS, batch_id)
+                    if len(new_rows) < len(records):
+                        dead.extend(await self._conflicts(conn, batch.source))
+                n_rollup = await self._merge_rollups(conn, new_rows)
+                if dead:
+                    await conn.copy_records_to_table(
+                        "dead_letters", records=[d.record() for d in dead], columns=sql.DEAD_LETTER_COLUMNS
+                    )
+                await conn.execute(sql.UPDATE_INGEST_BATCH, batch_id, len(new_rows))
+        except (errors.RetriableWriteError, errors.PermanentWriteError):
+            raise
+        except Exception as e:  # classify by SQLSTATE: retriable or permanent
+            raise errors.classify(e) from e
+        self.last_success = time.time()
+        return WriteResult(len(batch), len(new_rows), len(records) - len(new_rows), len(dead), n_rollup,
+                           time.perf_counter() - t0)
+
+    def _records(self, batch: WriteBatch, device_keys: dict[tuple[str, str], int]
+                 ) -> tuple[list[tuple[object, ...]], list[DeadLetter]]:
+        records: list[tuple[object, ...]] = []
+        dead = list(batch.dead_letters)
+        metric_ids = self._metric_ids
+        for city, device, metric, t, value, flags in zip(
+            batch.city, batch.device, batch.metric, batch.time, batch.value, batch.flags, strict=True
+        ):
+            key = device_keys.get((city, device))
+            if key is None:
+                reason = "unknown_city" if city not in self._cities else "unknown_device"
+                dead.append(DeadLetter(batch.source, reason, f"{metric}={value} at {t.isoformat()}",
+                                       city_id=city, device_id=device))
+                continue
+            records.append((t, key, metric_ids[metric], value, flags))
+        return records, dead
+
+    async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
+        cache = self._devices
+        missing = {(c, d) for c, d in zip(batch.city, batch.device, strict=True) if (c, d) not in cache}
+        if missing:
+            cities, devices = [m[0] for m in missing], [m[1] for m in missing]
+            if self._unknown_device == "register":
+                await conn.execute(sql.REGISTER_DEVICES, cities, devices)
+            for r in await conn.fetch(sql.LOOKUP_DEVICES, cities, devices):
+                cache[(r["city_id"], r["device_id"])] = r["device_key"]
+            if any(c not in self._cities for c in cities):
+                self._cities = {r["city_id"] for r in await conn.fetch(sql.KNOWN_CITIES)}
+        return cache
+
+    async def _conflicts(self, conn: asyncpg.Connection, source: str) -> list[DeadLetter]:
+        by_key = {v: k for k, v in self._devices.items()}
+        name = {v: k for k, v in self._metric_ids.items()}
+        out = []
+        for r in await conn.fetch(sql.CONFLICTING_READINGS):
+            city, device = by_key.get(r["device_key"], ("", str(r["device_key"])))
+            out.append(DeadLetter(
+                source, "conflicting_duplicate",
+                f"{name.get(r['metric_id'])} at {r['time'].isoformat()}: got {r['value']}, "
+                f"kept first stored value {r['stored_value']}",
+                city_id=city, device_id=device))
+        return out
+
+    async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:
+        if not new_rows:
+            return 0
+        n = len(new_rows)
+        device_key = np.fromiter((r[0] for r in new_rows), dtype=np.int64, count=n)
+        metric_id = np.fromiter((r[1] for r in new_rows), dtype=np.int64, count=n)
+        ts_us = np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n)
+        value = np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n)
+        rows = rollup_rows(device_key, metric_id, ts_us, value, self._decibel_ids)
+        await conn.copy_records_to_table("staging_rollup", records=rows, columns=sql.STAGING_ROLLUP_COLUMNS)
+        for level, (table, _) in ROLLUP_LEVELS.items():
+            await conn.execute(sql.MERGE_ROLLUP.format(table=table), level)
+        return len(rows)

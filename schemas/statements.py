@@ -1,0 +1,90 @@
+"""The SQL the service runs on its hot path, in one place. Every value is a bind parameter."""
+
+STAGING_READINGS = """
+CREATE TEMP TABLE IF NOT EXISTS staging_readings (
+    time timestamptz NOT NULL, device_key integer NOT NULL, metric_id smallint NOT NULL,
+    value double precision NOT NULL, flags smallint NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+STAGING_READINGS_COLUMNS = ("time", "device_key", "metric_id", "value", "flags")
+
+# Replays are no-ops: the first stored value wins. RETURNING hands the newly stored rows to the
+# rollup kernels in the same transaction, so each reading is aggregated exactly once.
+INSERT_NEW_READINGS = """
+INSERT INTO readings (time, device_key, metric_id, value, flags, batch_id)
+SELECT time, device_key, metric_id, value, flags, $1 FROM staging_readings
+ON CONFLICT (device_key, metric_id, time) DO NOTHING
+RETURNING device_key, metric_id, (extract(epoch FROM time) * 1000000)::int8 AS ts_us, value
+"""
+
+# Staged readings whose key is already stored with another value (same-timestamp collision).
+CONFLICTING_READINGS = """
+SELECT s.device_key, s.metric_id, s.time, s.value, r.value AS stored_value
+FROM staging_readings s JOIN readings r USING (device_key, metric_id, time)
+WHERE r.value IS DISTINCT FROM s.value
+"""
+
+STAGING_ROLLUP = """
+CREATE TEMP TABLE IF NOT EXISTS staging_rollup (
+    level smallint NOT NULL, bucket timestamptz NOT NULL, device_key integer NOT NULL, metric_id smallint NOT NULL,
+    n bigint NOT NULL, sum double precision NOT NULL, sumsq double precision NOT NULL,
+    min double precision NOT NULL, max double precision NOT NULL,
+    first_time timestamptz NOT NULL, first_value double precision NOT NULL,
+    last_time timestamptz NOT NULL, last_value double precision NOT NULL,
+    energy double precision NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+STAGING_ROLLUP_COLUMNS = (
+    "level", "bucket", "device_key", "metric_id", "n", "sum", "sumsq", "min", "max",
+    "first_time", "first_value", "last_time", "last_value", "energy",
+)
+
+# Merging partial state: the same merge as processors.kernels.merge_partial_aggregates.
+MERGE_ROLLUP = """
+INSERT INTO {table} AS t (bucket, device_key, metric_id, n, sum, sumsq, min, max,
+                          first_time, first_value, last_time, last_value, energy)
+SELECT bucket, device_key, metric_id, n, sum, sumsq, min, max,
+       first_time, first_value, last_time, last_value, energy
+FROM staging_rollup WHERE level = $1
+ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
+    n = t.n + EXCLUDED.n,
+    sum = t.sum + EXCLUDED.sum,
+    sumsq = t.sumsq + EXCLUDED.sumsq,
+    min = LEAST(t.min, EXCLUDED.min),
+    max = GREATEST(t.max, EXCLUDED.max),
+    first_time = CASE WHEN EXCLUDED.first_time < t.first_time THEN EXCLUDED.first_time ELSE t.first_time END,
+    first_value = CASE WHEN EXCLUDED.first_time < t.first_time THEN EXCLUDED.first_value ELSE t.first_value END,
+    last_time = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_time ELSE t.last_time END,
+    last_value = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_value ELSE t.last_value END,
+    energy = t.energy + EXCLUDED.energy
+"""
+
+INSERT_INGEST_BATCH = """
+INSERT INTO ingest_batches (source, position, received, stored) VALUES ($1, $2::jsonb, $3, 0)
+RETURNING batch_id
+"""
+UPDATE_INGEST_BATCH = "UPDATE ingest_batches SET stored = $2 WHERE batch_id = $1"
+
+DEAD_LETTER_COLUMNS = (
+    "source", "topic", "partition", "offset", "city_id", "device_id", "reason", "detail",
+    "payload", "payload_size",
+)
+
+LOOKUP_DEVICES = """
+SELECT d.city_id, d.device_id, d.device_key
+FROM devices d JOIN unnest($1::text[], $2::text[]) AS k(city_id, device_id)
+  ON d.city_id = k.city_id AND d.device_id = k.device_id
+"""
+REGISTER_DEVICES = """
+INSERT INTO devices (city_id, device_id, registered_by, first_seen)
+SELECT k.city_id, k.device_id, 'auto', now()
+FROM unnest($1::text[], $2::text[]) AS k(city_id, device_id)
+WHERE EXISTS (SELECT 1 FROM cities c WHERE c.city_id = k.city_id)
+ON CONFLICT (city_id, device_id) DO NOTHING
+"""
+METRIC_IDS = "SELECT name, metric_id, aggregation FROM metrics"
+KNOWN_CITIES = "SELECT city_id FROM cities"
+UPSERT_CITY = """
+INSERT INTO cities (city_id, name, timezone) VALUES ($1, $2, $3)
+ON CONFLICT (city_id) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone
+"""
