@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` (service + simulator on the local stack) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STACK := deploy/local/stack.sh
+
+.PHONY: venv stack down status demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@command -v python3 >/dev/null || (apt-get update -q && apt-get install -y -q python3)
+	@python3 -m venv $(VENV) 2>/dev/null || (apt-get install -y -q python3-venv && python3 -m venv $(VENV))
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+stack: venv
+	CITYKPI_VENV=$(VENV) $(STACK) up
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+demo: stack
+	$(BIN)/citykpi migrate
+	$(BIN)/citykpi run --with-simulator
+
+test: stack
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check ingest processors kpi_rollups schemas tests bench
+	$(BIN)/mypy
+
+bench: stack
+	$(BIN)/python -m bench.kernels
+	$(BIN)/python -m bench.ingest
+
+clean: down
+	rm -rf .stack
