@@ -1,0 +1,131 @@
+"""Fixtures that reach the real servers started by deploy/local/stack.sh (see `make test`).
+
+Each database test gets a fresh database on the real server, migrated; private Mosquitto brokers
+(for restart tests) are started by the same stack script on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "deploy" / "local" / "stack.sh"
+
+
+def _stack_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    urls = REPO / ".stack" / "urls.env"
+    if urls.exists():
+        for line in urls.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                env[k] = v
+    return env
+
+
+STACK_ENV = _stack_env()
+TSDB_URL = os.environ.get("CITYKPI_DATABASE__URL", STACK_ENV.get("CITYKPI_DATABASE__URL",
+                                                                  "postgresql://postgres@127.0.0.1:15433/citykpi"))
+PLAIN_URL = STACK_ENV.get("CITYKPI_TEST_PLAIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:15434/citykpi")
+MQTT_PORT = int(STACK_ENV.get("CITYKPI_MQTT__PORT", "18830"))
+KAFKA_BOOTSTRAP = STACK_ENV.get("CITYKPI_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+KAFKA_IMPL = STACK_ENV.get("CITYKPI_STACK_KAFKA_IMPL", "unknown")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _with_db(url: str, db: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + db
+
+
+async def _create_database(server_url: str) -> str:
+    name = "t_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return _with_db(server_url, name)
+
+
+async def _drop_database(server_url: str, dsn: str) -> None:
+    name = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["timescaledb", "postgresql"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """Both database servers: TimescaleDB (Apache edition) and plain PostgreSQL."""
+    return TSDB_URL if request.param == "timescaledb" else PLAIN_URL
+
+
+@pytest.fixture
+async def empty_db(server_url: str) -> AsyncIterator[str]:
+    dsn = await _create_database(server_url)
+    yield dsn
+    await _drop_database(server_url, dsn)
+
+
+async def migrated_database(server_url: str) -> str:
+    from ingest.config import Settings
+    from ingest.service import prepare_database
+
+    dsn = await _create_database(server_url)
+    await prepare_database(Settings(database={"url": dsn}))  # type: ignore[arg-type]
+    return dsn
+
+
+@pytest.fixture
+async def tsdb() -> AsyncIterator[str]:
+    """A fresh, migrated database on the real TimescaleDB server, with the demo city."""
+    dsn = await migrated_database(TSDB_URL)
+    yield dsn
+    await _drop_database(TSDB_URL, dsn)
+
+
+@pytest.fixture
+async def any_db(server_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database on each server in turn."""
+    dsn = await migrated_database(server_url)
+    yield dsn
+    await _drop_database(server_url, dsn)
+
+
+class PrivateMosquitto:
+    """A Mosquitto of this test alone, started and stopped by deploy/local/stack.sh."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "CITYKPI_STACK_DIR": str(root), "CITYKPI_STACK_MQTT_PORT": str(self.port)}
+
+    def up(self) -> None:
+        subprocess.run(["bash", str(STACK), "up", "mqtt"], env=self.env, check=True, capture_output=True)
+
+    def down(self) -> None:
+        subprocess.run(["bash", str(STACK), "down", "mqtt"], env=self.env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[PrivateMosquitto]:
+    # under the repo's .stack, not /tmp/pytest-of-root (mode 700): mosquitto drops root and must
+    # reach its persistence folder
+    broker = PrivateMosquitto(REPO / ".stack" / "test-brokers" / uuid.uuid4().hex[:8])
+    broker.up()
+    yield broker
+    broker.down()

@@ -1,0 +1,88 @@
+"""The configuration model: defaults, environment, TOML, validation messages and masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.config import ConfigError, load_settings, mask_dsn, masked_dump
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env or .stack/urls.env from the repo
+    monkeypatch.delenv("CITYKPI_CONFIG_FILE", raising=False)
+    for k in list(__import__("os").environ):
+        if k.startswith("CITYKPI_"):
+            monkeypatch.delenv(k)
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    s = load_settings()
+    assert s.database.url.get_secret_value() == "postgresql://postgres@127.0.0.1:15433/citykpi"
+    assert (s.mqtt.host, s.mqtt.port) == ("127.0.0.1", 18830)
+    assert s.kafka.bootstrap_servers == "127.0.0.1:19092"
+
+
+def test_environment_overrides_nested_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__PORT", "1884")
+    monkeypatch.setenv("CITYKPI_WRITER__BATCH_MAX_ROWS", "123")
+    s = load_settings()
+    assert s.mqtt.port == 1884
+    assert s.writer.batch_max_rows == 123
+
+
+def test_toml_file_is_read_and_env_wins_over_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "citykpi.toml"
+    f.write_text('[mqtt]\nport = 2883\nclient_id = "edge-7"\n[kafka]\ngroup_id = "g1"\n')
+    monkeypatch.setenv("CITYKPI_KAFKA__GROUP_ID", "from-env")
+    s = load_settings(f)
+    assert s.mqtt.port == 2883
+    assert s.mqtt.client_id == "edge-7"
+    assert s.kafka.group_id == "from-env"
+
+
+def test_invalid_values_name_the_field_and_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__PORT", "70000")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "mqtt.port" in str(e.value)
+    assert "CITYKPI_MQTT__PORT" in str(e.value)
+
+
+def test_shared_subscription_on_mqtt_311_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__PROTOCOL", "3.1.1")
+    with pytest.raises(ConfigError, match="shared subscriptions need protocol '5'"):
+        load_settings()
+
+
+def test_sasl_without_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ConfigError, match="SASL needs"):
+        load_settings()
+
+
+def test_unknown_time_zone_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[[cities]]\ncity_id = "x"\nname = "X"\ntimezone = "Mars/Olympus"\n')
+    with pytest.raises(ConfigError, match="unknown time zone"):
+        load_settings(f)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_DATABASE__URL", "postgresql://ingest:s3cret@db:5432/citykpi")
+    monkeypatch.setenv("CITYKPI_MQTT__PASSWORD", "mqtt-s3cret")
+    monkeypatch.setenv("CITYKPI_KAFKA__SASL_PASSWORD", "kafka-s3cret")
+    dump = str(masked_dump(load_settings()))
+    assert "s3cret" not in dump
+    assert "postgresql://ingest:***@db:5432/citykpi" in dump
+
+
+def test_mask_dsn_leaves_passwordless_dsn_alone() -> None:
+    assert mask_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
