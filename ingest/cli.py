@@ -52,7 +52,7 @@ def config_show(config: ConfigOpt = None) -> None:
 @app.command()
 def migrate(config: ConfigOpt = None, log_level: LogOpt = "INFO") -> None:
     """Apply the schema migrations (idempotent, safe to run concurrently)."""
-    from ingest.service import prepare_database
+    from ingest.database import prepare_database
 
     settings = _settings(config, log_level)
     asyncio.run(prepare_database(settings))

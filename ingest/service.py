@@ -13,15 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import asyncpg
 from prometheus_client import generate_latest
 
 from ingest.config import Settings
+from ingest.database import prepare_database
 from ingest.pipeline import Pipeline
 from processors.kernels import warm_up
 from processors.writer import TimescaleWriter, WriteResult
-from schemas import statements as sql
-from schemas.migrations import migrate
 
 log = logging.getLogger(__name__)
 
@@ -32,31 +30,6 @@ class Source(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def close(self) -> None: ...
-
-
-async def wait_for_database(dsn: str, timeout_s: float) -> asyncpg.Connection:
-    """Connect, retrying with backoff until `timeout_s` (the database may still be starting)."""
-    deadline, delay = time.monotonic() + timeout_s, 0.2
-    while True:
-        try:
-            return await asyncpg.connect(dsn, timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"database not reachable after {timeout_s:.0f} s: {e}") from e
-            log.warning("database not reachable yet (%s); retrying in %.1f s", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
-
-
-async def prepare_database(settings: Settings, run_migrations: bool = True) -> None:
-    conn = await wait_for_database(settings.database.url.get_secret_value(), 60)
-    try:
-        if run_migrations:
-            await migrate(conn)
-        for c in settings.cities:
-            await conn.execute(sql.UPSERT_CITY, c.city_id, c.name, c.timezone)
-    finally:
-        await conn.close()
 
 
 class Service:

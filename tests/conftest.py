@@ -84,7 +84,7 @@ async def empty_db(server_url: str) -> AsyncIterator[str]:
 
 async def migrated_database(server_url: str) -> str:
     from ingest.config import Settings
-    from ingest.service import prepare_database
+    from ingest.database import prepare_database
 
     dsn = await _create_database(server_url)
     await prepare_database(Settings(database={"url": dsn}))  # type: ignore[arg-type]
