@@ -26,7 +26,7 @@ from schemas.readings import DecodeContext, DecodeError
 
 log = logging.getLogger(__name__)
 
-EMPTY: Mapping[str, str] = {}
+NO_HEADERS: Mapping[str, str] = {}  # shared, never mutated
 
 
 @dataclass(slots=True)
@@ -34,7 +34,7 @@ class Message:
     payload: bytes
     topic: str
     received_at: datetime
-    headers: Mapping[str, str] = EMPTY
+    headers: Mapping[str, str] | None = None
     partition: int | None = None
     offset: int | None = None
 
@@ -168,7 +168,7 @@ class Pipeline:
             if decoder is None:
                 dead("unknown_format", route.format)
                 continue
-            ctx = DecodeContext(received_at=m.received_at, topic=m.topic, headers=m.headers,
+            ctx = DecodeContext(received_at=m.received_at, topic=m.topic, headers=m.headers or NO_HEADERS,
                                 device_id=route.device, city=route.city, field_map=dict(route.field_map))
             try:
                 readings = decoder(m.payload, ctx)

@@ -1,0 +1,198 @@
+"""MQTT -> citykpi -> TimescaleDB on real servers: exactly once through crashes and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingest.config import Settings
+from ingest.publishers import MqttPublisher
+from ingest.service import Service
+from ingest.simulator import SimMessage
+from tests.conftest import REPO, PrivateMosquitto
+
+pytestmark = pytest.mark.integration
+# a day ago, on the hour: inside every retention window (the service drops 1-minute rollups after 90 days)
+T_START = int(time.time()) // 3600 * 3600 - 86400
+
+
+def settings_for(dsn: str, port: int, client_id: str = "citykpi-test", **mqtt: object) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        database={"url": dsn}, kafka={"enabled": False}, http={"enabled": False},
+        mqtt={"port": port, "client_id": client_id, **mqtt},
+        writer={"batch_max_delay_s": 0.05},
+    )
+
+
+def senml_messages(n: int, offset: int = 0, per_pack: int = 1) -> list[SimMessage]:
+    """n packs from 20 devices, each reading unique (device, metric, time)."""
+    out = []
+    for i in range(offset, offset + n):
+        device = f"air-{i % 20:02d}"
+        pack = [{"bn": f"{device}:", "bt": T_START + i, "n": "pm25", "u": "ug/m3", "v": (i % 97) + 0.5}]
+        pack += [{"n": "pm10", "t": k, "v": float(k)} for k in range(per_pack - 1)]
+        out.append(SimMessage(f"city/demo/senml/{device}", json.dumps(pack).encode()))
+    return out
+
+
+async def count_readings(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM readings"))
+    finally:
+        await conn.close()
+
+
+async def wait_for_count(dsn: str, expected: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        n = await count_readings(dsn)
+        if n >= expected:
+            await asyncio.sleep(0.5)  # anything extra (a duplicate) would show up now
+            return await count_readings(dsn)
+        await asyncio.sleep(0.2)
+    return n
+
+
+async def publish(port: int, messages: list[SimMessage]) -> None:
+    pub = MqttPublisher(Settings(mqtt={"port": port}).mqtt, client_id=f"pub-{os.getpid()}-{time.time_ns()}")  # type: ignore[call-arg]
+    await pub.start()
+    await pub.publish(messages)
+    await pub.stop()
+
+
+async def rollup_mismatches(dsn: str) -> list[tuple[object, ...]]:
+    """Minute rollups that differ from a recomputation from the raw readings (empty when exact)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("""
+            WITH raw AS (
+              SELECT date_bin('1 minute', time, '2000-01-01') AS bucket, device_key, metric_id,
+                     count(*) AS n, round(sum(value)::numeric, 6) AS sum
+              FROM readings GROUP BY 1, 2, 3),
+            rolled AS (SELECT bucket, device_key, metric_id, n, round(sum::numeric, 6) AS sum FROM rollup_1m)
+            (SELECT 'raw' AS side, * FROM (TABLE raw EXCEPT TABLE rolled) a)
+            UNION ALL (SELECT 'rollup', * FROM (TABLE rolled EXCEPT TABLE raw) b) LIMIT 10""")
+        return [tuple(r) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_senml_packs_land_once_with_rollups(tsdb: str, mosquitto: PrivateMosquitto) -> None:
+    service = Service(settings_for(tsdb, mosquitto.port))
+    await service.start()
+    try:
+        await publish(mosquitto.port, senml_messages(500, per_pack=4))
+        assert await wait_for_count(tsdb, 2000) == 2000
+    finally:
+        await service.stop()
+    assert await rollup_mismatches(tsdb) == []
+
+
+async def test_bad_payloads_are_dead_lettered_and_the_service_keeps_going(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    bad = [
+        SimMessage("city/demo/senml/x", b"{not json"),
+        SimMessage("city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "v": 5, "bt": T_START + 10**9}]).encode()),
+        SimMessage("city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "v": 5, "bt": 300_000_000}]).encode()),
+        SimMessage("city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "u": "dB", "v": 5, "bt": T_START}]).encode()),
+        SimMessage("city/demo/senml/x", b'[{"bn": "x:", "n": "pm25", "v": NaN, "bt": %d}]' % T_START),
+        SimMessage("city/demo/senml/x", b"[" + b'{"n":"pm25","v":1},' * 30000 + b"{}]"),
+    ]
+    service = Service(settings_for(tsdb, mosquitto.port))
+    await service.start()
+    try:
+        await publish(mosquitto.port, bad + senml_messages(50))
+        assert await wait_for_count(tsdb, 50) == 50
+        await asyncio.sleep(0.5)
+    finally:
+        await service.stop()
+    conn = await asyncpg.connect(tsdb)
+    try:
+        reasons = {r["reason"] for r in await conn.fetch("SELECT reason FROM dead_letters")}
+        payload_sizes = await conn.fetch("SELECT payload_size, length(payload) AS kept FROM dead_letters")
+    finally:
+        await conn.close()
+    assert {"time_in_future", "time_too_old", "wrong_unit", "payload_too_large"} <= reasons
+    assert len(reasons) >= 5, reasons  # malformed JSON and NaN have reasons of their own
+    assert all((r["kept"] or 0) <= 4096 for r in payload_sizes)
+
+
+def _service_process(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CITYKPI_DATABASE__URL": dsn, "CITYKPI_MQTT__PORT": str(port),
+           "CITYKPI_KAFKA__ENABLED": "false", "CITYKPI_HTTP__ENABLED": "false",
+           "CITYKPI_MQTT__CLIENT_ID": "citykpi-crashy", "CITYKPI_WRITER__BATCH_MAX_DELAY_S": "0.05"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
+                            cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(
+    tsdb: str, mosquitto: PrivateMosquitto, tmp_path: Path
+) -> None:
+    log = tmp_path / "service.log"
+    proc = _service_process(tsdb, mosquitto.port, log)
+    try:
+        for _ in range(100):  # until the persistent session exists
+            if "MQTT connected" in log.read_text(errors="replace"):
+                break
+            await asyncio.sleep(0.2)
+        messages = senml_messages(6000)
+        await publish(mosquitto.port, messages[:3000])
+        while await count_readings(tsdb) < 500:
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stored_at_crash = await count_readings(tsdb)
+        await publish(mosquitto.port, messages[3000:])  # queued by the broker for the offline session
+        proc = _service_process(tsdb, mosquitto.port, log)
+        assert await wait_for_count(tsdb, 6000, timeout=90) == 6000, log.read_text()[-3000:]
+        assert stored_at_crash < 6000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert await rollup_mismatches(tsdb) == []
+
+
+@pytest.mark.slow
+async def test_broker_restart_mid_stream_loses_nothing(tsdb: str, mosquitto: PrivateMosquitto) -> None:
+    service = Service(settings_for(tsdb, mosquitto.port, reconnect_max_s=1))
+    await service.start()
+    try:
+        await publish(mosquitto.port, senml_messages(1000))
+        mosquitto.down()
+        mosquitto.up()
+        await publish(mosquitto.port, senml_messages(1000, offset=1000))
+        assert await wait_for_count(tsdb, 2000) == 2000
+    finally:
+        await service.stop()
+
+
+@pytest.mark.slow
+async def test_two_processes_on_one_shared_subscription_store_each_reading_once(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    a = Service(settings_for(tsdb, mosquitto.port, client_id="citykpi-a"))
+    b = Service(settings_for(tsdb, mosquitto.port, client_id="citykpi-b"))
+    await a.start()
+    await b.start()
+    try:
+        await asyncio.sleep(1)
+        await publish(mosquitto.port, senml_messages(4000))
+        assert await wait_for_count(tsdb, 4000) == 4000
+    finally:
+        await a.stop()
+        await b.stop()
+    assert a.pipeline.stats.stored > 0 and b.pipeline.stats.stored > 0
+    assert a.pipeline.stats.stored + b.pipeline.stats.stored == 4000
