@@ -1,0 +1,121 @@
+"""Helpers shared by the decoders: JSON loading, time parsing and strict number checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.metrics import METRICS
+from schemas.readings import DecodeError
+
+# Epoch numbers above these magnitudes are milli-, micro- or nanoseconds (1e11 s is the year 5138).
+_MS_ABOVE = 1e11
+_US_ABOVE = 1e14
+_NS_ABOVE = 1e17
+
+
+def load_json(payload: bytes) -> Any:
+    """Parse JSON bytes (UTF-8/16/32); NaN and Infinity literals pass through as floats."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise DecodeError("bad_payload", f"expected bytes, got {type(payload).__name__}")
+    try:
+        return json.loads(bytes(payload) if isinstance(payload, memoryview) else payload)
+    except RecursionError:
+        raise DecodeError("too_deep", "JSON nesting exceeds the recursion limit") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise DecodeError("bad_json", str(exc)[:200]) from None
+
+
+def as_utc(dt: datetime) -> datetime:
+    """Naive datetimes are UTC; aware ones are converted to UTC."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def parse_iso(text: str) -> datetime:
+    """ISO 8601 date-time with "Z", an offset or no zone (= UTC); an interval "A/B" gives B.
+
+    Interval-valued observations are stamped at their end, the moment the value became known.
+    """
+    if "/" in text:
+        text = text.rpartition("/")[2]
+    try:
+        return as_utc(datetime.fromisoformat(text.strip()))
+    except (ValueError, OverflowError) as exc:
+        raise DecodeError("bad_time", f"{text[:64]!r}: {exc}") from None
+
+
+def from_epoch(number: float) -> datetime:
+    """Epoch seconds, or milli/micro/nanoseconds detected by magnitude."""
+    magnitude = abs(number)
+    if magnitude > _NS_ABOVE:
+        number /= 1e9
+    elif magnitude > _US_ABOVE:
+        number /= 1e6
+    elif magnitude > _MS_ABOVE:
+        number /= 1e3
+    try:
+        return datetime.fromtimestamp(number, UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise DecodeError("bad_time", f"{number!r}: {exc}") from None
+
+
+def parse_time(raw: object) -> datetime:
+    """A payload time: ISO 8601 string or epoch number."""
+    if isinstance(raw, str):
+        return parse_iso(raw)
+    if type(raw) is int or type(raw) is float:
+        return from_epoch(raw)
+    raise DecodeError("bad_time", f"expected an ISO string or epoch number, got {type(raw).__name__}")
+
+
+def as_number(raw: object, what: str) -> float:
+    """A JSON number as float; bools, strings and containers are `wrong_type`."""
+    if type(raw) is float:
+        return raw
+    if type(raw) is int:
+        try:
+            return float(raw)
+        except OverflowError:
+            raise DecodeError("bad_number", f"{what}: integer too large") from None
+    raise DecodeError("wrong_type", f"{what}: expected a number, got {type(raw).__name__}")
+
+
+def number_from_text(raw: object, what: str) -> float | None:
+    """A number sent as text (or as a number); empty text is a missing value (None)."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise DecodeError("wrong_type", f"{what}: {raw[:32]!r} is not a number") from None
+    return as_number(raw, what)
+
+
+def state_value(raw: object, what: str) -> float:
+    """A 0/1 state from a JSON bool or number."""
+    if type(raw) is bool:
+        return 1.0 if raw else 0.0
+    return as_number(raw, what)
+
+
+def is_state(metric: str) -> bool:
+    return METRICS[metric].aggregation == "state"
+
+
+def text_field(doc: Mapping[str, Any], key: str) -> str | None:
+    """`doc[key]` when it is a non-empty string, else None; ids given as integers become strings."""
+    value = doc.get(key)
+    if isinstance(value, str):
+        return value or None
+    if type(value) is int:
+        return str(value)
+    return None
+
+
+def units_from_field_map(field_map: Mapping[str, str]) -> dict[str, str]:
+    """The "unit:<metric>" = "<unit>" entries of a field map, keyed by metric."""
+    return {k[5:]: v for k, v in field_map.items() if k.startswith("unit:") and isinstance(v, str)}
