@@ -30,6 +30,7 @@ import numpy as np
 from processors import errors
 from processors.rollups import ROLLUP_LEVELS, rollup_rows
 from schemas import statements as sql
+from schemas.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,13 @@ class TimescaleWriter:
 
     async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
         cache = self._devices
-        missing = {(c, d) for c, d in zip(batch.city, batch.device, strict=True) if (c, d) not in cache}
+        missing = {(c, d): m for c, d, m in zip(batch.city, batch.device, batch.metric, strict=True)
+                   if (c, d) not in cache}
         if missing:
             cities, devices = [m[0] for m in missing], [m[1] for m in missing]
-            if self._unknown_device == "register":
-                await conn.execute(sql.REGISTER_DEVICES, cities, devices)
+            if self._unknown_device == "register":  # the kind of an auto-registered device: its metric's
+                kinds = [METRICS[m].kind for m in missing.values()]
+                await conn.execute(sql.REGISTER_DEVICES, cities, devices, kinds)
             for r in await conn.fetch(sql.LOOKUP_DEVICES, cities, devices):
                 cache[(r["city_id"], r["device_id"])] = r["device_key"]
             if any(c not in self._cities for c in cities):

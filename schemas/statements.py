@@ -76,9 +76,9 @@ FROM devices d JOIN unnest($1::text[], $2::text[]) AS k(city_id, device_id)
   ON d.city_id = k.city_id AND d.device_id = k.device_id
 """
 REGISTER_DEVICES = """
-INSERT INTO devices (city_id, device_id, registered_by, first_seen)
-SELECT k.city_id, k.device_id, 'auto', now()
-FROM unnest($1::text[], $2::text[]) AS k(city_id, device_id)
+INSERT INTO devices (city_id, device_id, kind, registered_by, first_seen)
+SELECT k.city_id, k.device_id, k.kind, 'auto', now()
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k(city_id, device_id, kind)
 WHERE EXISTS (SELECT 1 FROM cities c WHERE c.city_id = k.city_id)
 ON CONFLICT (city_id, device_id) DO NOTHING
 """

@@ -173,6 +173,12 @@ async def test_broker_restart_mid_stream_loses_nothing(tsdb: str, mosquitto: Pri
         await publish(mosquitto.port, senml_messages(1000))
         mosquitto.down()
         mosquitto.up()
+        # Mosquitto restores the session, but not the shared subscription, from its persistence file:
+        # wait for our reconnect (which re-subscribes) before the publishers resume
+        for _ in range(100):
+            if service.sources[0].connected:
+                break
+            await asyncio.sleep(0.1)
         await publish(mosquitto.port, senml_messages(1000, offset=1000))
         assert await wait_for_count(tsdb, 2000) == 2000
     finally:

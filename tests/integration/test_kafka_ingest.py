@@ -1,0 +1,116 @@
+"""Kafka -> citykpi -> TimescaleDB on the real broker (Apache Kafka, or Tansu where Java is missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from ingest.config import KafkaSettings, Settings
+from ingest.publishers import KafkaPublisher
+from ingest.service import Service
+from tests.conftest import KAFKA_BOOTSTRAP, KAFKA_IMPL, REPO
+from tests.integration.test_mqtt_ingest import count_readings, rollup_mismatches, senml_messages, wait_for_count
+
+pytestmark = pytest.mark.integration
+
+
+async def new_topic(partitions: int = 4) -> str:
+    name = f"citykpi.test.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return name
+
+
+def kafka_settings(topic: str, group: str) -> dict[str, object]:
+    return {"bootstrap_servers": KAFKA_BOOTSTRAP, "group_id": group,
+            "topics": [{"filter": topic, "format": "senml", "city": "demo"}],
+            "session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
+
+
+async def produce(topic: str, n: int, offset: int = 0) -> None:
+    pub = KafkaPublisher(KafkaSettings(bootstrap_servers=KAFKA_BOOTSTRAP), {"senml": topic})
+    await pub.start()
+    try:
+        await pub.publish(senml_messages(n, offset=offset, per_pack=2))
+    finally:
+        await pub.stop()
+
+
+def service_settings(dsn: str, topic: str, group: str) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        database={"url": dsn}, mqtt={"enabled": False}, http={"enabled": False},
+        kafka=kafka_settings(topic, group), writer={"batch_max_delay_s": 0.05},
+    )
+
+
+async def test_kafka_batches_land_once_and_offsets_are_committed(tsdb: str) -> None:
+    print(f"Kafka broker under test: {KAFKA_IMPL}")
+    topic = await new_topic()
+    await produce(topic, 2000)
+    service = Service(service_settings(tsdb, topic, "g-" + topic))
+    await service.start()
+    try:
+        assert await wait_for_count(tsdb, 4000) == 4000
+    finally:
+        await service.stop()
+    again = Service(service_settings(tsdb, topic, "g-" + topic))  # same group: resumes after the commit
+    await again.start()
+    await asyncio.sleep(2)
+    await again.stop()
+    assert again.pipeline.stats.messages == 0
+    assert await rollup_mismatches(tsdb) == []
+
+
+@pytest.mark.slow
+async def test_two_consumers_in_one_group_store_each_reading_once(tsdb: str) -> None:
+    topic = await new_topic()
+    a = Service(service_settings(tsdb, topic, "g-" + topic))
+    b = Service(service_settings(tsdb, topic, "g-" + topic))
+    await a.start()
+    await b.start()
+    try:
+        await asyncio.sleep(3)  # let the group settle on two members
+        await produce(topic, 3000)
+        assert await wait_for_count(tsdb, 6000) == 6000
+    finally:
+        await a.stop()
+        await b.stop()
+    assert a.pipeline.stats.stored + b.pipeline.stats.stored == 6000
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(tsdb: str, tmp_path: Path) -> None:
+    topic = await new_topic()
+    env = {**os.environ, "CITYKPI_DATABASE__URL": tsdb, "CITYKPI_MQTT__ENABLED": "false",
+           "CITYKPI_HTTP__ENABLED": "false", "CITYKPI_WRITER__BATCH_MAX_ROWS": "500",
+           "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
+           "CITYKPI_KAFKA__GROUP_ID": "g-" + topic, "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP}
+    cmd = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
+    log = (tmp_path / "service.log").open("ab")
+    await produce(topic, 10000)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while await count_readings(tsdb) < 2000:
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert await count_readings(tsdb) < 20000
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert await wait_for_count(tsdb, 20000, timeout=90) == 20000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert await rollup_mismatches(tsdb) == []
