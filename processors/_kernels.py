@@ -1,0 +1,692 @@
+"""Private Numba kernels: pure array math, no I/O, no logging, no Python objects.
+
+Every function here trusts its inputs (dtypes, shapes, index ranges): the checked public wrappers in
+`processors.kernels` are the only callers. Timestamps are int64 epoch microseconds (UTC).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# Reading quality flags, a uint8 bitmask. Defined once here (kernels need them as compile-time
+# constants) and re-exported by `processors.kernels`.
+FLAG_STUCK = 1  # part of a run of >= min_run identical consecutive values
+FLAG_SPIKE = 2  # Hampel outlier (MAD-based)
+FLAG_RESET = 4  # cumulative meter index dropped: counted from 0 since the reset
+FLAG_ROLLOVER = 8  # cumulative meter index wrapped at its rollover value
+FLAG_DUPLICATE = 16  # same series and timestamp as an earlier reading
+FLAG_IMPLAUSIBLE = 32  # value outside the plausible range (e.g. consumption step too large)
+FLAG_FIRST = 64  # first reading of its series: nothing to difference against
+FLAG_MISSING = 128  # value is NaN
+
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+_DB_TO_LN = math.log(10.0) / 10.0  # 10**(L/10) == exp(L * _DB_TO_LN)
+
+# --------------------------------------------------------------------------------------------------
+# Windowed partial aggregates
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def span_stats(series, ts_us, value):
+    """(n_valid, series min, series max, ts min, ts max) over the non-NaN readings."""
+    n_valid = 0
+    smin = INT64_MAX
+    smax = INT64_MIN
+    tmin = INT64_MAX
+    tmax = INT64_MIN
+    for i in range(series.shape[0]):
+        v = value[i]
+        if v != v:
+            continue
+        n_valid += 1
+        s = series[i]
+        t = ts_us[i]
+        smin = min(smin, s)
+        smax = max(smax, s)
+        tmin = min(tmin, t)
+        tmax = max(tmax, t)
+    return n_valid, smin, smax, tmin, tmax
+
+
+@njit(cache=True, inline="always")
+def _bucket_offset(d, bucket_us, inv_bucket):
+    """floor(d / bucket_us) for 0 <= d < 2**50 · bucket_us, via a float reciprocal (int64 division
+    costs ~4 ns a reading, a quarter of the whole kernel); the estimate is off by at most one."""
+    q = np.int64(d * inv_bucket)
+    r = d - q * bucket_us
+    while r < 0:
+        q -= 1
+        r += bucket_us
+    while r >= bucket_us:
+        q += 1
+        r -= bucket_us
+    return q
+
+
+@njit(cache=True)
+def mark_present_buckets(ts_us, value, bucket_us, first_bucket_us, n_bucket_span):
+    """Compact index for each bucket that holds a non-NaN reading, -1 elsewhere (ascending order)."""
+    present = np.zeros(n_bucket_span, dtype=np.bool_)
+    inv = 1.0 / bucket_us
+    for i in range(ts_us.shape[0]):
+        if value[i] != value[i]:
+            continue
+        present[_bucket_offset(ts_us[i] - first_bucket_us, bucket_us, inv)] = True
+    compact = np.full(n_bucket_span, -1, dtype=np.int64)
+    k = 0
+    for b in range(n_bucket_span):
+        if present[b]:
+            compact[b] = k
+            k += 1
+    return compact, k
+
+
+@njit(cache=True)
+def _new_accumulators(n):
+    """count, sum, sumsq, min, max, first_ts, first_value, last_ts, last_value, energy (one array each)."""
+    return (
+        np.empty(n, dtype=np.int64),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n, dtype=np.int64),
+        np.empty(n),
+        np.empty(n, dtype=np.int64),
+        np.empty(n),
+        np.empty(n),
+    )
+
+
+@njit(cache=True)
+def _gather(acc, rows):
+    count, total, sumsq, vmin, vmax, first_ts, first_v, last_ts, last_v, energy_sum = acc
+    return (
+        count[rows],
+        total[rows],
+        sumsq[rows],
+        vmin[rows],
+        vmax[rows],
+        first_ts[rows],
+        first_v[rows],
+        last_ts[rows],
+        last_v[rows],
+        energy_sum[rows],
+    )
+
+
+@njit(cache=True)
+def accumulate_dense(
+    series,
+    ts_us,
+    value,
+    bucket_us,
+    first_bucket_us,
+    series_min,
+    n_series_span,
+    n_cols,
+    bucket_compact,
+    use_compact,
+    is_decibel,
+    has_decibel,
+    max_groups,
+):
+    """Group readings through a dense (series x bucket) -> group-id table; sort-free.
+
+    Group rows are allocated on first touch (compact, cache friendly for time-ordered input); the
+    output is emitted by scanning the id table, so it comes out sorted by (series, bucket).
+    """
+    n_cells = n_series_span * n_cols
+    cell_group = np.full(n_cells, -1, dtype=np.int32)
+    acc = _new_accumulators(max_groups)
+    # Unpacked once: the hot loop calls no helper that takes arrays (NRT refcounting per call
+    # would triple its cost), hence the update code written out here and in accumulate_sorted.
+    count, total, sumsq, vmin, vmax, first_ts, first_v, last_ts, last_v, energy_sum = acc
+    inv = 1.0 / bucket_us
+    n_groups = 0
+    for i in range(series.shape[0]):
+        v = value[i]
+        if v != v:
+            continue
+        s = series[i]
+        t = ts_us[i]
+        b = _bucket_offset(t - first_bucket_us, bucket_us, inv)
+        if use_compact:
+            b = bucket_compact[b]
+        cell = (s - series_min) * n_cols + b
+        energy = 0.0
+        if has_decibel and is_decibel[s]:
+            energy = math.exp(v * _DB_TO_LN)
+        g = cell_group[cell]
+        if g < 0:
+            g = n_groups
+            cell_group[cell] = g
+            n_groups += 1
+            count[g] = 1
+            total[g] = v
+            sumsq[g] = v * v
+            vmin[g] = v
+            vmax[g] = v
+            first_ts[g] = t
+            first_v[g] = v
+            last_ts[g] = t
+            last_v[g] = v
+            energy_sum[g] = energy
+            continue
+        # Ties on timestamp keep the reading seen first, as the SQL upsert keeps the stored row.
+        count[g] += 1
+        total[g] += v
+        sumsq[g] += v * v
+        vmin[g] = min(vmin[g], v)
+        vmax[g] = max(vmax[g], v)
+        if t < first_ts[g]:
+            first_ts[g] = t
+            first_v[g] = v
+        if t > last_ts[g]:
+            last_ts[g] = t
+            last_v[g] = v
+        energy_sum[g] += energy
+    # Emit in (series, bucket) order.
+    bucket_of_col = np.empty(n_cols, dtype=np.int64)
+    if use_compact:
+        for b in range(bucket_compact.shape[0]):
+            if bucket_compact[b] >= 0:
+                bucket_of_col[bucket_compact[b]] = b
+    else:
+        for b in range(n_cols):
+            bucket_of_col[b] = b
+    out_series = np.empty(n_groups, dtype=np.int64)
+    out_bucket = np.empty(n_groups, dtype=np.int64)
+    rows = np.empty(n_groups, dtype=np.int64)
+    k = 0
+    for cell in range(n_cells):
+        g = cell_group[cell]
+        if g < 0:
+            continue
+        out_series[k] = cell // n_cols + series_min
+        out_bucket[k] = first_bucket_us + bucket_of_col[cell % n_cols] * bucket_us
+        rows[k] = g
+        k += 1
+    return out_series, out_bucket, _gather(acc, rows)
+
+
+@njit(cache=True)
+def accumulate_sorted(order, series, ts_us, value, bucket_us, is_decibel, has_decibel):
+    """Group readings visited in `order` (stable-sorted by (series, bucket)); NaN values skipped."""
+    n = order.shape[0]
+    acc = _new_accumulators(n)
+    count, total, sumsq, vmin, vmax, first_ts, first_v, last_ts, last_v, energy_sum = acc
+    out_series = np.empty(n, dtype=np.int64)
+    out_bucket = np.empty(n, dtype=np.int64)
+    g = -1
+    for k in range(n):
+        i = order[k]
+        v = value[i]
+        if v != v:
+            continue
+        s = series[i]
+        t = ts_us[i]
+        b = (t // bucket_us) * bucket_us
+        energy = 0.0
+        if has_decibel and is_decibel[s]:
+            energy = math.exp(v * _DB_TO_LN)
+        if g < 0 or s != out_series[g] or b != out_bucket[g]:
+            g += 1
+            out_series[g] = s
+            out_bucket[g] = b
+            count[g] = 1
+            total[g] = v
+            sumsq[g] = v * v
+            vmin[g] = v
+            vmax[g] = v
+            first_ts[g] = t
+            first_v[g] = v
+            last_ts[g] = t
+            last_v[g] = v
+            energy_sum[g] = energy
+            continue
+        # Ties on timestamp keep the reading seen first, as the SQL upsert keeps the stored row.
+        count[g] += 1
+        total[g] += v
+        sumsq[g] += v * v
+        vmin[g] = min(vmin[g], v)
+        vmax[g] = max(vmax[g], v)
+        if t < first_ts[g]:
+            first_ts[g] = t
+            first_v[g] = v
+        if t > last_ts[g]:
+            last_ts[g] = t
+            last_v[g] = v
+        energy_sum[g] += energy
+    rows = np.arange(g + 1)
+    return out_series[: g + 1].copy(), out_bucket[: g + 1].copy(), _gather(acc, rows)
+
+
+@njit(cache=True)
+def merge_sorted_partials(order, series, bucket, acc):
+    """Merge partial rows visited in `order` (stable by (series, bucket)) exactly like the SQL upsert."""
+    count, total, sumsq, vmin, vmax, first_ts, first_v, last_ts, last_v, energy_sum = acc
+    n = order.shape[0]
+    out = _new_accumulators(n)
+    o_count, o_total, o_sumsq, o_min, o_max, o_first_ts, o_first_v, o_last_ts, o_last_v, o_energy = out
+    out_series = np.empty(n, dtype=np.int64)
+    out_bucket = np.empty(n, dtype=np.int64)
+    g = -1
+    for k in range(n):
+        r = order[k]
+        if g < 0 or series[r] != out_series[g] or bucket[r] != out_bucket[g]:
+            g += 1
+            out_series[g] = series[r]
+            out_bucket[g] = bucket[r]
+            o_count[g] = count[r]
+            o_total[g] = total[r]
+            o_sumsq[g] = sumsq[r]
+            o_min[g] = vmin[r]
+            o_max[g] = vmax[r]
+            o_first_ts[g] = first_ts[r]
+            o_first_v[g] = first_v[r]
+            o_last_ts[g] = last_ts[r]
+            o_last_v[g] = last_v[r]
+            o_energy[g] = energy_sum[r]
+            continue
+        o_count[g] += count[r]
+        o_total[g] += total[r]
+        o_sumsq[g] += sumsq[r]
+        o_min[g] = min(o_min[g], vmin[r])
+        o_max[g] = max(o_max[g], vmax[r])
+        if first_ts[r] < o_first_ts[g]:
+            o_first_ts[g] = first_ts[r]
+            o_first_v[g] = first_v[r]
+        if last_ts[r] > o_last_ts[g]:
+            o_last_ts[g] = last_ts[r]
+            o_last_v[g] = last_v[r]
+        o_energy[g] += energy_sum[r]
+    rows = np.arange(g + 1)
+    return out_series[: g + 1].copy(), out_bucket[: g + 1].copy(), _gather(out, rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def leq_energy_average(levels_db):
+    """10·log10(mean(10^(L/10))) over non-NaN levels, shifted by the maximum so it never overflows."""
+    lmax = -np.inf
+    n = 0
+    for x in levels_db:
+        if x == x:
+            n += 1
+            if x > lmax:
+                lmax = x
+    if n == 0:
+        return np.nan
+    if lmax == np.inf or lmax == -np.inf:
+        return lmax
+    acc = 0.0
+    for x in levels_db:
+        if x == x:
+            acc += math.exp((x - lmax) * _DB_TO_LN)
+    return lmax + 10.0 * math.log10(acc / n)
+
+
+@njit(cache=True)
+def leq_energy_average_by_group(group_idx, levels_db, n_groups):
+    """Per-group energy average (NaN for groups without a level); same shift as `leq_energy_average`."""
+    lmax = np.full(n_groups, -np.inf)
+    count = np.zeros(n_groups, dtype=np.int64)
+    for i in range(group_idx.shape[0]):
+        x = levels_db[i]
+        if x == x:
+            g = group_idx[i]
+            count[g] += 1
+            if x > lmax[g]:
+                lmax[g] = x
+    acc = np.zeros(n_groups)
+    for i in range(group_idx.shape[0]):
+        x = levels_db[i]
+        g = group_idx[i]
+        if x == x and lmax[g] != np.inf and lmax[g] != -np.inf:
+            acc[g] += math.exp((x - lmax[g]) * _DB_TO_LN)
+    out = np.empty(n_groups)
+    for g in range(n_groups):
+        if count[g] == 0:
+            out[g] = np.nan
+        elif lmax[g] == np.inf or lmax[g] == -np.inf:
+            out[g] = lmax[g]
+        else:
+            out[g] = lmax[g] + 10.0 * math.log10(acc[g] / count[g])
+    return out
+
+
+@njit(cache=True)
+def lden_by_day(day_idx, period, leq_db, n_days, period_hours, penalty_db):
+    """Per local day: energy average per period (0 day, 1 evening, 2 night), hours present, Lden.
+
+    Lden weights each period by its nominal length (`period_hours`), not by the hours present, so
+    a 25-hour day's 9-hour night is still an energy average weighted 8/24.
+    """
+    energy = np.zeros((n_days, 3))
+    hours = np.zeros((n_days, 3), dtype=np.int64)
+    for i in range(day_idx.shape[0]):
+        x = leq_db[i]
+        if x == x:
+            d = day_idx[i]
+            p = period[i]
+            energy[d, p] += math.exp(x * _DB_TO_LN)
+            hours[d, p] += 1
+    levels = np.full((n_days, 3), np.nan)
+    lden = np.full(n_days, np.nan)
+    total_hours = period_hours[0] + period_hours[1] + period_hours[2]
+    for d in range(n_days):
+        complete = True
+        acc = 0.0
+        for p in range(3):
+            if hours[d, p] > 0:
+                levels[d, p] = 10.0 * math.log10(energy[d, p] / hours[d, p])
+                acc += period_hours[p] * math.exp((levels[d, p] + penalty_db[p]) * _DB_TO_LN)
+            else:
+                complete = False
+        if complete:
+            lden[d] = 10.0 * math.log10(acc / total_hours)
+    return levels, hours, lden
+
+
+# --------------------------------------------------------------------------------------------------
+# Air quality
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def epa_subindex_from_table(conc, quanta_per_unit, bp_lo_q, bp_hi_q, idx_lo, idx_hi, cap):
+    """EPA sub-index: truncate to the pollutant's precision, interpolate within the breakpoint row.
+
+    Concentrations are in the table's unit; breakpoints are given in truncation quanta (integers)
+    so a truncated value is compared exactly. Above the top row the index is `cap`; negative or
+    NaN concentrations give NaN. The result is rounded half up to an integer, as EPA reports it.
+    """
+    n_rows = bp_lo_q.shape[0]
+    out = np.empty(conc.shape[0])
+    for i in range(conc.shape[0]):
+        c = conc[i]
+        if c != c or c < 0.0:
+            out[i] = np.nan
+            continue
+        # 1e-6 quantum guards against 0.07 * 1000 == 69.99999999999999 style losses.
+        q = math.floor(c * quanta_per_unit + 1e-6)
+        if q > bp_hi_q[n_rows - 1]:
+            out[i] = cap
+            continue
+        r = 0
+        while r < n_rows - 1 and q > bp_hi_q[r]:
+            r += 1
+        lo = bp_lo_q[r]
+        hi = bp_hi_q[r]
+        value = (idx_hi[r] - idx_lo[r]) / (hi - lo) * (q - lo) + idx_lo[r]
+        out[i] = math.floor(value + 0.5)
+    return out
+
+
+@njit(cache=True)
+def band_from_upper_bounds(conc, upper_bounds):
+    """Band 1 + number of band upper bounds the value exceeds (bound inclusive); 0 for NaN/negative."""
+    out = np.zeros(conc.shape[0], dtype=np.int8)
+    for i in range(conc.shape[0]):
+        c = conc[i]
+        if c != c or c < 0.0:
+            continue
+        band = 1
+        for ub in upper_bounds:
+            if c > ub:
+                band += 1
+        out[i] = band
+    return out
+
+
+@njit(cache=True)
+def rolling_mean_sorted(ts_us, values, window_us, min_valid):
+    """Trailing mean over readings with ts in (t - window, t]; NaN when fewer than min_valid valid."""
+    n = ts_us.shape[0]
+    out = np.full(n, np.nan)
+    left = 0
+    for i in range(n):
+        t = ts_us[i]
+        while ts_us[left] <= t - window_us:
+            left += 1
+        acc = 0.0
+        cnt = 0
+        for j in range(left, i + 1):
+            x = values[j]
+            if x == x:
+                acc += x
+                cnt += 1
+        if cnt >= min_valid and cnt > 0:
+            out[i] = acc / cnt
+    return out
+
+
+@njit(cache=True)
+def group_means(group_idx, values, n_groups, min_valid):
+    """Per-group arithmetic mean of non-NaN values; NaN below min_valid. Also the valid counts."""
+    acc = np.zeros(n_groups)
+    cnt = np.zeros(n_groups, dtype=np.int64)
+    for i in range(group_idx.shape[0]):
+        x = values[i]
+        if x == x:
+            acc[group_idx[i]] += x
+            cnt[group_idx[i]] += 1
+    out = np.full(n_groups, np.nan)
+    for g in range(n_groups):
+        if cnt[g] >= min_valid and cnt[g] > 0:
+            out[g] = acc[g] / cnt[g]
+    return out, cnt
+
+
+# --------------------------------------------------------------------------------------------------
+# Meters
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def consumption_sorted(order, series, ts_us, index_value, rollover_at, max_step):
+    """Consumption, interval and flags per row, visiting rows in (series, ts, value) order.
+
+    `rollover_at` / `max_step` are NaN when not configured. Results are scattered back to input rows.
+    """
+    n = order.shape[0]
+    consumption = np.full(n, np.nan)
+    interval = np.zeros(n, dtype=np.int64)
+    flags = np.zeros(n, dtype=np.uint8)
+    has_prev = False
+    cur_series = 0
+    prev_ts = 0
+    prev_v = 0.0
+    has_rollover = rollover_at == rollover_at
+    has_max = max_step == max_step
+    for k in range(n):
+        i = order[k]
+        s = series[i]
+        if k == 0 or s != cur_series:
+            cur_series = s
+            has_prev = False
+        v = index_value[i]
+        if v != v:
+            flags[i] = FLAG_MISSING
+            continue
+        t = ts_us[i]
+        if not has_prev:
+            flags[i] = FLAG_FIRST
+            has_prev = True
+            prev_ts = t
+            prev_v = v
+            continue
+        if t == prev_ts:
+            # Same timestamp: 0, and the earlier reading stays the reference so totals telescope.
+            consumption[i] = 0.0
+            flags[i] = FLAG_DUPLICATE
+            continue
+        interval[i] = t - prev_ts
+        d = v - prev_v
+        f = 0
+        if d >= 0.0:
+            c = d
+        else:
+            wrapped = np.nan
+            if has_rollover and prev_v <= rollover_at and v >= 0.0:
+                wrapped = rollover_at - prev_v + v
+            is_wrap = False
+            if wrapped == wrapped:
+                is_wrap = wrapped <= max_step if has_max else wrapped < 0.5 * rollover_at
+            if is_wrap:
+                c = wrapped
+                f = FLAG_ROLLOVER
+            else:
+                c = v
+                f = FLAG_RESET
+        if c < 0.0 or (has_max and c > max_step):
+            f |= FLAG_IMPLAUSIBLE
+        consumption[i] = c
+        flags[i] = f
+        prev_ts = t
+        prev_v = v
+    return consumption, interval, flags
+
+
+# --------------------------------------------------------------------------------------------------
+# Traffic
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def traffic_by_group(group_idx, counts, speeds, n_groups, has_counts, has_speeds, quantile):
+    """Flow (sum of counts, or rows), count-weighted mean speed, weighted nearest-rank speed quantile.
+
+    The quantile is the smallest speed whose cumulative weight share reaches `quantile`
+    (numpy's 'inverted_cdf'; with integer counts the same as nearest-rank over single vehicles).
+    """
+    n = group_idx.shape[0]
+    flow = np.zeros(n_groups)
+    wsum = np.zeros(n_groups)
+    wspeed = np.zeros(n_groups)
+    n_speed = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(n):
+        g = group_idx[i]
+        w = counts[i] if has_counts else 1.0
+        if w == w:
+            flow[g] += w
+        if has_speeds:
+            sp = speeds[i]
+            if sp == sp and w == w and w > 0.0:
+                wsum[g] += w
+                wspeed[g] += w * sp
+                n_speed[g + 1] += 1
+    mean_speed = np.full(n_groups, np.nan)
+    quant = np.full(n_groups, np.nan)
+    if not has_speeds:
+        return flow, mean_speed, quant
+    for g in range(n_groups):
+        if wsum[g] > 0.0:
+            mean_speed[g] = wspeed[g] / wsum[g]
+        n_speed[g + 1] += n_speed[g]
+    # Counting sort of the speed rows by group, then a sort inside each group.
+    fill = n_speed[:-1].copy()
+    sp_sorted = np.empty(n_speed[n_groups])
+    w_sorted = np.empty(n_speed[n_groups])
+    for i in range(n):
+        g = group_idx[i]
+        w = counts[i] if has_counts else 1.0
+        sp = speeds[i]
+        if sp == sp and w == w and w > 0.0:
+            sp_sorted[fill[g]] = sp
+            w_sorted[fill[g]] = w
+            fill[g] += 1
+    for g in range(n_groups):
+        a = n_speed[g]
+        b = n_speed[g + 1]
+        if b == a:
+            continue
+        local = np.argsort(sp_sorted[a:b], kind="mergesort")
+        total = 0.0
+        for j in range(b - a):
+            total += w_sorted[a + local[j]]
+        cum = 0.0
+        for j in range(b - a):
+            cum += w_sorted[a + local[j]]
+            if cum / total >= quantile:
+                quant[g] = sp_sorted[a + local[j]]
+                break
+        if quant[g] != quant[g]:
+            quant[g] = sp_sorted[a + local[b - a - 1]]
+    return flow, mean_speed, quant
+
+
+# --------------------------------------------------------------------------------------------------
+# Data quality
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def stuck_runs_sorted(order, series, value, min_run):
+    """FLAG_STUCK on every row of a run of >= min_run equal consecutive values (NaN breaks runs)."""
+    n = order.shape[0]
+    flags = np.zeros(n, dtype=np.uint8)
+    start = 0
+    for k in range(1, n + 1):
+        if k < n:
+            i = order[k]
+            j = order[k - 1]
+            v = value[i]
+            if series[i] == series[j] and v == value[j]:
+                continue
+        # run is order[start:k]
+        if k - start >= min_run and value[order[start]] == value[order[start]]:
+            for r in range(start, k):
+                flags[order[r]] = FLAG_STUCK
+        start = k
+    return flags
+
+
+@njit(cache=True)
+def hampel_sorted(order, series, value, half_window, n_sigmas):
+    """FLAG_SPIKE where |x - median| > n_sigmas·1.4826·MAD over the centred window of its series.
+
+    The window holds up to half_window readings each side within the same series (truncated at
+    the series ends); NaNs are ignored; fewer than 3 valid values in a window: no flag.
+    """
+    n = order.shape[0]
+    flags = np.zeros(n, dtype=np.uint8)
+    buf = np.empty(2 * half_window + 1)
+    dev = np.empty(2 * half_window + 1)
+    seg_start = 0
+    for k in range(n + 1):
+        if k < n and (k == 0 or series[order[k]] == series[order[k - 1]]):
+            continue
+        # series segment order[seg_start:k]
+        for c in range(seg_start, k):
+            x = value[order[c]]
+            if x != x:
+                continue
+            lo = max(seg_start, c - half_window)
+            hi = min(k, c + half_window + 1)
+            m = 0
+            for j in range(lo, hi):
+                y = value[order[j]]
+                if y == y:
+                    buf[m] = y
+                    m += 1
+            if m < 3:
+                continue
+            med = np.median(buf[:m])
+            for j in range(m):
+                dev[j] = abs(buf[j] - med)
+            mad = np.median(dev[:m])
+            if abs(x - med) > n_sigmas * 1.4826 * mad:
+                flags[order[c]] = FLAG_SPIKE
+        seg_start = k
+    return flags
