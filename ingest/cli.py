@@ -20,8 +20,9 @@ from rich.table import Table
 from ingest.config import ConfigError, Settings, load_settings, masked_dump
 from ingest.logs import setup_logging
 
-app = typer.Typer(help="citykpi: smart-city telemetry to TimescaleDB KPI series and U4SSC indicators.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="citykpi: smart-city telemetry to TimescaleDB KPI series and U4SSC indicators.", no_args_is_help=True
+)
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 dl_app = typer.Typer(help="Dead letters: list and re-queue rejected payloads.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -94,8 +95,15 @@ async def _simulate(settings: Settings, duration_s: float | None, backfill_h: fl
                 if t < now - step:  # catching up on a backfill: yield, but don't sleep
                     await asyncio.sleep(0)
                     continue
-            await asyncio.sleep(max(0.0, min(sim_settings.interval_s / sim_settings.speedup,
-                                              (t - datetime.now(UTC)).total_seconds())))
+            await asyncio.sleep(
+                max(
+                    0.0,
+                    min(
+                        sim_settings.interval_s / sim_settings.speedup,
+                        (t - datetime.now(UTC)).total_seconds(),
+                    ),
+                )
+            )
     finally:
         await publisher.stop()
         log.info("simulator published %d messages; faults injected: %s", publisher.published, sim.faults)
@@ -138,8 +146,10 @@ def _progress_table(service: object, started: float, latest: list[tuple[str, str
     t.add_row("duplicates ignored", f"{s.duplicates:,}")
     t.add_row("dead letters", f"{s.dead_letters:,}")
     t.add_row("write batches", f"{s.batches:,}")
-    t.add_row("sources", ", ".join(f"{x.name}{'' if getattr(x, 'connected', False) else ' (down)'}"
-                                   for x in service.sources))
+    t.add_row(
+        "sources",
+        ", ".join(f"{x.name}{'' if getattr(x, 'connected', False) else ' (down)'}" for x in service.sources),
+    )
     for name, unit, value, when in latest:
         t.add_row(name, f"{value:,.2f} {unit}  [dim]{when}[/dim]")
     return t
@@ -154,7 +164,9 @@ async def _latest_values(settings: Settings) -> list[tuple[str, str, float, str]
 @app.command()
 def run(
     config: ConfigOpt = None,
-    with_simulator: Annotated[bool, typer.Option("--with-simulator", help="also run the city simulator")] = False,
+    with_simulator: Annotated[
+        bool, typer.Option("--with-simulator", help="also run the city simulator")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="live progress table on the terminal")] = True,
     log_level: LogOpt = "INFO",
 ) -> None:
@@ -172,7 +184,9 @@ def run(
         started = time.monotonic()
         if progress and sys.stderr.isatty():
             latest: list[tuple[str, str, float, str]] = []
-            with Live(_progress_table(service, started, latest), console=console, refresh_per_second=2) as live:
+            with Live(
+                _progress_table(service, started, latest), console=console, refresh_per_second=2
+            ) as live:
                 waiter = asyncio.ensure_future(_until_signal())
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=2)
@@ -212,8 +226,15 @@ def deadletters_list(
     for col in ("id", "received", "source", "topic", "device", "reason", "detail"):
         t.add_column(col)
     for r in rows:
-        t.add_row(str(r["id"]), r["received_at"].isoformat(timespec="seconds"), r["source"], r["topic"] or "",
-                  r["device_id"] or "", r["reason"], (r["detail"] or "")[:80])
+        t.add_row(
+            str(r["id"]),
+            r["received_at"].isoformat(timespec="seconds"),
+            r["source"],
+            r["topic"] or "",
+            r["device_id"] or "",
+            r["reason"],
+            (r["detail"] or "")[:80],
+        )
     Console().print(t)
 
 
@@ -228,8 +249,10 @@ def deadletters_requeue(
 
     settings = _settings(config, "INFO")
     result = asyncio.run(requeue_dead_letters(settings, reason, ids or None))
-    Console().print(f"re-queued {result.requeued} payloads: {result.stored} readings stored, "
-                    f"{result.still_rejected} rejected again, {result.skipped} skipped (payload truncated)")
+    Console().print(
+        f"re-queued {result.requeued} payloads: {result.stored} readings stored, "
+        f"{result.still_rejected} rejected again, {result.skipped} skipped (payload truncated)"
+    )
 
 
 def main() -> None:

@@ -99,8 +99,9 @@ class MqttSettings(BaseModel):
             TopicRoute(filter="city/+/senml/+", format="senml", city_level=2, device_level=4),
             TopicRoute(filter="city/+/ngsi-ld/+", format="ngsi-ld", city_level=2, device_level=4),
             TopicRoute(filter="city/+/ngsi-v2/+", format="ngsi-v2", city_level=2, device_level=4),
-            TopicRoute(filter="city/+/sensor-community/+", format="sensor-community", city_level=2,
-                       device_level=4),
+            TopicRoute(
+                filter="city/+/sensor-community/+", format="sensor-community", city_level=2, device_level=4
+            ),
             TopicRoute(filter="v3/+/devices/+/up", format="ttn", city="demo", device_level=4),
         ]
     )
@@ -249,8 +250,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             env = "CITYKPI_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
-            lines.append(f"  {loc or '(root)'}: {err['msg']} (got {err.get('input')!r}; set {env} or fix it "
-                         f"in the TOML file)")
+            lines.append(
+                f"  {loc or '(root)'}: {err['msg']} (got {err.get('input')!r}; set {env} or fix it "
+                f"in the TOML file)"
+            )
         raise ConfigError("\n".join(lines)) from None
 
 

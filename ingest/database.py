@@ -21,7 +21,7 @@ async def wait_for_database(dsn: str, timeout_s: float) -> asyncpg.Connection:
     while True:
         try:
             return await asyncpg.connect(dsn, timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as e:
             if time.monotonic() > deadline:
                 raise ConnectionError(f"database not reachable after {timeout_s:.0f} s: {e}") from e
             log.warning("database not reachable yet (%s); retrying in %.1f s", e, delay)

@@ -69,8 +69,12 @@ _STOP = object()
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, writer: TimescaleWriter,
-                 on_write: Callable[[WriteResult], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        writer: TimescaleWriter,
+        on_write: Callable[[WriteResult], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.writer = writer
         self.validator = Validator(settings.validation)
@@ -82,8 +86,10 @@ class Pipeline:
         self._closed = False
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._decode_loop(), name="citykpi-decode"),
-                       asyncio.create_task(self._write_loop(), name="citykpi-write")]
+        self._tasks = [
+            asyncio.create_task(self._decode_loop(), name="citykpi-decode"),
+            asyncio.create_task(self._write_loop(), name="citykpi-write"),
+        ]
 
     async def submit(self, delivery: Delivery) -> None:
         """Queue a delivery; waits while the pipeline is full (backpressure)."""
@@ -150,11 +156,29 @@ class Pipeline:
         n_before = len(batch)
         canonical = self.validator.canonical
         for m in d.messages:
-            def dead(reason: str, detail: str, city: str | None = None, device: str | None = None,
-                     with_payload: bool = True, m: Message = m) -> None:
-                batch.dead_letters.append(DeadLetter(
-                    d.source, reason, detail, m.topic, m.partition, m.offset, city, device,
-                    m.payload[:limit] if with_payload else None, len(m.payload)))
+
+            def dead(
+                reason: str,
+                detail: str,
+                city: str | None = None,
+                device: str | None = None,
+                with_payload: bool = True,
+                m: Message = m,
+            ) -> None:
+                batch.dead_letters.append(
+                    DeadLetter(
+                        d.source,
+                        reason,
+                        detail,
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        city,
+                        device,
+                        m.payload[:limit] if with_payload else None,
+                        len(m.payload),
+                    )
+                )
                 telemetry.REJECTED.labels(d.source, reason).inc()
 
             if len(m.payload) > settings.max_payload_bytes:
@@ -168,8 +192,14 @@ class Pipeline:
             if decoder is None:
                 dead("unknown_format", route.format)
                 continue
-            ctx = DecodeContext(received_at=m.received_at, topic=m.topic, headers=m.headers or NO_HEADERS,
-                                device_id=route.device, city=route.city, field_map=dict(route.field_map))
+            ctx = DecodeContext(
+                received_at=m.received_at,
+                topic=m.topic,
+                headers=m.headers or NO_HEADERS,
+                device_id=route.device,
+                city=route.city,
+                field_map=dict(route.field_map),
+            )
             try:
                 readings = decoder(m.payload, ctx)
             except DecodeError as e:
@@ -207,8 +237,11 @@ class Pipeline:
                 try:
                     await ack()
                 except Exception as e:  # e.g. a Kafka rebalance: the new owner replays, stored once
-                    log.warning("acknowledgement failed after commit (%s); messages will be redelivered "
-                                "and ignored as duplicates", e)
+                    log.warning(
+                        "acknowledgement failed after commit (%s); messages will be redelivered "
+                        "and ignored as duplicates",
+                        e,
+                    )
             self._record(batch, result)
 
     def _record(self, batch: WriteBatch, result: WriteResult) -> None:

@@ -24,7 +24,8 @@ class MqttPublisher:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         if settings.username:
             self._client.username_pw_set(
-                settings.username, settings.password.get_secret_value() if settings.password else None)
+                settings.username, settings.password.get_secret_value() if settings.password else None
+            )
         self._client.max_inflight_messages_set(MAX_UNACKED)
         self._client.max_queued_messages_set(0)
         self._settings = settings
@@ -65,8 +66,10 @@ class KafkaPublisher:
         self._settings = settings
         self._topics = topic_for_format
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, linger_ms=5, max_batch_size=256 * 1024,
-            **kafka_security_kwargs(settings),  # type: ignore[arg-type]
+            bootstrap_servers=settings.bootstrap_servers,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            **kafka_security_kwargs(settings),
         )
         self.published = 0
 
@@ -83,7 +86,9 @@ class KafkaPublisher:
         for m in messages:
             key = m.topic.rsplit("/", 1)[-1].encode()
             headers = [(k, v.encode()) for k, v in m.headers.items()]
-            futures.append(await self._producer.send(self.topic(m.topic), m.payload, key=key, headers=headers))
+            futures.append(
+                await self._producer.send(self.topic(m.topic), m.payload, key=key, headers=headers)
+            )
             self.published += 1
         if futures:
             await asyncio.gather(*futures)

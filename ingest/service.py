@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -64,8 +63,9 @@ class Service:
         for s in self.sources:
             await s.start()
         if self.settings.http.enabled:
-            self._http = await asyncio.start_server(self._serve_http, self.settings.http.host,
-                                                    self.settings.http.port)
+            self._http = await asyncio.start_server(
+                self._serve_http, self.settings.http.host, self.settings.http.port
+            )
         from processors.retention import retention_loop
 
         self._jobs.append(asyncio.create_task(retention_loop(self.settings), name="citykpi-retention"))
@@ -84,8 +84,12 @@ class Service:
         await self.writer.stop()
         if self._http is not None:
             self._http.close()
-        log.info("stopped cleanly: %d readings stored, %d duplicates ignored, %d dead letters",
-                 self.pipeline.stats.stored, self.pipeline.stats.duplicates, self.pipeline.stats.dead_letters)
+        log.info(
+            "stopped cleanly: %d readings stored, %d duplicates ignored, %d dead letters",
+            self.pipeline.stats.stored,
+            self.pipeline.stats.duplicates,
+            self.pipeline.stats.dead_letters,
+        )
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """/healthz (alive), /readyz (database and a source connected), /metrics (Prometheus)."""
@@ -103,8 +107,11 @@ class Service:
                 status, body, ctype = "200 OK", generate_latest(), "text/plain; version=0.0.4"
             else:
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass

@@ -52,17 +52,26 @@ class CitySimulator:
         self.rng = random.Random(settings.seed)
         self.devices: list[SimDevice] = []
         counts = {
-            "air": settings.air_stations, "noise": settings.noise_sensors,
-            "traffic": settings.traffic_counters, "water": settings.water_meters,
-            "electricity": settings.electricity_meters, "parking": settings.parking_spots,
-            "waste": settings.waste_bins, "weather": settings.weather_stations,
+            "air": settings.air_stations,
+            "noise": settings.noise_sensors,
+            "traffic": settings.traffic_counters,
+            "water": settings.water_meters,
+            "electricity": settings.electricity_meters,
+            "parking": settings.parking_spots,
+            "waste": settings.waste_bins,
+            "weather": settings.weather_stations,
         }
         for kind, n in counts.items():
             for i in range(n):
-                self.devices.append(SimDevice(f"{kind}-{i + 1:04d}", kind, self.rng.uniform(-0.5, 0.5),
-                                              self.rng.uniform(0.7, 1.3),
-                                              self.rng.uniform(100, 5000) if kind in ("water", "electricity")
-                                              else 0.0))
+                self.devices.append(
+                    SimDevice(
+                        f"{kind}-{i + 1:04d}",
+                        kind,
+                        self.rng.uniform(-0.5, 0.5),
+                        self.rng.uniform(0.7, 1.3),
+                        self.rng.uniform(100, 5000) if kind in ("water", "electricity") else 0.0,
+                    )
+                )
         self._late: list[tuple[datetime, SimMessage]] = []
         self.faults: dict[str, int] = {}
 
@@ -114,11 +123,18 @@ class CitySimulator:
         pm25 = max(0.5, d.scale * (7 + 5 * night * winter + 3 * rush) + g(0, 1.2))
         no2 = max(1.0, d.scale * (12 + 35 * rush) + g(0, 3))
         o3 = max(1.0, 45 + 35 * math.sin((h - 9) / 24 * 2 * math.pi) - 0.5 * no2 + g(0, 4))
-        return self._senml(d, t, [
-            ("pm25", "ug/m3", pm25), ("pm10", "ug/m3", pm25 * 1.6 + abs(g(0, 2))),
-            ("no2", "ug/m3", no2), ("o3", "ug/m3", o3), ("so2", "ug/m3", max(0.2, 3 + g(0, 0.8))),
-            ("co", "mg/m3", max(0.05, 0.3 + 0.5 * rush + g(0, 0.05))),
-        ])
+        return self._senml(
+            d,
+            t,
+            [
+                ("pm25", "ug/m3", pm25),
+                ("pm10", "ug/m3", pm25 * 1.6 + abs(g(0, 2))),
+                ("no2", "ug/m3", no2),
+                ("o3", "ug/m3", o3),
+                ("so2", "ug/m3", max(0.2, 3 + g(0, 0.8))),
+                ("co", "mg/m3", max(0.05, 0.3 + 0.5 * rush + g(0, 0.05))),
+            ],
+        )
 
     def _noise(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         day = 1.0 if 7 <= h < 19 else 0.6 if 19 <= h < 23 else 0.0
@@ -130,19 +146,31 @@ class CitySimulator:
         count = max(0, round(d.scale * 120 * rush * self.s.interval_s / 60 + self.rng.gauss(0, 2)))
         speed = max(5.0, 50 - 28 * rush + self.rng.gauss(0, 3))
         entity = {
-            "id": f"urn:ngsi-ld:TrafficFlowObserved:{d.device_id}", "type": "TrafficFlowObserved",
+            "id": f"urn:ngsi-ld:TrafficFlowObserved:{d.device_id}",
+            "type": "TrafficFlowObserved",
             "intensity": {"type": "Property", "value": count, "observedAt": _iso(t)},
-            "averageVehicleSpeed": {"type": "Property", "value": round(speed, 1), "unitCode": "KMH",
-                                    "observedAt": _iso(t)},
-            "occupancy": {"type": "Property", "value": round(min(1.0, 0.05 + 0.6 * rush), 3),
-                          "observedAt": _iso(t)},
+            "averageVehicleSpeed": {
+                "type": "Property",
+                "value": round(speed, 1),
+                "unitCode": "KMH",
+                "observedAt": _iso(t),
+            },
+            "occupancy": {
+                "type": "Property",
+                "value": round(min(1.0, 0.05 + 0.6 * rush), 3),
+                "observedAt": _iso(t),
+            },
             "dateObservedTo": {"type": "Property", "value": _iso(t)},
         }
         return SimMessage(self._topic("ngsi-ld", d.device_id), json.dumps(entity).encode())
 
-    def _meter(self, d: SimDevice, t: datetime, h: float, per_hour: float, name: str, unit: str) -> SimMessage:
+    def _meter(
+        self, d: SimDevice, t: datetime, h: float, per_hour: float, name: str, unit: str
+    ) -> SimMessage:
         peaks = 0.3 + math.exp(-((h - 7.5) ** 2) / 2) + math.exp(-((h - 20) ** 2) / 3)
-        d.meter_index += max(0.0, d.scale * per_hour * peaks * self.s.interval_s / 3600 * self.rng.uniform(0.6, 1.4))
+        d.meter_index += max(
+            0.0, d.scale * per_hour * peaks * self.s.interval_s / 3600 * self.rng.uniform(0.6, 1.4)
+        )
         if self._fault("meter_reset"):
             d.meter_index = 0.0
         return self._senml(d, t, [(name, unit, d.meter_index)])
@@ -156,9 +184,13 @@ class CitySimulator:
     def _parking(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         occupied = self.rng.random() < 0.3 + 0.5 * _rush(h)
         entity = {
-            "id": f"urn:ngsi-ld:ParkingSpot:{d.device_id}", "type": "ParkingSpot",
-            "status": {"type": "Text", "value": "occupied" if occupied else "free",
-                       "metadata": {"timestamp": {"type": "DateTime", "value": _iso(t)}}},
+            "id": f"urn:ngsi-ld:ParkingSpot:{d.device_id}",
+            "type": "ParkingSpot",
+            "status": {
+                "type": "Text",
+                "value": "occupied" if occupied else "free",
+                "metadata": {"timestamp": {"type": "DateTime", "value": _iso(t)}},
+            },
             "dateModified": {"type": "DateTime", "value": _iso(t)},
         }
         return SimMessage(self._topic("ngsi-v2", d.device_id), json.dumps(entity).encode())
@@ -166,22 +198,37 @@ class CitySimulator:
     def _waste(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         fill = ((t.timestamp() / 86400 / (2 + d.scale)) + d.phase) % 1.0
         entity = {
-            "id": f"urn:ngsi-ld:WasteContainer:{d.device_id}", "type": "WasteContainer",
+            "id": f"urn:ngsi-ld:WasteContainer:{d.device_id}",
+            "type": "WasteContainer",
             "fillingLevel": {"type": "Property", "value": round(fill, 3), "observedAt": _iso(t)},
-            "temperature": {"type": "Property", "value": round(12 + 6 * math.sin(h / 24 * 2 * math.pi), 1),
-                            "unitCode": "CEL", "observedAt": _iso(t)},
+            "temperature": {
+                "type": "Property",
+                "value": round(12 + 6 * math.sin(h / 24 * 2 * math.pi), 1),
+                "unitCode": "CEL",
+                "observedAt": _iso(t),
+            },
         }
         return SimMessage(self._topic("ngsi-ld", d.device_id), json.dumps(entity).encode())
 
     def _weather(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         temp = 11 + 6 * math.sin((h - 9) / 24 * 2 * math.pi) + self.rng.gauss(0, 0.3)
-        payload = {"esp8266id": d.device_id, "software_version": "NRZ-2020-129", "sensordatavalues": [
-            {"value_type": "temperature", "value": f"{temp:.2f}"},
-            {"value_type": "humidity", "value": f"{min(100.0, 70 - 2 * temp + self.rng.gauss(0, 2)):.2f}"},
-            {"value_type": "pressure", "value": f"{101325 + self.rng.gauss(0, 150):.2f}"},
-        ]}
-        return SimMessage(self._topic("sensor-community", d.device_id), json.dumps(payload).encode(),
-                          {"X-Sensor": d.device_id})
+        payload = {
+            "esp8266id": d.device_id,
+            "software_version": "NRZ-2020-129",
+            "sensordatavalues": [
+                {"value_type": "temperature", "value": f"{temp:.2f}"},
+                {
+                    "value_type": "humidity",
+                    "value": f"{min(100.0, 70 - 2 * temp + self.rng.gauss(0, 2)):.2f}",
+                },
+                {"value_type": "pressure", "value": f"{101325 + self.rng.gauss(0, 150):.2f}"},
+            ],
+        }
+        return SimMessage(
+            self._topic("sensor-community", d.device_id),
+            json.dumps(payload).encode(),
+            {"X-Sensor": d.device_id},
+        )
 
     def _garbage(self, msg: SimMessage) -> SimMessage:
         kind = self.rng.choice(["truncated", "bytes", "nan", "future", "epoch", "sql"])
@@ -195,7 +242,11 @@ class CitySimulator:
         elif kind == "future":
             p = p.replace(b'"bt": ', b'"bt": 9', 1) if b'"bt": ' in p else p.replace(b"20", b"29", 1)
         elif kind == "epoch":
-            p = p.replace(b'"bt": ', b'"bt": 300000000, "x": ', 1) if b'"bt": ' in p else p.replace(b"20", b"19", 1)
+            p = (
+                p.replace(b'"bt": ', b'"bt": 300000000, "x": ', 1)
+                if b'"bt": ' in p
+                else p.replace(b"20", b"19", 1)
+            )
         else:
             p = p.replace(b'"bn": "', b'"bn": "x\'; DROP TABLE readings; --', 1)
         self.faults[f"garbage_{kind}"] = self.faults.get(f"garbage_{kind}", 0) + 1

@@ -37,7 +37,7 @@ class Validator:
         if _bad_id(r.device_id):
             raise Rejected("bad_device_id", repr(r.device_id)[:100])
         value = r.value
-        if not isinstance(value, float | int) or isinstance(value, bool) and metric.aggregation != "state":
+        if not isinstance(value, float | int) or (isinstance(value, bool) and metric.aggregation != "state"):
             raise Rejected("wrong_type", f"{r.metric}: {type(value).__name__}")
         if not math.isfinite(value):
             raise Rejected("not_finite", f"{r.metric}={value}")
@@ -46,8 +46,11 @@ class Validator:
         except DecodeError as e:
             raise Rejected(e.reason, f"{r.metric}: {e.detail or e}") from None
         if not (metric.plausible_min <= value <= metric.plausible_max):
-            raise Rejected("out_of_range", f"{r.metric}={value:g} {metric.canonical_unit} outside "
-                                           f"[{metric.plausible_min:g}, {metric.plausible_max:g}]")
+            raise Rejected(
+                "out_of_range",
+                f"{r.metric}={value:g} {metric.canonical_unit} outside "
+                f"[{metric.plausible_min:g}, {metric.plausible_max:g}]",
+            )
         t = r.time
         if t > now + self._max_future:
             raise Rejected("time_in_future", f"{t.isoformat()} is after {now.isoformat()}")

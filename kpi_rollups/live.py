@@ -26,5 +26,8 @@ async def latest_summary(settings: Settings) -> list[tuple[str, str, float, str]
         rows = await conn.fetch(LATEST_SQL)
     finally:
         await conn.close()
-    return [(r["name"], r["canonical_unit"], float(r["value"]), r["bucket"].strftime("%H:%M"))
-            for r in rows if r["value"] is not None]
+    return [
+        (r["name"], r["canonical_unit"], float(r["value"]), r["bucket"].strftime("%H:%M"))
+        for r in rows
+        if r["value"] is not None
+    ]

@@ -30,7 +30,9 @@ async def apply_retention(conn: asyncpg.Connection, settings: Settings) -> dict[
     for table, (column, days) in retention_days(settings).items():
         if features.hypertables:
             dropped = await conn.fetch(
-                "SELECT drop_chunks($1::regclass, older_than => now() - make_interval(days => $2))", table, days
+                "SELECT drop_chunks($1::regclass, older_than => now() - make_interval(days => $2))",
+                table,
+                days,
             )
             removed[table] = len(dropped)
         else:

@@ -38,19 +38,31 @@ def rollup_rows(
     key = (device_key.astype(np.int64) << 16) | metric_id.astype(np.int64)
     uniq, series = np.unique(key, return_inverse=True)
     uniq_metric = uniq & 0xFFFF
-    decibel = np.isin(uniq_metric, np.fromiter(decibel_metric_ids, dtype=np.int64, count=len(decibel_metric_ids)))
+    decibel = np.isin(
+        uniq_metric, np.fromiter(decibel_metric_ids, dtype=np.int64, count=len(decibel_metric_ids))
+    )
     rows: list[tuple[object, ...]] = []
     for level, (_table, bucket_us) in ROLLUP_LEVELS.items():
         agg = partial_aggregates(series.astype(np.int64), ts_us, value, bucket_us, decibel)
         keys = uniq[agg.series]
         for i in range(len(agg.series)):
             k = int(keys[i])
-            rows.append((
-                level, _as_datetime(int(agg.bucket_start_us[i])), k >> 16, k & 0xFFFF,
-                int(agg.count[i]), float(agg.sum[i]), float(agg.sumsq[i]),
-                float(agg.min[i]), float(agg.max[i]),
-                _as_datetime(int(agg.first_ts_us[i])), float(agg.first_value[i]),
-                _as_datetime(int(agg.last_ts_us[i])), float(agg.last_value[i]),
-                float(agg.energy_sum[i]),
-            ))
+            rows.append(
+                (
+                    level,
+                    _as_datetime(int(agg.bucket_start_us[i])),
+                    k >> 16,
+                    k & 0xFFFF,
+                    int(agg.count[i]),
+                    float(agg.sum[i]),
+                    float(agg.sumsq[i]),
+                    float(agg.min[i]),
+                    float(agg.max[i]),
+                    _as_datetime(int(agg.first_ts_us[i])),
+                    float(agg.first_value[i]),
+                    _as_datetime(int(agg.last_ts_us[i])),
+                    float(agg.last_value[i]),
+                    float(agg.energy_sum[i]),
+                )
+            )
     return rows

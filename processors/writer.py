@@ -49,8 +49,18 @@ class DeadLetter:
     payload_size: int = 0
 
     def record(self) -> tuple[object, ...]:
-        return (self.source, self.topic, self.partition, self.offset, self.city_id, self.device_id,
-                self.reason, self.detail[:2000], self.payload, self.payload_size)
+        return (
+            self.source,
+            self.topic,
+            self.partition,
+            self.offset,
+            self.city_id,
+            self.device_id,
+            self.reason,
+            self.detail[:2000],
+            self.payload,
+            self.payload_size,
+        )
 
 
 @dataclass
@@ -83,9 +93,12 @@ class WriteBatch:
         """A batch of the chosen rows (used to bisect a batch the database rejected)."""
         return WriteBatch(
             source=self.source,
-            city=[self.city[i] for i in idx], device=[self.device[i] for i in idx],
-            metric=[self.metric[i] for i in idx], time=[self.time[i] for i in idx],
-            value=[self.value[i] for i in idx], flags=[self.flags[i] for i in idx],
+            city=[self.city[i] for i in idx],
+            device=[self.device[i] for i in idx],
+            metric=[self.metric[i] for i in idx],
+            time=[self.time[i] for i in idx],
+            value=[self.value[i] for i in idx],
+            flags=[self.flags[i] for i in idx],
             position=self.position,
         )
 
@@ -103,8 +116,14 @@ class WriteResult:
 class TimescaleWriter:
     """Writes `WriteBatch`es over one dedicated connection; `start()`/`stop()` bound its life."""
 
-    def __init__(self, dsn: str, *, unknown_device: str = "register", max_backoff_s: float = 30.0,
-                 connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        unknown_device: str = "register",
+        max_backoff_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
         self._dsn = dsn
         self._unknown_device = unknown_device
         self._max_backoff_s = max_backoff_s
@@ -159,8 +178,13 @@ class TimescaleWriter:
             except errors.RetriableWriteError as e:
                 if self._stopping.is_set():
                     raise
-                log.warning("write failed (%s); retrying in %.1f s, batch kept (%d readings, source %s)",
-                            e, backoff, len(batch), batch.source)
+                log.warning(
+                    "write failed (%s); retrying in %.1f s, batch kept (%d readings, source %s)",
+                    e,
+                    backoff,
+                    len(batch),
+                    batch.source,
+                )
                 await self._drop_connection()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
@@ -179,11 +203,16 @@ class TimescaleWriter:
         except errors.PermanentWriteError as e:
             if len(batch) <= 1:
                 log.error("database rejected a reading (%s); dead-lettering it", e)
-                rejected = [DeadLetter(batch.source, f"db_rejected:{e.sqlstate}", str(e),
-                                       city_id=c, device_id=d)
-                            for c, d in zip(batch.city, batch.device, strict=True)]
-                empty = WriteBatch(source=batch.source, dead_letters=batch.dead_letters + rejected,
-                                   position=batch.position, messages=batch.messages)
+                rejected = [
+                    DeadLetter(batch.source, f"db_rejected:{e.sqlstate}", str(e), city_id=c, device_id=d)
+                    for c, d in zip(batch.city, batch.device, strict=True)
+                ]
+                empty = WriteBatch(
+                    source=batch.source,
+                    dead_letters=batch.dead_letters + rejected,
+                    position=batch.position,
+                    messages=batch.messages,
+                )
                 return await self._write_once(empty)
             half = len(batch) // 2
             first = batch.take(list(range(half)))
@@ -191,9 +220,14 @@ class TimescaleWriter:
             second = batch.take(list(range(half, len(batch))))
             a = await self._write_or_bisect(first)
             b = await self._write_or_bisect(second)
-            return WriteResult(a.received + b.received, a.stored + b.stored, a.duplicates + b.duplicates,
-                               a.dead_letters + b.dead_letters, a.rollup_rows + b.rollup_rows,
-                               a.seconds + b.seconds)
+            return WriteResult(
+                a.received + b.received,
+                a.stored + b.stored,
+                a.duplicates + b.duplicates,
+                a.dead_letters + b.dead_letters,
+                a.rollup_rows + b.rollup_rows,
+                a.seconds + b.seconds,
+            )
 
     async def _write_once(self, batch: WriteBatch) -> WriteResult:
         t0 = time.perf_counter()
@@ -224,11 +258,18 @@ class TimescaleWriter:
         except Exception as e:  # classify by SQLSTATE: retriable or permanent
             raise errors.classify(e) from e
         self.last_success = time.time()
-        return WriteResult(len(batch), len(new_rows), len(records) - len(new_rows), len(dead), n_rollup,
-                           time.perf_counter() - t0)
+        return WriteResult(
+            len(batch),
+            len(new_rows),
+            len(records) - len(new_rows),
+            len(dead),
+            n_rollup,
+            time.perf_counter() - t0,
+        )
 
-    def _records(self, batch: WriteBatch, device_keys: dict[tuple[str, str], int]
-                 ) -> tuple[list[tuple[object, ...]], list[DeadLetter]]:
+    def _records(
+        self, batch: WriteBatch, device_keys: dict[tuple[str, str], int]
+    ) -> tuple[list[tuple[object, ...]], list[DeadLetter]]:
         records: list[tuple[object, ...]] = []
         dead = list(batch.dead_letters)
         metric_ids = self._metric_ids
@@ -238,16 +279,26 @@ class TimescaleWriter:
             key = device_keys.get((city, device))
             if key is None:
                 reason = "unknown_city" if city not in self._cities else "unknown_device"
-                dead.append(DeadLetter(batch.source, reason, f"{metric}={value} at {t.isoformat()}",
-                                       city_id=city, device_id=device))
+                dead.append(
+                    DeadLetter(
+                        batch.source,
+                        reason,
+                        f"{metric}={value} at {t.isoformat()}",
+                        city_id=city,
+                        device_id=device,
+                    )
+                )
                 continue
             records.append((t, key, metric_ids[metric], value, flags))
         return records, dead
 
     async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
         cache = self._devices
-        missing = {(c, d): m for c, d, m in zip(batch.city, batch.device, batch.metric, strict=True)
-                   if (c, d) not in cache}
+        missing = {
+            (c, d): m
+            for c, d, m in zip(batch.city, batch.device, batch.metric, strict=True)
+            if (c, d) not in cache
+        }
         if missing:
             cities, devices = [m[0] for m in missing], [m[1] for m in missing]
             if self._unknown_device == "register":  # the kind of an auto-registered device: its metric's
@@ -265,11 +316,16 @@ class TimescaleWriter:
         out = []
         for r in await conn.fetch(sql.CONFLICTING_READINGS):
             city, device = by_key.get(r["device_key"], ("", str(r["device_key"])))
-            out.append(DeadLetter(
-                source, "conflicting_duplicate",
-                f"{name.get(r['metric_id'])} at {r['time'].isoformat()}: got {r['value']}, "
-                f"kept first stored value {r['stored_value']}",
-                city_id=city, device_id=device))
+            out.append(
+                DeadLetter(
+                    source,
+                    "conflicting_duplicate",
+                    f"{name.get(r['metric_id'])} at {r['time'].isoformat()}: got {r['value']}, "
+                    f"kept first stored value {r['stored_value']}",
+                    city_id=city,
+                    device_id=device,
+                )
+            )
         return out
 
     async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:

@@ -48,14 +48,20 @@ class ServerFeatures:
 
     def describe(self) -> str:
         if not self.hypertables:
-            return (f"PostgreSQL {self.server_version} without TimescaleDB: hypertables, compression and "
-                    "retention policies are off; plain tables, retention by DELETE in the service")
+            return (
+                f"PostgreSQL {self.server_version} without TimescaleDB: hypertables, compression and "
+                "retention policies are off; plain tables, retention by DELETE in the service"
+            )
         if not self.community_features:
-            return (f"TimescaleDB {self.timescaledb_version} ({self.license} edition) on PostgreSQL "
-                    f"{self.server_version}: hypertables on; compression and retention policies off "
-                    "(not in this edition); retention by drop_chunks in the service")
-        return (f"TimescaleDB {self.timescaledb_version} (Community edition) on PostgreSQL "
-                f"{self.server_version}: hypertables, compression and retention policies on")
+            return (
+                f"TimescaleDB {self.timescaledb_version} ({self.license} edition) on PostgreSQL "
+                f"{self.server_version}: hypertables on; compression and retention policies off "
+                "(not in this edition); retention by drop_chunks in the service"
+            )
+        return (
+            f"TimescaleDB {self.timescaledb_version} (Community edition) on PostgreSQL "
+            f"{self.server_version}: hypertables, compression and retention policies on"
+        )
 
 
 @dataclass
@@ -74,9 +80,7 @@ def migration_files() -> list[tuple[str, str]]:
 
 async def detect_features(conn: asyncpg.Connection) -> ServerFeatures:
     server_version = await conn.fetchval("SHOW server_version")
-    available = await conn.fetchval(
-        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-    )
+    available = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
     ts_version = None
     if available:
         try:
@@ -141,7 +145,9 @@ async def apply_server_features(conn: asyncpg.Connection, features: ServerFeatur
             f"ALTER TABLE {table} SET (timescaledb.compress, "
             "timescaledb.compress_segmentby = 'device_key, metric_id')"
         )
-        await conn.execute(f"SELECT add_compression_policy('{table}', INTERVAL '{after}', if_not_exists => true)")
+        await conn.execute(
+            f"SELECT add_compression_policy('{table}', INTERVAL '{after}', if_not_exists => true)"
+        )
 
 
 async def sync_catalog(conn: asyncpg.Connection) -> None:
@@ -149,7 +155,8 @@ async def sync_catalog(conn: asyncpg.Connection) -> None:
     from schemas.metrics import METRICS
 
     await conn.executemany(
-        """INSERT INTO metrics (name, canonical_unit, kind, aggregation, plausible_min, plausible_max, description)
+        """INSERT INTO metrics (name, canonical_unit, kind, aggregation, plausible_min, plausible_max,
+                            description)
            VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (name) DO UPDATE SET canonical_unit = EXCLUDED.canonical_unit, kind = EXCLUDED.kind,
                aggregation = EXCLUDED.aggregation, plausible_min = EXCLUDED.plausible_min,

@@ -26,7 +26,8 @@ WHERE r.value IS DISTINCT FROM s.value
 
 STAGING_ROLLUP = """
 CREATE TEMP TABLE IF NOT EXISTS staging_rollup (
-    level smallint NOT NULL, bucket timestamptz NOT NULL, device_key integer NOT NULL, metric_id smallint NOT NULL,
+    level smallint NOT NULL, bucket timestamptz NOT NULL,
+    device_key integer NOT NULL, metric_id smallint NOT NULL,
     n bigint NOT NULL, sum double precision NOT NULL, sumsq double precision NOT NULL,
     min double precision NOT NULL, max double precision NOT NULL,
     first_time timestamptz NOT NULL, first_value double precision NOT NULL,
@@ -35,8 +36,20 @@ CREATE TEMP TABLE IF NOT EXISTS staging_rollup (
 ) ON COMMIT DELETE ROWS
 """
 STAGING_ROLLUP_COLUMNS = (
-    "level", "bucket", "device_key", "metric_id", "n", "sum", "sumsq", "min", "max",
-    "first_time", "first_value", "last_time", "last_value", "energy",
+    "level",
+    "bucket",
+    "device_key",
+    "metric_id",
+    "n",
+    "sum",
+    "sumsq",
+    "min",
+    "max",
+    "first_time",
+    "first_value",
+    "last_time",
+    "last_value",
+    "energy",
 )
 
 # Merging partial state: the same merge as processors.kernels.merge_partial_aggregates.
@@ -53,7 +66,8 @@ ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
     min = LEAST(t.min, EXCLUDED.min),
     max = GREATEST(t.max, EXCLUDED.max),
     first_time = CASE WHEN EXCLUDED.first_time < t.first_time THEN EXCLUDED.first_time ELSE t.first_time END,
-    first_value = CASE WHEN EXCLUDED.first_time < t.first_time THEN EXCLUDED.first_value ELSE t.first_value END,
+    first_value = CASE WHEN EXCLUDED.first_time < t.first_time
+                       THEN EXCLUDED.first_value ELSE t.first_value END,
     last_time = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_time ELSE t.last_time END,
     last_value = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_value ELSE t.last_value END,
     energy = t.energy + EXCLUDED.energy
@@ -66,8 +80,16 @@ RETURNING batch_id
 UPDATE_INGEST_BATCH = "UPDATE ingest_batches SET stored = $2 WHERE batch_id = $1"
 
 DEAD_LETTER_COLUMNS = (
-    "source", "topic", "partition", "offset", "city_id", "device_id", "reason", "detail",
-    "payload", "payload_size",
+    "source",
+    "topic",
+    "partition",
+    "offset",
+    "city_id",
+    "device_id",
+    "reason",
+    "detail",
+    "payload",
+    "payload_size",
 )
 
 LOOKUP_DEVICES = """

@@ -32,8 +32,10 @@ def _stack_env() -> dict[str, str]:
 
 
 STACK_ENV = _stack_env()
-TSDB_URL = os.environ.get("CITYKPI_DATABASE__URL", STACK_ENV.get("CITYKPI_DATABASE__URL",
-                                                                  "postgresql://postgres@127.0.0.1:15433/citykpi"))
+TSDB_URL = os.environ.get(
+    "CITYKPI_DATABASE__URL",
+    STACK_ENV.get("CITYKPI_DATABASE__URL", "postgresql://postgres@127.0.0.1:15433/citykpi"),
+)
 PLAIN_URL = STACK_ENV.get("CITYKPI_TEST_PLAIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:15434/citykpi")
 MQTT_PORT = int(STACK_ENV.get("CITYKPI_MQTT__PORT", "18830"))
 KAFKA_BOOTSTRAP = STACK_ENV.get("CITYKPI_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")

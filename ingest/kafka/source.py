@@ -60,13 +60,17 @@ class KafkaSource:
             max_poll_records=s.max_poll_records,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
-            **kafka_security_kwargs(s),  # type: ignore[arg-type]
+            **kafka_security_kwargs(s),
         )
         await self._consumer.start()
         self.connected = True
         self._task = asyncio.create_task(self._consume(), name="citykpi-kafka-consume")
-        log.info("Kafka consumer started: group %s, topics %s on %s", s.group_id,
-                 [t.filter for t in s.topics], s.bootstrap_servers)
+        log.info(
+            "Kafka consumer started: group %s, topics %s on %s",
+            s.group_id,
+            [t.filter for t in s.topics],
+            s.bootstrap_servers,
+        )
 
     async def _consume(self) -> None:
         consumer = self._consumer
@@ -85,8 +89,12 @@ class KafkaSource:
             for tp, records in data.items():
                 for r in records:
                     headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}
-                    received = datetime.fromtimestamp(r.timestamp / 1000, UTC) if r.timestamp else datetime.now(UTC)
-                    messages.append(Message(r.value or b"", tp.topic, received, headers, tp.partition, r.offset))
+                    received = (
+                        datetime.fromtimestamp(r.timestamp / 1000, UTC) if r.timestamp else datetime.now(UTC)
+                    )
+                    messages.append(
+                        Message(r.value or b"", tp.topic, received, headers, tp.partition, r.offset)
+                    )
                 offsets[tp] = records[-1].offset + 1
                 highwater = consumer.highwater(tp)
                 if highwater is not None:

@@ -89,11 +89,17 @@ class MqttSource:
             log.error("MQTT connect refused: %s", reason_code)
             return
         self._generation += 1
-        qos = self.settings.qos
-        client.subscribe([(f, qos) for f in self.subscriptions()])
+        qos: int = self.settings.qos
+        topics: list[tuple[str, int]] = [(f, qos) for f in self.subscriptions()]
+        client.subscribe(topics)
         self._connected.set()
-        log.info("MQTT connected to %s:%d (session present: %s), subscribed to %s",
-                 self.settings.host, self.settings.port, flags.session_present, self.subscriptions())
+        log.info(
+            "MQTT connected to %s:%d (session present: %s), subscribed to %s",
+            self.settings.host,
+            self.settings.port,
+            flags.session_present,
+            self.subscriptions(),
+        )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         self._connected.clear()
@@ -115,8 +121,9 @@ class MqttSource:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s.session_expiry_s
             props.ReceiveMaximum = min(s.max_inflight, 65535)
-            self._client.connect_async(s.host, s.port, s.keepalive_s, clean_start=s.clean_start,
-                                       properties=props)
+            self._client.connect_async(
+                s.host, s.port, s.keepalive_s, clean_start=s.clean_start, properties=props
+            )
         else:
             self._client.connect_async(s.host, s.port, s.keepalive_s)
         self._client.loop_start()
@@ -139,13 +146,13 @@ class MqttSource:
             await self._submit_chunk()
 
     async def _submit_chunk(self) -> None:
-        items = []
+        items: list[tuple[mqtt.MQTTMessage, int, datetime]] = []
         q = self._queue
         while q and len(items) < CHUNK:
             items.append(q.popleft())
         if not items:
             return
-        messages = [Message(m.payload, m.topic, t) for m, _g, t in items]
+        messages = [Message(bytes(m.payload), m.topic, t) for m, _g, t in items]
         acks = [(m.mid, m.qos, g) for m, g, _t in items if m.qos > 0]
         self._inflight += len(acks)
         telemetry.MQTT_INFLIGHT.set(self._inflight)
@@ -158,8 +165,15 @@ class MqttSource:
             self._inflight -= len(acks)
             telemetry.MQTT_INFLIGHT.set(self._inflight)
 
-        await self.pipeline.submit(Delivery(self.name, self.router, messages, ack,
-                                            {"messages": len(messages), "first_topic": items[0][0].topic}))
+        await self.pipeline.submit(
+            Delivery(
+                self.name,
+                self.router,
+                messages,
+                ack,
+                {"messages": len(messages), "first_topic": items[0][0].topic},
+            )
+        )
 
     async def stop(self) -> None:
         """Stop receiving; messages already queued are handed to the pipeline first."""

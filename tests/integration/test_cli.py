@@ -17,8 +17,14 @@ CITYKPI = str(Path(sys.executable).parent / "citykpi")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CITYKPI, *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [CITYKPI, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_help_lists_the_commands() -> None:
@@ -29,8 +35,14 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_config_show_prints_json_with_secrets_masked() -> None:
-    out = run("config", "show", env={"CITYKPI_DATABASE__URL": "postgresql://u:topsecret@h:5432/d",
-                                     "CITYKPI_MQTT__PASSWORD": "alsosecret"})
+    out = run(
+        "config",
+        "show",
+        env={
+            "CITYKPI_DATABASE__URL": "postgresql://u:topsecret@h:5432/d",
+            "CITYKPI_MQTT__PASSWORD": "alsosecret",
+        },
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["database"]["url"] == "postgresql://u:***@h:5432/d"

@@ -18,7 +18,12 @@ from ingest.config import KafkaSettings, Settings
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
 from tests.conftest import KAFKA_BOOTSTRAP, KAFKA_IMPL, REPO
-from tests.integration.test_mqtt_ingest import count_readings, rollup_mismatches, senml_messages, wait_for_count
+from tests.integration.test_mqtt_ingest import (
+    count_readings,
+    rollup_mismatches,
+    senml_messages,
+    wait_for_count,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +40,13 @@ async def new_topic(partitions: int = 4) -> str:
 
 
 def kafka_settings(topic: str, group: str) -> dict[str, object]:
-    return {"bootstrap_servers": KAFKA_BOOTSTRAP, "group_id": group,
-            "topics": [{"filter": topic, "format": "senml", "city": "demo"}],
-            "session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
+    return {
+        "bootstrap_servers": KAFKA_BOOTSTRAP,
+        "group_id": group,
+        "topics": [{"filter": topic, "format": "senml", "city": "demo"}],
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 500,
+    }
 
 
 async def produce(topic: str, n: int, offset: int = 0) -> None:
@@ -51,8 +60,11 @@ async def produce(topic: str, n: int, offset: int = 0) -> None:
 
 def service_settings(dsn: str, topic: str, group: str) -> Settings:
     return Settings(  # type: ignore[call-arg]
-        database={"url": dsn}, mqtt={"enabled": False}, http={"enabled": False},
-        kafka=kafka_settings(topic, group), writer={"batch_max_delay_s": 0.05},
+        database={"url": dsn},
+        mqtt={"enabled": False},
+        http={"enabled": False},
+        kafka=kafka_settings(topic, group),
+        writer={"batch_max_delay_s": 0.05},
     )
 
 
@@ -94,10 +106,16 @@ async def test_two_consumers_in_one_group_store_each_reading_once(tsdb: str) -> 
 @pytest.mark.slow
 async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(tsdb: str, tmp_path: Path) -> None:
     topic = await new_topic()
-    env = {**os.environ, "CITYKPI_DATABASE__URL": tsdb, "CITYKPI_MQTT__ENABLED": "false",
-           "CITYKPI_HTTP__ENABLED": "false", "CITYKPI_WRITER__BATCH_MAX_ROWS": "500",
-           "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
-           "CITYKPI_KAFKA__GROUP_ID": "g-" + topic, "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP}
+    env = {
+        **os.environ,
+        "CITYKPI_DATABASE__URL": tsdb,
+        "CITYKPI_MQTT__ENABLED": "false",
+        "CITYKPI_HTTP__ENABLED": "false",
+        "CITYKPI_WRITER__BATCH_MAX_ROWS": "500",
+        "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
+        "CITYKPI_KAFKA__GROUP_ID": "g-" + topic,
+        "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
+    }
     cmd = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
     log = (tmp_path / "service.log").open("ab")
     await produce(topic, 10000)

@@ -27,7 +27,9 @@ T_START = int(time.time()) // 3600 * 3600 - 86400
 
 def settings_for(dsn: str, port: int, client_id: str = "citykpi-test", **mqtt: object) -> Settings:
     return Settings(  # type: ignore[call-arg]
-        database={"url": dsn}, kafka={"enabled": False}, http={"enabled": False},
+        database={"url": dsn},
+        kafka={"enabled": False},
+        http={"enabled": False},
         mqtt={"port": port, "client_id": client_id, **mqtt},
         writer={"batch_max_delay_s": 0.05},
     )
@@ -104,9 +106,17 @@ async def test_bad_payloads_are_dead_lettered_and_the_service_keeps_going(
 ) -> None:
     bad = [
         SimMessage("city/demo/senml/x", b"{not json"),
-        SimMessage("city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "v": 5, "bt": T_START + 10**9}]).encode()),
-        SimMessage("city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "v": 5, "bt": 300_000_000}]).encode()),
-        SimMessage("city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "u": "dB", "v": 5, "bt": T_START}]).encode()),
+        SimMessage(
+            "city/demo/senml/x",
+            json.dumps([{"bn": "x:", "n": "pm25", "v": 5, "bt": T_START + 10**9}]).encode(),
+        ),
+        SimMessage(
+            "city/demo/senml/x", json.dumps([{"bn": "x:", "n": "pm25", "v": 5, "bt": 300_000_000}]).encode()
+        ),
+        SimMessage(
+            "city/demo/senml/x",
+            json.dumps([{"bn": "x:", "n": "pm25", "u": "dB", "v": 5, "bt": T_START}]).encode(),
+        ),
         SimMessage("city/demo/senml/x", b'[{"bn": "x:", "n": "pm25", "v": NaN, "bt": %d}]' % T_START),
         SimMessage("city/demo/senml/x", b"[" + b'{"n":"pm25","v":1},' * 30000 + b"{}]"),
     ]
@@ -130,11 +140,22 @@ async def test_bad_payloads_are_dead_lettered_and_the_service_keeps_going(
 
 
 def _service_process(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CITYKPI_DATABASE__URL": dsn, "CITYKPI_MQTT__PORT": str(port),
-           "CITYKPI_KAFKA__ENABLED": "false", "CITYKPI_HTTP__ENABLED": "false",
-           "CITYKPI_MQTT__CLIENT_ID": "citykpi-crashy", "CITYKPI_WRITER__BATCH_MAX_DELAY_S": "0.05"}
-    return subprocess.Popen([str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
-                            cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "CITYKPI_DATABASE__URL": dsn,
+        "CITYKPI_MQTT__PORT": str(port),
+        "CITYKPI_KAFKA__ENABLED": "false",
+        "CITYKPI_HTTP__ENABLED": "false",
+        "CITYKPI_MQTT__CLIENT_ID": "citykpi-crashy",
+        "CITYKPI_WRITER__BATCH_MAX_DELAY_S": "0.05",
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.mark.slow

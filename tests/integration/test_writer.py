@@ -23,21 +23,30 @@ def batch_of(rows: list[tuple[str, str, datetime, float]], city: str = "demo") -
 
 async def rollup_recomputed_from_raw(conn: asyncpg.Connection, table: str, width: str) -> list[tuple]:
     """Rollups computed in SQL from the raw readings, to compare with what the processors wrote."""
-    return [tuple(r) for r in await conn.fetch(f"""
+    return [
+        tuple(r)
+        for r in await conn.fetch(f"""
         SELECT date_bin('{width}', time, '2000-01-01') AS bucket, device_key, metric_id, count(*),
                round(sum(value)::numeric, 6), round(sum(value * value)::numeric, 4), min(value), max(value)
-        FROM readings GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""")]
+        FROM readings GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""")
+    ]
 
 
 async def rollup_stored(conn: asyncpg.Connection, table: str) -> list[tuple]:
-    return [tuple(r) for r in await conn.fetch(f"""
+    return [
+        tuple(r)
+        for r in await conn.fetch(f"""
         SELECT bucket, device_key, metric_id, n, round(sum::numeric, 6), round(sumsq::numeric, 4), min, max
-        FROM {table} ORDER BY 1, 2, 3""")]
+        FROM {table} ORDER BY 1, 2, 3""")
+    ]
 
 
 async def test_replayed_batch_stores_and_aggregates_nothing_twice(any_db: str) -> None:
     rng = np.random.default_rng(1)
-    rows = [(f"air-{i % 7}", "pm25", T0 + timedelta(seconds=37 * i), float(rng.uniform(1, 80))) for i in range(3000)]
+    rows = [
+        (f"air-{i % 7}", "pm25", T0 + timedelta(seconds=37 * i), float(rng.uniform(1, 80)))
+        for i in range(3000)
+    ]
     async with TimescaleWriter(any_db) as w:
         first = await w.write(batch_of(rows))
         again = await w.write(batch_of(rows))
