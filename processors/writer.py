@@ -294,11 +294,10 @@ class TimescaleWriter:
 
     async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
         cache = self._devices
-        missing = {
-            (c, d): m
-            for c, d, m in zip(batch.city, batch.device, batch.metric, strict=True)
-            if (c, d) not in cache
-        }
+        missing: dict[tuple[str, str], str] = {}
+        for c, d, m in zip(batch.city, batch.device, batch.metric, strict=True):
+            if (c, d) not in cache and METRICS[missing.get((c, d), m)].kind in ("weather", METRICS[m].kind):
+                missing[(c, d)] = m  # a bin's temperature must not make it a weather station
         if missing:
             cities, devices = [m[0] for m in missing], [m[1] for m in missing]
             if self._unknown_device == "register":  # the kind of an auto-registered device: its metric's
