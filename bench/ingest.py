@@ -1,0 +1,218 @@
+"""End-to-end ingestion benchmark on the local stack: `python -m bench.ingest [--messages N]`.
+
+For MQTT and Kafka, a backlog of simulator-shaped SenML messages is published first, then timed
+from the service's start to the last committed row (readings/s end to end), next to the bare client
+limits measured in the same run (paho draining the same backlog doing nothing; aiokafka fetching it
+without decoding) and a naive baseline (paho callback -> json.loads -> pydantic model -> one INSERT
+per reading). Latency publish -> committed row is measured at a paced rate. Figures go to
+bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import resource
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel
+
+from ingest.config import Settings
+from ingest.publishers import KafkaPublisher, MqttPublisher
+from ingest.service import Service
+from ingest.simulator import SimMessage
+from tests.conftest import TSDB_URL, _drop_database, migrated_database
+
+RESULTS = Path(__file__).parent / "results" / "ingest.json"
+
+
+def packs(n: int, per_pack: int, t0: int) -> list[SimMessage]:
+    out = []
+    for i in range(n):
+        device = f"air-{i % 500:03d}"
+        pack = [{"bn": f"{device}:", "bt": t0 + i, "n": "pm25", "u": "ug/m3", "v": 10.5}]
+        pack += [{"n": "pm10", "t": k + 1, "v": 20.0 + k} for k in range(per_pack - 1)]
+        out.append(SimMessage(f"city/demo/senml/{device}", json.dumps(pack).encode()))
+    return out
+
+
+async def count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM readings"))
+    finally:
+        await conn.close()
+
+
+async def wait_rows(dsn: str, expected: int, timeout: float = 600) -> float:
+    start = time.perf_counter()
+    while await count(dsn) < expected:
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"only {await count(dsn)} of {expected} rows")
+        await asyncio.sleep(0.05)
+    return time.perf_counter()
+
+
+async def citykpi_mqtt(n: int, per_pack: int) -> float:
+    dsn = await migrated_database(TSDB_URL)
+    client_id = f"bench-{uuid.uuid4().hex[:6]}"
+    settings = Settings(database={"url": dsn}, kafka={"enabled": False}, http={"enabled": False},  # type: ignore[call-arg]
+                        mqtt={"client_id": client_id, "shared_group": None})
+    service = Service(settings)
+    await service.start()  # creates the persistent session; stop it so the backlog queues
+    await service.stop()
+    pub = MqttPublisher(settings.mqtt, client_id=f"pub-{client_id}")
+    await pub.start()
+    await pub.publish(packs(n, per_pack, int(time.time()) - 86400))
+    await pub.stop()
+    service = Service(settings)
+    t0 = time.perf_counter()
+    await service.start()
+    t1 = await wait_rows(dsn, n * per_pack)
+    await service.stop()
+    await _drop_database(TSDB_URL, dsn)
+    return n * per_pack / (t1 - t0)
+
+
+def bare_paho_drain(n: int, per_pack: int) -> float:
+    """paho receiving the same QoS 1 backlog and doing nothing else (messages/s x readings per message)."""
+    s = Settings().mqtt
+    cid = f"bare-{uuid.uuid4().hex[:6]}"
+    got = threading.Event()
+    received = [0]
+
+    def on_message(*_a: object) -> None:
+        received[0] += 1
+        if received[0] >= n:
+            got.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    c.on_message = on_message
+    c.connect(s.host, s.port)
+    c.subscribe("bench/bare/#", qos=1)
+    c.loop(1)
+    c.disconnect()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid + "-pub")
+    pub.max_inflight_messages_set(20000)
+    pub.connect(s.host, s.port)
+    pub.loop_start()
+    for m in packs(n, per_pack, 0):
+        pub.publish("bench/bare/" + m.topic, m.payload, qos=1).wait_for_publish()
+    pub.loop_stop()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    c.on_message = on_message
+    t0 = time.perf_counter()
+    c.connect(s.host, s.port)
+    c.loop_start()
+    got.wait(600)
+    rate = n / (time.perf_counter() - t0)
+    c.loop_stop()
+    return rate * per_pack
+
+
+class NaiveReading(BaseModel):
+    bn: str
+    bt: float
+    n: str
+    v: float
+
+
+async def naive_mqtt(n: int) -> float:
+    """paho callback -> json.loads -> pydantic -> one INSERT per reading (the baseline to beat)."""
+    dsn = await migrated_database(TSDB_URL)
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE naive (time timestamptz, device text, metric text, value float8, "
+                       "PRIMARY KEY (device, metric, time))")
+    q: asyncio.Queue[bytes] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    s = Settings().mqtt
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"naive-{uuid.uuid4().hex[:6]}")
+    c.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(q.put_nowait, m.payload)
+    c.connect(s.host, s.port)
+    c.subscribe("bench/naive/#", qos=1)
+    c.loop_start()
+    await asyncio.sleep(0.5)
+    pub = MqttPublisher(s, client_id=f"naive-pub-{uuid.uuid4().hex[:6]}")
+    await pub.start()
+    t0 = time.perf_counter()
+    await pub.publish(SimMessage("bench/naive/" + m.topic, m.payload) for m in packs(n, 1, int(time.time())))
+    for _ in range(n):
+        r = NaiveReading.model_validate(json.loads(await q.get())[0])
+        await conn.execute("INSERT INTO naive VALUES (to_timestamp($1), $2, $3, $4) ON CONFLICT DO NOTHING",
+                           r.bt, r.bn, r.n, r.v)
+    rate = n / (time.perf_counter() - t0)
+    await pub.stop()
+    c.loop_stop()
+    await conn.close()
+    await _drop_database(TSDB_URL, dsn)
+    return rate
+
+
+async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float]:
+    dsn = await migrated_database(TSDB_URL)
+    topic = f"bench.{uuid.uuid4().hex[:8]}"
+    base = Settings()
+    pub = KafkaPublisher(base.kafka, {"senml": topic})
+    await pub.start()
+    await pub.publish(packs(n, per_pack, int(time.time()) - 86400))
+    await pub.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=base.kafka.bootstrap_servers,
+                                group_id=f"bare-{topic}", auto_offset_reset="earliest")
+    await consumer.start()
+    t0, seen = time.perf_counter(), 0
+    while seen < n:
+        for records in (await consumer.getmany(timeout_ms=500, max_records=10000)).values():
+            seen += len(records)
+    bare = n * per_pack / (time.perf_counter() - t0)
+    await consumer.stop()
+    settings = Settings(database={"url": dsn}, mqtt={"enabled": False}, http={"enabled": False},  # type: ignore[call-arg]
+                        kafka={"topics": [{"filter": topic, "format": "senml", "city": "demo"}],
+                               "group_id": f"g-{topic}"})
+    service = Service(settings)
+    t0 = time.perf_counter()
+    await service.start()
+    t1 = await wait_rows(dsn, n * per_pack)
+    await service.stop()
+    await _drop_database(TSDB_URL, dsn)
+    return n * per_pack / (t1 - t0), bare
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--naive-messages", type=int, default=5_000)
+    args = ap.parse_args()
+    n = args.messages
+    out: dict[str, object] = {"date": datetime.now(UTC).isoformat(), "machine": platform.node(),
+                              "messages": n}
+    kafka10, kafka_bare = await citykpi_kafka(n // 10, 10)
+    out["kafka_senml10_readings_per_s"] = kafka10
+    out["kafka_bare_fetch_readings_per_s"] = kafka_bare
+    out["mqtt_1_per_msg_readings_per_s"] = await citykpi_mqtt(n // 4, 1)
+    out["mqtt_bare_paho_drain_per_s"] = bare_paho_drain(n // 4, 1)
+    out["mqtt_senml10_readings_per_s"] = await citykpi_mqtt(n // 10, 10)
+    out["naive_baseline_readings_per_s"] = await naive_mqtt(args.naive_messages)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    naive = float(out["naive_baseline_readings_per_s"])  # type: ignore[arg-type]
+    out["ratio_mqtt_vs_bare_paho"] = float(out["mqtt_1_per_msg_readings_per_s"]) / float(  # type: ignore[arg-type]
+        out["mqtt_bare_paho_drain_per_s"])  # type: ignore[arg-type]
+    out["ratio_kafka_vs_naive"] = kafka10 / naive
+    out["ratio_mqtt_senml10_vs_naive"] = float(out["mqtt_senml10_readings_per_s"]) / naive  # type: ignore[arg-type]
+    for k, v in out.items():
+        print(f"{k:40s} {v:,.2f}" if isinstance(v, float) else f"{k:40s} {v}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
