@@ -1,0 +1,333 @@
+"""Compute a city's KPIs for a period and upsert them into kpi_values; the periodic refresh loop.
+
+`refresh_kpis` is idempotent: the rows of a (city, period) are replaced in one transaction (an
+advisory lock serialises concurrent refreshes of the same city and period), rows no longer
+produced (e.g. an area removed from the registry) are deleted, and `computed_at` is updated. A
+formula that fails is logged and skipped; its previous rows stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from kpi_rollups.catalog import KpiDefinition, load_catalog
+from kpi_rollups.formulas import FORMULAS, FormulaContext
+from kpi_rollups.periods import Period, PeriodKind, period_start
+from kpi_rollups.registry import load_snapshot
+from kpi_rollups.sources import CityData
+from kpi_rollups.values import (
+    LABEL_ACCURATE,
+    LABEL_IN_PROGRESS,
+    LABEL_NOT_COMPUTABLE,
+    LABEL_PARTIAL,
+    LABEL_REGISTRY,
+    KpiOptions,
+    KpiResult,
+    KpiValue,
+    band_label,
+    clean_json,
+    score,
+)
+
+if TYPE_CHECKING:
+    from ingest.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class UnknownCityError(LookupError):
+    pass
+
+
+class KpiRefreshError(RuntimeError):
+    """Raised by refresh_kpis(strict=True) when a formula failed; the other KPIs were still stored."""
+
+
+@asynccontextmanager
+async def _connection(
+    conn_or_dsn: asyncpg.Connection | asyncpg.Pool | str,
+) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(conn_or_dsn, str):
+        conn = await asyncpg.connect(conn_or_dsn, timeout=10)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+    elif isinstance(conn_or_dsn, asyncpg.Pool):
+        async with conn_or_dsn.acquire() as conn:
+            yield conn
+    else:
+        yield conn_or_dsn
+
+
+def _finish(
+    kpi: KpiDefinition,
+    r: KpiResult,
+    city_id: str,
+    period: Period,
+    now: datetime,
+    threshold: float,
+    targets: dict[tuple[str, str], tuple[float, tuple[float, float, float] | None]],
+    computed_at: datetime,
+) -> KpiValue:
+    comp = kpi.component(r.component)
+    direction = comp.direction or kpi.direction
+    target, edges = None, kpi.band_edges
+    if comp.scored:
+        city_target = targets.get((kpi.code, r.component))
+        if city_target is not None:
+            target, edges = city_target[0], city_target[1] or kpi.band_edges
+        else:
+            target = comp.target
+    value = r.value if r.not_computable is None else None
+    details = dict(r.details)
+    if r.not_computable is not None:
+        details["not_computable"] = r.not_computable
+        valid, label = False, LABEL_NOT_COMPUTABLE
+    elif r.basis == "registry":
+        valid, label = True, LABEL_REGISTRY
+    else:
+        cov = r.coverage or 0.0
+        valid = cov >= threshold
+        if valid:
+            label = LABEL_ACCURATE
+        elif not period.complete(now):
+            label = LABEL_IN_PROGRESS
+        else:
+            label = LABEL_PARTIAL
+        details["validity_rule"] = f"coverage of the {period.kind} >= {threshold:g}"
+    if r.valid is False:
+        valid = False
+    if r.label_note and r.not_computable is None:
+        label = f"{label}; {r.label_note}"
+    sc = score(value, target, direction)
+    details["direction"] = f"{direction} is better"
+    return KpiValue(
+        city_id=city_id,
+        kpi_code=kpi.code,
+        component=r.component,
+        area_id=r.area_id,
+        period_kind=period.kind,
+        period_start=period.start,
+        value=value,
+        unit=comp.unit,
+        n_readings=r.n_readings,
+        n_devices=r.n_devices,
+        coverage=None if r.coverage is None else min(1.0, max(0.0, r.coverage)),
+        valid=valid,
+        quality_label=label,
+        target=target,
+        score=sc,
+        band=band_label(sc, edges),
+        details=clean_json(details),
+        computed_at=computed_at,
+    )
+
+
+_UPSERT = """
+INSERT INTO kpi_values (city_id, kpi_code, component, area_id, period_kind, period_start, value, unit,
+                        n_readings, n_devices, coverage, valid, quality_label, target, score, band, details,
+                        computed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18)
+ON CONFLICT (city_id, kpi_code, component, area_id, period_kind, period_start) DO UPDATE SET
+    value = EXCLUDED.value, unit = EXCLUDED.unit, n_readings = EXCLUDED.n_readings,
+    n_devices = EXCLUDED.n_devices, coverage = EXCLUDED.coverage, valid = EXCLUDED.valid,
+    quality_label = EXCLUDED.quality_label, target = EXCLUDED.target, score = EXCLUDED.score,
+    band = EXCLUDED.band, details = EXCLUDED.details, computed_at = EXCLUDED.computed_at
+"""
+_DELETE_STALE = """
+DELETE FROM kpi_values k
+WHERE k.city_id = $1 AND k.period_kind = $2 AND k.period_start = $3 AND k.kpi_code = ANY($4::text[])
+  AND (k.kpi_code, k.component, k.area_id) NOT IN (
+      SELECT * FROM unnest($5::text[], $6::text[], $7::text[]))
+"""
+
+
+async def store_values(
+    conn: asyncpg.Connection, city_id: str, period: Period, codes: Iterable[str], values: list[KpiValue]
+) -> None:
+    """Replace the rows of `codes` for (city, period) with `values`, in one transaction."""
+    codes = list(codes)
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))", f"kpi:{city_id}:{period.kind}:{period.start}"
+        )
+        await conn.execute(
+            _DELETE_STALE,
+            city_id,
+            period.kind,
+            period.start,
+            codes,
+            [v.kpi_code for v in values],
+            [v.component for v in values],
+            [v.area_id for v in values],
+        )
+        rows = sorted(values, key=lambda v: (v.kpi_code, v.component, v.area_id))
+        await conn.executemany(
+            _UPSERT,
+            [
+                (
+                    v.city_id,
+                    v.kpi_code,
+                    v.component,
+                    v.area_id,
+                    v.period_kind,
+                    v.period_start,
+                    v.value,
+                    v.unit,
+                    v.n_readings,
+                    v.n_devices,
+                    v.coverage,
+                    v.valid,
+                    v.quality_label,
+                    v.target,
+                    v.score,
+                    v.band,
+                    json.dumps(v.details),
+                    v.computed_at,
+                )
+                for v in rows
+            ],
+        )
+
+
+async def refresh_kpis(
+    conn_or_dsn: asyncpg.Connection | asyncpg.Pool | str,
+    city_id: str,
+    period_kind: PeriodKind,
+    period_start_day: date,
+    *,
+    codes: Iterable[str] | None = None,
+    now: datetime | None = None,
+    options: KpiOptions | None = None,
+    strict: bool = False,
+) -> list[KpiValue]:
+    """Compute every catalog KPI (or `codes`) of `city_id` for the period containing
+    `period_start_day` (local dates in the city's time zone), store them and return them.
+
+    `now` (default: the current time) decides how much of an ongoing period has elapsed.
+    With `strict`, a failing formula raises KpiRefreshError after the others were stored.
+    """
+    now = now or datetime.now(UTC)
+    options = options or KpiOptions()
+    catalog = load_catalog()
+    kpis = [catalog.get(c) for c in codes] if codes is not None else list(catalog.kpi)
+    async with _connection(conn_or_dsn) as conn:
+        tz = await conn.fetchval("SELECT timezone FROM cities WHERE city_id = $1", city_id)
+        if tz is None:
+            raise UnknownCityError(f"unknown city {city_id!r}")
+        period = Period(period_kind, period_start(period_kind, period_start_day), tz)
+        registry = await load_snapshot(conn, city_id, period.last_day)
+        targets = {k: (t.target, t.band_edges) for k, t in registry.targets.items()}
+        data = CityData(conn, city_id, period, now)
+        computed_at = datetime.now(UTC)
+        values: list[KpiValue] = []
+        done: list[str] = []
+        failed: list[str] = []
+        for kpi in kpis:
+            ctx = FormulaContext(kpi, data, registry, options)
+            t0 = time.perf_counter()
+            try:
+                results = await FORMULAS[kpi.formula](ctx)
+                values.extend(
+                    _finish(kpi, r, city_id, period, now, ctx.threshold, targets, computed_at)
+                    for r in results
+                )
+                done.append(kpi.code)
+            except Exception:
+                log.exception(
+                    "KPI %s for city %s, %s %s failed", kpi.code, city_id, period.kind, period.label
+                )
+                failed.append(kpi.code)
+            log.debug("KPI %s %s %s: %.3f s", city_id, kpi.code, period.label, time.perf_counter() - t0)
+        await store_values(conn, city_id, period, done, values)
+    if failed and strict:
+        raise KpiRefreshError(f"KPIs failed for {city_id} {period.label}: {failed} (see the log)")
+    return values
+
+
+def current_periods(tz: str, now: datetime) -> list[Period]:
+    from zoneinfo import ZoneInfo
+
+    today = now.astimezone(ZoneInfo(tz)).date()
+    return [Period.containing(k, today, tz) for k in ("day", "month", "year")]
+
+
+async def refresh_city_now(
+    pool: asyncpg.Pool | str, city_id: str, tz: str, now: datetime, last_day: date | None = None
+) -> date:
+    """Refresh the current day, month and year of a city; after a local midnight also the periods
+    that just ended (once), so they are stored complete. Returns the current local day."""
+    periods = current_periods(tz, now)
+    today = periods[0].start
+    if last_day is not None and last_day != today:
+        kinds: tuple[PeriodKind, ...] = ("day", "month", "year")
+        for k in kinds:
+            ended = Period.containing(k, last_day, tz)
+            if ended.start != period_start(k, today):
+                periods.append(ended)
+    for p in periods:
+        try:
+            await refresh_kpis(pool, city_id, p.kind, p.start, now=now)
+        except Exception:
+            log.exception(
+                "KPI refresh of %s for %s %s failed; will retry next round", city_id, p.kind, p.label
+            )
+    return today
+
+
+async def kpi_refresh_loop(settings: Settings) -> None:
+    """Refresh every configured city's KPIs for the current day, month and year every
+    `settings.kpi_refresh_interval_s`, cities concurrently (each a tenant); log failures and keep
+    going. Runs until cancelled."""
+    dsn = settings.database.url.get_secret_value()
+    interval = settings.kpi_refresh_interval_s
+    last_day: dict[str, date] = {}
+    pool: asyncpg.Pool | None = None
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                if pool is None:
+                    pool = await asyncpg.create_pool(
+                        dsn,
+                        min_size=1,
+                        max_size=max(1, min(4, len(settings.cities))),
+                        timeout=settings.database.connect_timeout_s,
+                    )
+                now = datetime.now(UTC)
+                days = await asyncio.gather(
+                    *(
+                        refresh_city_now(pool, c.city_id, c.timezone, now, last_day.get(c.city_id))
+                        for c in settings.cities
+                    ),
+                    return_exceptions=True,
+                )
+                for c, d in zip(settings.cities, days, strict=True):
+                    if isinstance(d, date):
+                        last_day[c.city_id] = d
+                    else:
+                        log.error("KPI refresh of city %s failed: %s", c.city_id, d)
+                log.info(
+                    "KPIs refreshed for %d cities in %.2f s", len(settings.cities), time.monotonic() - started
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("KPI refresh round failed: %s; retrying in %.0f s", e, interval)
+                if pool is not None:
+                    pool.terminate()
+                    pool = None
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        if pool is not None:
+            await pool.close()
