@@ -38,9 +38,9 @@ RESULTS = Path(__file__).parent / "results" / "ingest.json"
 
 def packs(n: int, per_pack: int, t0: int) -> list[SimMessage]:
     out = []
-    for i in range(n):
-        device = f"air-{i % 500:03d}"
-        pack = [{"bn": f"{device}:", "bt": t0 + i, "n": "pm25", "u": "ug/m3", "v": 10.5}]
+    for i in range(n):  # the simulator's shape: 2,000 devices, each reporting every 10 s
+        device = f"air-{i % 2000:04d}"
+        pack = [{"bn": f"{device}:", "bt": t0 + (i // 2000) * 10, "n": "pm25", "u": "ug/m3", "v": 10.5}]
         pack += [{"n": "pm10", "t": k + 1, "v": 20.0 + k} for k in range(per_pack - 1)]
         out.append(SimMessage(f"city/demo/senml/{device}", json.dumps(pack).encode()))
     return out

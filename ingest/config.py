@@ -91,7 +91,11 @@ class MqttSettings(BaseModel):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    max_inflight: int = Field(2000, ge=1, description="messages received but not yet acknowledged")
+    max_inflight: int = Field(
+        20000, ge=1, le=65535,
+        description="messages received but not yet acknowledged (MQTT 5 Receive Maximum); keep it above "
+        "writer.batch_max_rows, or every batch waits for the delay",
+    )
     keepalive_s: int = Field(30, ge=5)
     reconnect_max_s: float = Field(30.0, gt=0)
     routes: list[TopicRoute] = Field(

@@ -1,68 +1,62 @@
-"""Newly stored readings -> mergeable rollup rows at 1 minute, 1 hour and 1 day.
+"""Newly stored readings -> mergeable rollup state at 1 minute, 1 hour and 1 day.
 
-The writer calls `rollup_rows` inside the transaction that stored the readings, with exactly the
-rows the insert reported as new, so a redelivered batch adds nothing twice.
+The writer calls `merge_rollups` inside the transaction that stored the readings, with exactly the
+rows the insert reported as new, so a redelivered batch adds nothing twice. The Numba kernel
+aggregates; PostgreSQL receives whole columns (one array per column, no per-row Python objects)
+and merges them into the rollup tables with the same merge as `merge_partial_aggregates`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
+import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from processors.kernels import partial_aggregates
+from processors.kernels import PartialAggregates, partial_aggregates
+from schemas import statements as sql
 
-ROLLUP_LEVELS: dict[int, tuple[str, int]] = {
-    1: ("rollup_1m", 60_000_000),
-    2: ("rollup_1h", 3_600_000_000),
-    3: ("rollup_1d", 86_400_000_000),
+ROLLUP_TABLES: dict[str, int] = {
+    "rollup_1m": 60_000_000,
+    "rollup_1h": 3_600_000_000,
+    "rollup_1d": 86_400_000_000,
 }
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _as_datetime(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+def series_of(device_key: npt.NDArray[np.int64], metric_id: npt.NDArray[np.int64]
+              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Dense series index per reading, and the (device_key << 16 | metric_id) key of each series."""
+    key = (device_key.astype(np.int64) << 16) | metric_id.astype(np.int64)
+    uniq, series = np.unique(key, return_inverse=True)
+    return series.astype(np.int64), uniq
 
 
-def rollup_rows(
+def rollup_columns(agg: PartialAggregates, keys: npt.NDArray[np.int64]) -> list[list[object]]:
+    """The upsert's parameters: one Python list per column (numpy's tolist is a single C loop)."""
+    k = keys[agg.series]
+    return [
+        agg.bucket_start_us.tolist(), (k >> 16).tolist(), (k & 0xFFFF).tolist(), agg.count.tolist(),
+        agg.sum.tolist(), agg.sumsq.tolist(), agg.min.tolist(), agg.max.tolist(),
+        agg.first_ts_us.tolist(), agg.first_value.tolist(), agg.last_ts_us.tolist(),
+        agg.last_value.tolist(), agg.energy_sum.tolist(),
+    ]
+
+
+async def merge_rollups(
+    conn: asyncpg.Connection,
     device_key: npt.NDArray[np.int64],
     metric_id: npt.NDArray[np.int64],
     ts_us: npt.NDArray[np.int64],
     value: npt.NDArray[np.float64],
     decibel_metric_ids: frozenset[int],
-) -> list[tuple[object, ...]]:
-    """Rows for `staging_rollup` (level first), one per (level, device, metric, bucket)."""
+) -> int:
+    """Aggregate the new readings and merge them into every rollup table; returns rows upserted."""
     if len(ts_us) == 0:
-        return []
-    key = (device_key.astype(np.int64) << 16) | metric_id.astype(np.int64)
-    uniq, series = np.unique(key, return_inverse=True)
-    uniq_metric = uniq & 0xFFFF
-    decibel = np.isin(
-        uniq_metric, np.fromiter(decibel_metric_ids, dtype=np.int64, count=len(decibel_metric_ids))
-    )
-    rows: list[tuple[object, ...]] = []
-    for level, (_table, bucket_us) in ROLLUP_LEVELS.items():
-        agg = partial_aggregates(series.astype(np.int64), ts_us, value, bucket_us, decibel)
-        keys = uniq[agg.series]
-        for i in range(len(agg.series)):
-            k = int(keys[i])
-            rows.append(
-                (
-                    level,
-                    _as_datetime(int(agg.bucket_start_us[i])),
-                    k >> 16,
-                    k & 0xFFFF,
-                    int(agg.count[i]),
-                    float(agg.sum[i]),
-                    float(agg.sumsq[i]),
-                    float(agg.min[i]),
-                    float(agg.max[i]),
-                    _as_datetime(int(agg.first_ts_us[i])),
-                    float(agg.first_value[i]),
-                    _as_datetime(int(agg.last_ts_us[i])),
-                    float(agg.last_value[i]),
-                    float(agg.energy_sum[i]),
-                )
-            )
-    return rows
+        return 0
+    series, keys = series_of(device_key, metric_id)
+    decibel = np.isin(keys & 0xFFFF, np.array(sorted(decibel_metric_ids), dtype=np.int64))
+    n = 0
+    for table, bucket_us in ROLLUP_TABLES.items():
+        agg = partial_aggregates(series, ts_us, value, bucket_us, decibel)
+        await conn.execute(sql.MERGE_ROLLUP.format(table=table), *rollup_columns(agg, keys))
+        n += len(agg)
+    return n

@@ -28,7 +28,7 @@ import asyncpg
 import numpy as np
 
 from processors import errors
-from processors.rollups import ROLLUP_LEVELS, rollup_rows
+from processors.rollups import merge_rollups
 from schemas import statements as sql
 from schemas.metrics import METRICS
 
@@ -161,7 +161,6 @@ class TimescaleWriter:
             return self._conn
         conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
         await conn.execute(sql.STAGING_READINGS)
-        await conn.execute(sql.STAGING_ROLLUP)
         rows = await conn.fetch(sql.METRIC_IDS)
         self._metric_ids = {r["name"]: r["metric_id"] for r in rows}
         self._decibel_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "decibel")
@@ -335,8 +334,4 @@ class TimescaleWriter:
         metric_id = np.fromiter((r[1] for r in new_rows), dtype=np.int64, count=n)
         ts_us = np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n)
         value = np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n)
-        rows = rollup_rows(device_key, metric_id, ts_us, value, self._decibel_ids)
-        await conn.copy_records_to_table("staging_rollup", records=rows, columns=sql.STAGING_ROLLUP_COLUMNS)
-        for level, (table, _) in ROLLUP_LEVELS.items():
-            await conn.execute(sql.MERGE_ROLLUP.format(table=table), level)
-        return len(rows)
+        return await merge_rollups(conn, device_key, metric_id, ts_us, value, self._decibel_ids)

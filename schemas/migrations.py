@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK_KEY = 0x43_49_54_59_4B_50_49  # "CITYKPI"
 
 # table -> (time column, chunk interval); every rollup is written by the processors themselves.
+# `readings` keeps its own time index from 0001 (the default one would duplicate it).
 HYPERTABLES: dict[str, tuple[str, str]] = {
     "readings": ("time", "1 day"),
     "rollup_1m": ("bucket", "7 days"),
@@ -136,6 +137,7 @@ async def apply_server_features(conn: asyncpg.Connection, features: ServerFeatur
     for table, (column, interval) in HYPERTABLES.items():
         await conn.execute(
             f"SELECT create_hypertable('{table}', by_range('{column}', INTERVAL '{interval}'), "
+            f"create_default_indexes => {'false' if table == 'readings' else 'true'}, "
             "if_not_exists => true, migrate_data => true)"
         )
     if not features.community_features:

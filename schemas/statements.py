@@ -24,41 +24,15 @@ FROM staging_readings s JOIN readings r USING (device_key, metric_id, time)
 WHERE r.value IS DISTINCT FROM s.value
 """
 
-STAGING_ROLLUP = """
-CREATE TEMP TABLE IF NOT EXISTS staging_rollup (
-    level smallint NOT NULL, bucket timestamptz NOT NULL,
-    device_key integer NOT NULL, metric_id smallint NOT NULL,
-    n bigint NOT NULL, sum double precision NOT NULL, sumsq double precision NOT NULL,
-    min double precision NOT NULL, max double precision NOT NULL,
-    first_time timestamptz NOT NULL, first_value double precision NOT NULL,
-    last_time timestamptz NOT NULL, last_value double precision NOT NULL,
-    energy double precision NOT NULL
-) ON COMMIT DELETE ROWS
-"""
-STAGING_ROLLUP_COLUMNS = (
-    "level",
-    "bucket",
-    "device_key",
-    "metric_id",
-    "n",
-    "sum",
-    "sumsq",
-    "min",
-    "max",
-    "first_time",
-    "first_value",
-    "last_time",
-    "last_value",
-    "energy",
-)
-
-# Merging partial state: the same merge as processors.kernels.merge_partial_aggregates.
+# Merging partial state (the same merge as processors.kernels.merge_partial_aggregates); the
+# columns arrive as arrays, times as epoch microseconds.
 MERGE_ROLLUP = """
 INSERT INTO {table} AS t (bucket, device_key, metric_id, n, sum, sumsq, min, max,
                           first_time, first_value, last_time, last_value, energy)
-SELECT bucket, device_key, metric_id, n, sum, sumsq, min, max,
-       first_time, first_value, last_time, last_value, energy
-FROM staging_rollup WHERE level = $1
+SELECT to_timestamp(b / 1e6), d, m, n, s, sq, mn, mx, to_timestamp(ft / 1e6), fv, to_timestamp(lt / 1e6), lv, e
+FROM unnest($1::int8[], $2::int4[], $3::int2[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
+            $8::float8[], $9::int8[], $10::float8[], $11::int8[], $12::float8[], $13::float8[])
+     AS u(b, d, m, n, s, sq, mn, mx, ft, fv, lt, lv, e)
 ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
     n = t.n + EXCLUDED.n,
     sum = t.sum + EXCLUDED.sum,

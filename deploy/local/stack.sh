@@ -80,7 +80,7 @@ persistence_location $dir/data/
 autosave_interval 1
 max_queued_messages 0
 max_queued_bytes 0
-max_inflight_messages 100
+max_inflight_messages 0
 pid_file $dir/mosquitto.pid
 log_dest file $dir/mosquitto.log
 EOF
