@@ -29,7 +29,8 @@ WHERE r.value IS DISTINCT FROM s.value
 MERGE_ROLLUP = """
 INSERT INTO {table} AS t (bucket, device_key, metric_id, n, sum, sumsq, min, max,
                           first_time, first_value, last_time, last_value, energy)
-SELECT to_timestamp(b / 1e6), d, m, n, s, sq, mn, mx, to_timestamp(ft / 1e6), fv, to_timestamp(lt / 1e6), lv, e
+SELECT to_timestamp(b / 1e6), d, m, n, s, sq, mn, mx,
+       to_timestamp(ft / 1e6), fv, to_timestamp(lt / 1e6), lv, e
 FROM unnest($1::int8[], $2::int4[], $3::int2[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
             $8::float8[], $9::int8[], $10::float8[], $11::int8[], $12::float8[], $13::float8[])
      AS u(b, d, m, n, s, sq, mn, mx, ft, fv, lt, lv, e)
