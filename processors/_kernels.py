@@ -489,15 +489,74 @@ def group_means(group_idx, values, n_groups, min_valid):
 
 
 # --------------------------------------------------------------------------------------------------
+# Ordering by (series, time)
+# --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def series_time_order(series, ts_us, series_min, n_series_span):
+    """Row order by (series, ts), ties in input order: np.lexsort((ts, series)) in O(n) for the
+    usual case (counting sort on the series, then a stable sort only of segments not yet in order)."""
+    n = series.shape[0]
+    start = np.zeros(n_series_span + 1, dtype=np.int64)
+    for i in range(n):
+        start[series[i] - series_min + 1] += 1
+    for k in range(n_series_span):
+        start[k + 1] += start[k]
+    fill = start[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        k = series[i] - series_min
+        order[fill[k]] = i
+        fill[k] += 1
+    longest = 0
+    for k in range(n_series_span):
+        longest = max(longest, start[k + 1] - start[k])
+    seg_ts = np.empty(longest, dtype=np.int64)
+    seg_rows = np.empty(longest, dtype=np.int64)
+    for k in range(n_series_span):
+        a = start[k]
+        m = start[k + 1] - a
+        for j in range(m):
+            seg_rows[j] = order[a + j]
+            seg_ts[j] = ts_us[seg_rows[j]]
+        # Stable insertion sort: linear for data in arrival order with a few late readings; too many
+        # moves (really shuffled input) -> stable argsort of what is left.
+        moves = 0
+        budget = 32 * m + 64
+        for j in range(1, m):
+            tx = seg_ts[j]
+            rx = seg_rows[j]
+            p = j - 1
+            while p >= 0 and seg_ts[p] > tx:
+                seg_ts[p + 1] = seg_ts[p]
+                seg_rows[p + 1] = seg_rows[p]
+                p -= 1
+            moves += j - 1 - p
+            seg_ts[p + 1] = tx
+            seg_rows[p + 1] = rx
+            if moves > budget:
+                local = np.argsort(seg_ts[:m], kind="mergesort")
+                rows = seg_rows[:m][local]
+                seg_rows[:m] = rows
+                break
+        for j in range(m):
+            order[a + j] = seg_rows[j]
+    return order
+
+
+# --------------------------------------------------------------------------------------------------
 # Meters
 # --------------------------------------------------------------------------------------------------
 
 
 @njit(cache=True)
 def consumption_sorted(order, series, ts_us, index_value, rollover_at, max_step):
-    """Consumption, interval and flags per row, visiting rows in (series, ts, value) order.
+    """Consumption, interval and flags per row, visiting rows in (series, ts) order.
 
-    `rollover_at` / `max_step` are NaN when not configured. Results are scattered back to input rows.
+    Rows sharing a (series, ts) form a run: its lowest non-NaN index leads (computed as usual and
+    the reference for the next reading), the rest get 0 and FLAG_DUPLICATE (NaN: FLAG_MISSING).
+    `rollover_at` / `max_step` are NaN when not configured. Results land in input-row positions.
     """
     n = order.shape[0]
     consumption = np.full(n, np.nan)
@@ -509,29 +568,47 @@ def consumption_sorted(order, series, ts_us, index_value, rollover_at, max_step)
     prev_v = 0.0
     has_rollover = rollover_at == rollover_at
     has_max = max_step == max_step
-    for k in range(n):
+    k = 0
+    while k < n:
         i = order[k]
         s = series[i]
+        t = ts_us[i]
         if k == 0 or s != cur_series:
             cur_series = s
             has_prev = False
-        v = index_value[i]
-        if v != v:
-            flags[i] = FLAG_MISSING
+        e = k + 1
+        while e < n and series[order[e]] == s and ts_us[order[e]] == t:
+            e += 1
+        lead = i
+        if e - k > 1:
+            lead = -1
+            for r in range(k, e):
+                x = index_value[order[r]]
+                if x == x and (lead < 0 or x < index_value[lead]):
+                    lead = order[r]
+            for r in range(k, e):
+                j = order[r]
+                if j == lead:
+                    continue
+                if index_value[j] != index_value[j]:
+                    flags[j] = FLAG_MISSING
+                else:
+                    consumption[j] = 0.0
+                    flags[j] = FLAG_DUPLICATE
+        k = e
+        if lead < 0:
             continue
-        t = ts_us[i]
+        v = index_value[lead]
+        if v != v:
+            flags[lead] = FLAG_MISSING
+            continue
         if not has_prev:
-            flags[i] = FLAG_FIRST
+            flags[lead] = FLAG_FIRST
             has_prev = True
             prev_ts = t
             prev_v = v
             continue
-        if t == prev_ts:
-            # Same timestamp: 0, and the earlier reading stays the reference so totals telescope.
-            consumption[i] = 0.0
-            flags[i] = FLAG_DUPLICATE
-            continue
-        interval[i] = t - prev_ts
+        interval[lead] = t - prev_ts
         d = v - prev_v
         f = 0
         if d >= 0.0:
@@ -551,8 +628,8 @@ def consumption_sorted(order, series, ts_us, index_value, rollover_at, max_step)
                 f = FLAG_RESET
         if c < 0.0 or (has_max and c > max_step):
             f |= FLAG_IMPLAUSIBLE
-        consumption[i] = c
-        flags[i] = f
+        consumption[lead] = c
+        flags[lead] = f
         prev_ts = t
         prev_v = v
     return consumption, interval, flags
@@ -561,6 +638,68 @@ def consumption_sorted(order, series, ts_us, index_value, rollover_at, max_step)
 # --------------------------------------------------------------------------------------------------
 # Traffic
 # --------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _weighted_quantile_inplace(x, w, lo, hi, q):
+    """Smallest x[lo:hi] whose cumulative weight share reaches q (permutes x and w in that range).
+
+    Quickselect with a three-way partition, O(m) expected; same comparison as numpy's weighted
+    'inverted_cdf' (cumulative weight / total >= q), exact for integer weights.
+    """
+    total = 0.0
+    for j in range(lo, hi):
+        total += w[j]
+    before = 0.0
+    while hi - lo > 16:
+        a = x[lo]
+        b = x[(lo + hi) // 2]
+        c = x[hi - 1]
+        pivot = max(min(a, b), min(max(a, b), c))
+        lt = lo
+        i = lo
+        gt = hi
+        while i < gt:
+            if x[i] < pivot:
+                x[i], x[lt] = x[lt], x[i]
+                w[i], w[lt] = w[lt], w[i]
+                lt += 1
+                i += 1
+            elif x[i] > pivot:
+                gt -= 1
+                x[i], x[gt] = x[gt], x[i]
+                w[i], w[gt] = w[gt], w[i]
+            else:
+                i += 1
+        w_less = 0.0
+        for j in range(lo, lt):
+            w_less += w[j]
+        w_equal = 0.0
+        for j in range(lt, gt):
+            w_equal += w[j]
+        if (before + w_less) / total >= q:
+            hi = lt
+        elif (before + w_less + w_equal) / total >= q:
+            return pivot
+        else:
+            before += w_less + w_equal
+            lo = gt
+    for k in range(lo + 1, hi):
+        xk = x[k]
+        wk = w[k]
+        j = k - 1
+        while j >= lo and x[j] > xk:
+            x[j + 1] = x[j]
+            w[j + 1] = w[j]
+            j -= 1
+        x[j + 1] = xk
+        w[j + 1] = wk
+    cum = before
+    for j in range(lo, hi):
+        cum += w[j]
+        if cum / total >= q:
+            return x[j]
+    return x[hi - 1]
 
 
 @njit(cache=True)
@@ -607,22 +746,8 @@ def traffic_by_group(group_idx, counts, speeds, n_groups, has_counts, has_speeds
             w_sorted[fill[g]] = w
             fill[g] += 1
     for g in range(n_groups):
-        a = n_speed[g]
-        b = n_speed[g + 1]
-        if b == a:
-            continue
-        local = np.argsort(sp_sorted[a:b], kind="mergesort")
-        total = 0.0
-        for j in range(b - a):
-            total += w_sorted[a + local[j]]
-        cum = 0.0
-        for j in range(b - a):
-            cum += w_sorted[a + local[j]]
-            if cum / total >= quantile:
-                quant[g] = sp_sorted[a + local[j]]
-                break
-        if quant[g] != quant[g]:
-            quant[g] = sp_sorted[a + local[b - a - 1]]
+        if n_speed[g + 1] > n_speed[g]:
+            quant[g] = _weighted_quantile_inplace(sp_sorted, w_sorted, n_speed[g], n_speed[g + 1], quantile)
     return flow, mean_speed, quant
 
 
@@ -653,6 +778,23 @@ def stuck_runs_sorted(order, series, value, min_run):
 
 
 @njit(cache=True)
+def _median_small(buf, m):
+    """Median of buf[:m] (NaN-free), sorting buf[:m] in place: insertion sort beats np.median's
+    allocation for the few values of a Hampel window. Even m: mean of the two middle values."""
+    for k in range(1, m):
+        x = buf[k]
+        j = k - 1
+        while j >= 0 and buf[j] > x:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = x
+    h = m // 2
+    if m % 2 == 1:
+        return buf[h]
+    return 0.5 * (buf[h - 1] + buf[h])
+
+
+@njit(cache=True)
 def hampel_sorted(order, series, value, half_window, n_sigmas):
     """FLAG_SPIKE where |x - median| > n_sigmas·1.4826·MAD over the centred window of its series.
 
@@ -663,30 +805,31 @@ def hampel_sorted(order, series, value, half_window, n_sigmas):
     flags = np.zeros(n, dtype=np.uint8)
     buf = np.empty(2 * half_window + 1)
     dev = np.empty(2 * half_window + 1)
+    seg = np.empty(n)
     seg_start = 0
     for k in range(n + 1):
         if k < n and (k == 0 or series[order[k]] == series[order[k - 1]]):
             continue
-        # series segment order[seg_start:k]
-        for c in range(seg_start, k):
-            x = value[order[c]]
+        m = k - seg_start  # series segment order[seg_start:k], values gathered once
+        for j in range(m):
+            seg[j] = value[order[seg_start + j]]
+        for c in range(m):
+            x = seg[c]
             if x != x:
                 continue
-            lo = max(seg_start, c - half_window)
-            hi = min(k, c + half_window + 1)
-            m = 0
-            for j in range(lo, hi):
-                y = value[order[j]]
+            cnt = 0
+            for j in range(max(0, c - half_window), min(m, c + half_window + 1)):
+                y = seg[j]
                 if y == y:
-                    buf[m] = y
-                    m += 1
-            if m < 3:
+                    buf[cnt] = y
+                    cnt += 1
+            if cnt < 3:
                 continue
-            med = np.median(buf[:m])
-            for j in range(m):
+            med = _median_small(buf, cnt)
+            for j in range(cnt):
                 dev[j] = abs(buf[j] - med)
-            mad = np.median(dev[:m])
+            mad = _median_small(dev, cnt)
             if abs(x - med) > n_sigmas * 1.4826 * mad:
-                flags[order[c]] = FLAG_SPIKE
+                flags[order[seg_start + c]] = FLAG_SPIKE
         seg_start = k
     return flags

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -72,6 +72,7 @@ U8 = npt.NDArray[np.uint8]
 
 HOUR_US = 3_600_000_000
 DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,6 +120,11 @@ def _group_index(name: str, data: npt.ArrayLike, n_groups: int) -> I64:
 
 def _series_time_order(series: I64, ts_us: I64) -> I64:
     """Row order sorted by (series, ts), stable so equal timestamps keep their input order."""
+    if series.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    smin, smax = int(series.min()), int(series.max())
+    if smax - smin + 1 <= 2 * series.size + (1 << 16):
+        return K.series_time_order(series, ts_us, smin, smax - smin + 1)
     return np.lexsort((ts_us, series)).astype(np.int64, copy=False)
 
 
@@ -164,21 +170,8 @@ class PartialAggregates:
 
     @classmethod
     def empty(cls) -> PartialAggregates:
-        i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        return cls(
-            i,
-            i.copy(),
-            i.copy(),
-            f,
-            f.copy(),
-            f.copy(),
-            f.copy(),
-            i.copy(),
-            f.copy(),
-            i.copy(),
-            f.copy(),
-            f.copy(),
-        )
+        ints = {"series", "bucket_start_us", "count", "first_ts_us", "last_ts_us"}
+        return cls(**{f.name: np.zeros(0, np.int64 if f.name in ints else np.float64) for f in fields(cls)})
 
     def _accumulators(self) -> tuple[np.ndarray, ...]:
         return (
@@ -241,14 +234,17 @@ def partial_aggregates(
     n_bucket_span = int(tmax) // bucket - int(tmin) // bucket + 1
     n_series_span = int(smax) - int(smin) + 1
     limit = _dense_cell_limit(int(n_valid))
-    fits_int64 = int(tmax) - first_bucket < 2**63 and n_series_span * n_bucket_span < 2**62
+    # Dense path limits: int64 offsets, int32 group ids.
+    dense_possible = (
+        int(tmax) - first_bucket < 2**63 and n_series_span * n_bucket_span < 2**62 and n_valid < 2**31
+    )
     n_cols = n_bucket_span
     use_compact = False
     compact = np.zeros(1, dtype=np.int64)
-    if fits_int64 and n_series_span * n_bucket_span > limit and n_bucket_span <= limit:
+    if dense_possible and n_series_span * n_bucket_span > limit and n_bucket_span <= limit:
         compact, n_cols = K.mark_present_buckets(t, v, bucket, first_bucket, n_bucket_span)
         use_compact = True
-    if fits_int64 and n_series_span * n_cols <= limit:
+    if dense_possible and n_series_span * n_cols <= limit:
         out = K.accumulate_dense(
             s,
             t,
@@ -265,7 +261,7 @@ def partial_aggregates(
             min(n_series_span * int(n_cols), int(n_valid)),
         )
     else:
-        if fits_int64:
+        if dense_possible:
             order = np.argsort((s - smin) * n_bucket_span + (t - first_bucket) // bucket, kind="stable")
         else:
             order = np.lexsort((t // bucket, s))
@@ -325,15 +321,26 @@ class LdenByDay:
         return int(self.local_date.shape[0])
 
 
+def _utc_offset_at(us: int, tz: ZoneInfo) -> int:
+    off = (_EPOCH + timedelta(microseconds=us)).astimezone(tz).utcoffset()
+    return 0 if off is None else off // timedelta(microseconds=1)
+
+
 def _utc_offsets_us(ts_us: I64, tz: ZoneInfo) -> I64:
-    """UTC offset (µs) of each instant in `tz`, looked up once per distinct instant."""
-    uniq, inverse = np.unique(ts_us, return_inverse=True)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    offsets = np.empty(uniq.shape[0], dtype=np.int64)
-    for k, u in enumerate(uniq.tolist()):
-        off = (epoch + timedelta(microseconds=u)).astimezone(tz).utcoffset()
-        offsets[k] = 0 if off is None else off // timedelta(microseconds=1)
-    return offsets[inverse.reshape(-1)]
+    """UTC offset (µs) of each instant in `tz`.
+
+    Looked up at both ends of each UTC day present; only a day whose two ends differ (a DST or
+    zone change inside it) is resolved instant by instant. Assumes at most one change per day.
+    """
+    days, inverse = np.unique(ts_us // DAY_US, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    at_start = np.array([_utc_offset_at(d * DAY_US, tz) for d in days.tolist()], dtype=np.int64)
+    at_end = np.array([_utc_offset_at(d * DAY_US + DAY_US - 1, tz) for d in days.tolist()], dtype=np.int64)
+    offsets = at_start[inverse]
+    for k in np.flatnonzero(at_start != at_end).tolist():
+        rows = np.flatnonzero(inverse == k)
+        offsets[rows] = [_utc_offset_at(u, tz) for u in ts_us[rows].tolist()]
+    return offsets
 
 
 def lden_from_hourly_leq(
@@ -587,7 +594,7 @@ def consumption_from_cumulative(
     if rollover_at is not None and not rollover > 0:
         raise ValueError(f"rollover_at must be > 0, got {rollover_at}")
     max_step = np.nan if max_plausible_step is None else float(max_plausible_step)
-    order = np.lexsort((v, t, s)).astype(np.int64, copy=False)
+    order = _series_time_order(s, t)
     consumption, interval, flags = K.consumption_sorted(order, s, t, v, rollover, max_step)
     return MeterConsumption(consumption=consumption, interval_us=interval, flags=flags)
 

@@ -73,3 +73,23 @@ def test_hampel_story():
     assert hampel_flags([], 3).shape == (0,)
     with pytest.raises(ValueError, match="half_window"):
         hampel_flags([1.0], 0)
+
+
+@pytest.mark.parametrize("series_scale", [1, 10**12])  # dense counting sort, and the lexsort fallback
+def test_series_time_order_equals_lexsort(series_scale):
+    rng = np.random.default_rng(21)
+    series = rng.integers(0, 30, 2000) * series_scale
+    ts = rng.integers(0, 50, 2000)
+    ts[series == 0] = np.arange(int((series == 0).sum()))  # one series already in time order
+    np.testing.assert_array_equal(kernels._series_time_order(series, ts), np.lexsort((ts, series)))
+    value = rng.integers(0, 2, 2000).astype(float)
+    np.testing.assert_array_equal(stuck_value_flags(series, ts, value, 2), stuck_ref(series, ts, value, 2))
+
+
+def test_series_time_order_of_a_shuffled_long_series():
+    # Far from time order: the insertion sort gives up and the stable argsort finishes the segment.
+    rng = np.random.default_rng(22)
+    series = np.zeros(3000, dtype=np.int64)
+    series[::7] = 1
+    ts = rng.integers(0, 500, 3000)
+    np.testing.assert_array_equal(kernels._series_time_order(series, ts), np.lexsort((ts, series)))

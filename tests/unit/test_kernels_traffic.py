@@ -53,3 +53,12 @@ def test_travel_time_index():
     assert out[:3].tolist() == [1.0, 2.0, np.inf]
     assert np.isnan(out[3:]).all()
     assert travel_time_index(np.array([[40.0]]), 60.0).shape == (1, 1)
+
+
+def test_p85_on_large_groups_with_ties():
+    rng = np.random.default_rng(8)
+    g = rng.integers(0, 3, 5000)
+    counts = rng.integers(0, 4, 5000).astype(float)
+    speeds = rng.integers(20, 40, 5000).astype(float)  # many equal speeds
+    got = traffic_hourly(g, counts, speeds, 3)
+    np.testing.assert_array_equal(got.p85_speed, traffic_ref(g, counts, speeds, 3)[2])
