@@ -205,6 +205,48 @@ def run(
     asyncio.run(main())
 
 
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="archive file to backfill")],
+    config: ConfigOpt = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="sensor-community-csv, openaq-csv or jsonl:<decoder>; guessed for CSV"),
+    ] = None,
+    city: Annotated[
+        str | None, typer.Option(help="city of the readings (default: the first configured)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="device id for payloads that carry none")] = None,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Backfill an archive file with the same validation and idempotency as the live path."""
+    from rich.progress import Progress
+
+    from ingest.replay import replay_file
+
+    settings = _settings(config, log_level)
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"replaying {file.name}", total=None)
+        try:
+            result = asyncio.run(
+                replay_file(
+                    settings,
+                    file,
+                    fmt,
+                    city or settings.cities[0].city_id,
+                    device,
+                    lambda n: bar.advance(task, n),
+                )
+            )
+        except ValueError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from None
+    Console().print(
+        f"{file.name}: {result.readings:,} readings, {result.stored:,} stored, "
+        f"{result.duplicates:,} already stored, {result.dead_letters:,} dead letters"
+    )
+
+
 @dl_app.command("list")
 def deadletters_list(
     config: ConfigOpt = None,
