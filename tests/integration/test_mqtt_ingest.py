@@ -223,3 +223,31 @@ async def test_two_processes_on_one_shared_subscription_store_each_reading_once(
         await b.stop()
     assert a.pipeline.stats.stored > 0 and b.pipeline.stats.stored > 0
     assert a.pipeline.stats.stored + b.pipeline.stats.stored == 4000
+
+
+def _stack(*args: str) -> None:
+    stack = REPO / "deploy" / "local" / "stack.sh"
+    subprocess.run(["bash", str(stack), *args], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+async def test_database_restart_mid_stream_waits_retries_and_loses_nothing(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    settings = settings_for(tsdb, mosquitto.port)
+    settings.writer.retry_max_backoff_s = 1.0
+    service = Service(settings)
+    await service.start()
+    try:
+        await publish(mosquitto.port, senml_messages(1000))
+        assert await wait_for_count(tsdb, 1000) == 1000
+        _stack("down", "tsdb")
+        try:
+            await publish(mosquitto.port, senml_messages(1000, offset=1000))
+            await asyncio.sleep(2)  # the writer meets the dead server and keeps the batch
+        finally:
+            _stack("up", "tsdb")
+        assert await wait_for_count(tsdb, 2000) == 2000
+    finally:
+        await service.stop()
+    assert await rollup_mismatches(tsdb) == []
