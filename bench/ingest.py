@@ -66,8 +66,12 @@ async def wait_rows(dsn: str, expected: int, timeout: float = 600) -> float:
 async def citykpi_mqtt(n: int, per_pack: int) -> float:
     dsn = await migrated_database(TSDB_URL)
     client_id = f"bench-{uuid.uuid4().hex[:6]}"
-    settings = Settings(database={"url": dsn}, kafka={"enabled": False}, http={"enabled": False},  # type: ignore[call-arg]
-                        mqtt={"client_id": client_id, "shared_group": None})
+    settings = Settings(
+        database={"url": dsn},
+        kafka={"enabled": False},
+        http={"enabled": False},  # type: ignore[call-arg]
+        mqtt={"client_id": client_id, "shared_group": None},
+    )
     service = Service(settings)
     await service.start()  # creates the persistent session; stop it so the backlog queues
     await service.stop()
@@ -131,8 +135,10 @@ async def naive_mqtt(n: int) -> float:
     """paho callback -> json.loads -> pydantic -> one INSERT per reading (the baseline to beat)."""
     dsn = await migrated_database(TSDB_URL)
     conn = await asyncpg.connect(dsn)
-    await conn.execute("CREATE TABLE naive (time timestamptz, device text, metric text, value float8, "
-                       "PRIMARY KEY (device, metric, time))")
+    await conn.execute(
+        "CREATE TABLE naive (time timestamptz, device text, metric text, value float8, "
+        "PRIMARY KEY (device, metric, time))"
+    )
     q: asyncio.Queue[bytes] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     s = Settings().mqtt
@@ -148,8 +154,13 @@ async def naive_mqtt(n: int) -> float:
     await pub.publish(SimMessage("bench/naive/" + m.topic, m.payload) for m in packs(n, 1, int(time.time())))
     for _ in range(n):
         r = NaiveReading.model_validate(json.loads(await q.get())[0])
-        await conn.execute("INSERT INTO naive VALUES (to_timestamp($1), $2, $3, $4) ON CONFLICT DO NOTHING",
-                           r.bt, r.bn, r.n, r.v)
+        await conn.execute(
+            "INSERT INTO naive VALUES (to_timestamp($1), $2, $3, $4) ON CONFLICT DO NOTHING",
+            r.bt,
+            r.bn,
+            r.n,
+            r.v,
+        )
     rate = n / (time.perf_counter() - t0)
     await pub.stop()
     c.loop_stop()
@@ -166,8 +177,12 @@ async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float]:
     await pub.start()
     await pub.publish(packs(n, per_pack, int(time.time()) - 86400))
     await pub.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=base.kafka.bootstrap_servers,
-                                group_id=f"bare-{topic}", auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=base.kafka.bootstrap_servers,
+        group_id=f"bare-{topic}",
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     t0, seen = time.perf_counter(), 0
     while seen < n:
@@ -175,9 +190,12 @@ async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float]:
             seen += len(records)
     bare = n * per_pack / (time.perf_counter() - t0)
     await consumer.stop()
-    settings = Settings(database={"url": dsn}, mqtt={"enabled": False}, http={"enabled": False},  # type: ignore[call-arg]
-                        kafka={"topics": [{"filter": topic, "format": "senml", "city": "demo"}],
-                               "group_id": f"g-{topic}"})
+    settings = Settings(
+        database={"url": dsn},
+        mqtt={"enabled": False},
+        http={"enabled": False},  # type: ignore[call-arg]
+        kafka={"topics": [{"filter": topic, "format": "senml", "city": "demo"}], "group_id": f"g-{topic}"},
+    )
     service = Service(settings)
     t0 = time.perf_counter()
     await service.start()
@@ -193,8 +211,11 @@ async def main() -> None:
     ap.add_argument("--naive-messages", type=int, default=5_000)
     args = ap.parse_args()
     n = args.messages
-    out: dict[str, object] = {"date": datetime.now(UTC).isoformat(), "machine": platform.node(),
-                              "messages": n}
+    out: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": platform.node(),
+        "messages": n,
+    }
     kafka10, kafka_bare = await citykpi_kafka(n // 10, 10)
     out["kafka_senml10_readings_per_s"] = kafka10
     out["kafka_bare_fetch_readings_per_s"] = kafka_bare
@@ -205,7 +226,8 @@ async def main() -> None:
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     naive = float(out["naive_baseline_readings_per_s"])  # type: ignore[arg-type]
     out["ratio_mqtt_vs_bare_paho"] = float(out["mqtt_1_per_msg_readings_per_s"]) / float(  # type: ignore[arg-type]
-        out["mqtt_bare_paho_drain_per_s"])  # type: ignore[arg-type]
+        out["mqtt_bare_paho_drain_per_s"]
+    )  # type: ignore[arg-type]
     out["ratio_kafka_vs_naive"] = kafka10 / naive
     out["ratio_mqtt_senml10_vs_naive"] = float(out["mqtt_senml10_readings_per_s"]) / naive  # type: ignore[arg-type]
     for k, v in out.items():
