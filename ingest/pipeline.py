@@ -74,8 +74,10 @@ class Pipeline:
         settings: Settings,
         writer: TimescaleWriter,
         on_write: Callable[[WriteResult], None] | None = None,
+        publish_dead_letters: Callable[[list[DeadLetter]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self._publish_dead_letters = publish_dead_letters
         self.writer = writer
         self.validator = Validator(settings.validation)
         self.stats = PipelineStats()
@@ -233,6 +235,8 @@ class Pipeline:
                 return
             batch, acks = item
             result = await self.writer.write(batch)
+            if self._publish_dead_letters is not None and batch.dead_letters:
+                await self._publish_dead_letters(batch.dead_letters)
             for ack in acks:
                 try:
                     await ack()

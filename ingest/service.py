@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 
 from ingest.config import Settings
 from ingest.database import prepare_database
+from ingest.kafka.dead_letters import DeadLetterTopic
 from ingest.pipeline import Pipeline
 from processors.kernels import warm_up
 from processors.writer import TimescaleWriter, WriteResult
@@ -40,7 +41,15 @@ class Service:
             max_backoff_s=settings.writer.retry_max_backoff_s,
             connect_timeout_s=settings.database.connect_timeout_s,
         )
-        self.pipeline = Pipeline(settings, self.writer, on_write)
+        self.dead_letter_topic: DeadLetterTopic | None = None
+        if settings.kafka.dead_letter_topic:
+            self.dead_letter_topic = DeadLetterTopic(settings.kafka, settings.kafka.dead_letter_topic)
+        self.pipeline = Pipeline(
+            settings,
+            self.writer,
+            on_write,
+            self.dead_letter_topic.publish if self.dead_letter_topic else None,
+        )
         self.sources: list[Source] = []
         self._http: asyncio.Server | None = None
         self._jobs: list[asyncio.Task[None]] = []
@@ -51,6 +60,8 @@ class Service:
         self.warm_up_s = await asyncio.to_thread(warm_up)
         log.info("numba kernels ready in %.2f s", self.warm_up_s)
         await self.writer.start()
+        if self.dead_letter_topic is not None:
+            await self.dead_letter_topic.start()
         await self.pipeline.start()
         if self.settings.mqtt.enabled:
             from ingest.mqtt.source import MqttSource
@@ -82,6 +93,8 @@ class Service:
         for s in self.sources:
             await s.close()
         await self.writer.stop()
+        if self.dead_letter_topic is not None:
+            await self.dead_letter_topic.stop()
         if self._http is not None:
             self._http.close()
         log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -12,11 +13,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingest.config import KafkaSettings, Settings
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
+from ingest.simulator import SimMessage
 from tests.conftest import KAFKA_BOOTSTRAP, KAFKA_IMPL, REPO
 from tests.integration.test_mqtt_ingest import (
     count_readings,
@@ -132,3 +135,33 @@ async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(tsdb: st
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert await rollup_mismatches(tsdb) == []
+
+
+async def test_rejected_payloads_also_go_to_the_dead_letter_topic(tsdb: str) -> None:
+    topic, dlq = await new_topic(), await new_topic(partitions=1)
+    pub = KafkaPublisher(KafkaSettings(bootstrap_servers=KAFKA_BOOTSTRAP), {"senml": topic})
+    await pub.start()
+    await pub.publish([SimMessage("city/demo/senml/x", b"{truncated"), *senml_messages(10)])
+    await pub.stop()
+    settings = service_settings(tsdb, topic, "g-" + topic)
+    settings.kafka.dead_letter_topic = dlq
+    service = Service(settings)
+    await service.start()
+    try:
+        assert await wait_for_count(tsdb, 10) == 10
+    finally:
+        await service.stop()
+    consumer = AIOKafkaConsumer(
+        dlq, bootstrap_servers=KAFKA_BOOTSTRAP, auto_offset_reset="earliest", group_id="read-" + dlq
+    )
+    await consumer.start()
+    try:
+        records = [r for batch in (await consumer.getmany(timeout_ms=5000)).values() for r in batch]
+    finally:
+        await consumer.stop()
+    assert len(records) == 1
+    record = json.loads(records[0].value)
+    assert record["reason"] == "bad_json"
+    assert record["topic"] == topic
+    assert record["partition"] is not None and record["offset"] is not None
+    assert base64.b64decode(record["payload_base64"]) == b"{truncated"

@@ -1,0 +1,57 @@
+"""Optional Kafka dead-letter topic: rejected payloads, with their reason, for other consumers.
+
+Published after the database commit and before the source's acknowledgement, so a crash in
+between publishes a record twice rather than never (the database table stays the record of truth).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from aiokafka import AIOKafkaProducer
+
+from ingest.config import KafkaSettings
+from ingest.kafka.source import kafka_security_kwargs
+from processors.writer import DeadLetter
+
+
+def dead_letter_record(d: DeadLetter) -> bytes:
+    return json.dumps(
+        {
+            "source": d.source,
+            "reason": d.reason,
+            "detail": d.detail,
+            "topic": d.topic,
+            "partition": d.partition,
+            "offset": d.offset,
+            "city_id": d.city_id,
+            "device_id": d.device_id,
+            "payload_size": d.payload_size,
+            "payload_base64": base64.b64encode(d.payload).decode() if d.payload is not None else None,
+        }
+    ).encode()
+
+
+class DeadLetterTopic:
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self.topic = topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", **kafka_security_kwargs(settings)
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def publish(self, dead_letters: list[DeadLetter]) -> None:
+        futures = [
+            await self._producer.send(
+                self.topic, dead_letter_record(d), key=(d.device_id or "").encode() or None
+            )
+            for d in dead_letters
+        ]
+        for f in futures:
+            await f
