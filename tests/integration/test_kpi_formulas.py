@@ -119,16 +119,17 @@ def city_a_batch(hours: range = range(24), day: date = DAY) -> WriteBatch:
     b = WriteBatch(source="test")
     for h in hours:
         t = at(h, day)
+        n = (day - DAY).days * 24 + h  # hours since DAY 00:30: meter indexes keep counting across days
         for dev, pm25, pm10, no2, o3, so2 in (("air-1", 10, 20, 30, 60, 5), ("air-2", 20, 40, 50, 80, 15)):
             for metric, v in (("pm25", pm25), ("pm10", pm10), ("no2", no2), ("o3", o3), ("so2", so2)):
                 b.add("a", dev, metric, t, float(v))
         b.add("a", "noise-1", "laeq", t, noise_level(h))
         b.add("a", "noise-2", "laeq", t, 45.0)
-        b.add("a", "water-1", "water_volume_total", t, 100.0 + 0.3 / 24 * h)
-        b.add("a", "water-2", "water_volume_total", t, 7.0 + 0.3 / 24 * h)
-        b.add("a", "inflow-1", "water_volume_total", t, 5000.0 + 1.0 / 24 * h)
-        b.add("a", "electricity-1", "energy_total", t, 1000.0 + 0.5 * h)
-        b.add("a", "electricity-2", "energy_total", t, 20.0 + 0.5 * h)
+        b.add("a", "water-1", "water_volume_total", t, 100.0 + 0.3 / 24 * n)
+        b.add("a", "water-2", "water_volume_total", t, 7.0 + 0.3 / 24 * n)
+        b.add("a", "inflow-1", "water_volume_total", t, 5000.0 + 1.0 / 24 * n)
+        b.add("a", "electricity-1", "energy_total", t, 1000.0 + 0.5 * n)
+        b.add("a", "electricity-2", "energy_total", t, 20.0 + 0.5 * n)
         for dev in ("traffic-1", "traffic-2"):
             b.add("a", dev, "vehicle_speed", t, speed(dev, h))
             b.add("a", dev, "vehicle_count", t, 10.0)

@@ -1,0 +1,198 @@
+"""Registry import into the real database, the KPI command line and the periodic refresh loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+from ingest.config import Settings
+from kpi_rollups.cli import kpi_app, registry_app, report
+from kpi_rollups.refresh import kpi_refresh_loop
+from kpi_rollups.registry import RegistryImportError, import_registry_file
+from tests.conftest import REPO
+from tests.integration.test_kpi_formulas import DAY, city_a
+
+pytestmark = pytest.mark.integration
+DEMO = REPO / "kpi_rollups" / "demo_registry.toml"
+
+
+async def fetch(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def test_demo_registry_imports_idempotently(tsdb: str) -> None:
+    first = await import_registry_file(tsdb, DEMO)
+    second = await import_registry_file(tsdb, DEMO)
+    assert first == second == {"cities": 1, "areas": 3, "facts": 7, "targets": 4, "devices": 162}
+    (row,) = await fetch(
+        tsdb,
+        """SELECT (SELECT count(*) FROM areas) AS areas,
+        (SELECT sum(population) FROM areas) AS pop, (SELECT count(*) FROM city_facts) AS facts,
+        (SELECT count(*) FROM devices WHERE city_id = 'demo') AS devices,
+        (SELECT timezone FROM cities WHERE city_id = 'demo') AS tz""",
+    )
+    assert (row["areas"], row["pop"], row["facts"], row["devices"], row["tz"]) == (
+        3,
+        120000,
+        7,
+        162,
+        "Europe/Paris",
+    )
+    (t,) = await fetch(
+        tsdb,
+        "SELECT kind, area_id, expected_interval_s, metadata FROM devices WHERE device_id = 'traffic-0001'",
+    )
+    assert (t["kind"], t["area_id"], t["expected_interval_s"]) == ("traffic", "centre", 10.0)
+    assert json.loads(t["metadata"]) == {"street_km": 1.5, "segment_id": "arterial-01"}
+    noise_areas = await fetch(
+        tsdb, "SELECT area_id, count(*) FROM devices WHERE kind = 'noise' GROUP BY 1 ORDER BY 1"
+    )
+    assert [(r[0], r[1]) for r in noise_areas] == [("centre", 5), ("north", 4), ("south", 3)]
+
+
+async def test_a_file_with_a_bad_reference_imports_nothing(tsdb: str, tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text("""
+city_id = "demo"
+valid_from = 2025-01-01
+[[areas]]
+area_id = "centre"
+population = 1000
+[[devices]]
+device_id = "noise-0001"
+area_id = "nowhere"
+[[facts]]
+city_id = "atlantis"
+key = "population"
+value = 5
+""")
+    with pytest.raises(RegistryImportError) as e:
+        await import_registry_file(tsdb, f)
+    text = str(e.value)
+    assert "facts #1: city_id: unknown city 'atlantis'" in text
+    assert "devices #1 (device_id='noise-0001'): area_id: unknown area 'nowhere'" in text
+    assert (await fetch(tsdb, "SELECT count(*) FROM areas"))[0][0] == 0  # the valid area was rolled back
+
+
+async def test_csv_sections_and_metadata_merge(tsdb: str, tmp_path: Path) -> None:
+    areas = tmp_path / "areas.csv"
+    areas.write_text(
+        "city_id,area_id,name,population,area_km2,valid_from\n"
+        "demo,centre,Centre,1000,2.5,2025-01-01\ndemo,north,,2000,,2025-01-01\n"
+    )
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        'device_id,kind,area_id,street_km,metadata\ntraffic-0001,traffic,centre,1.2,"{""lanes"": 2}"\n'
+    )
+    role = tmp_path / "role.csv"
+    role.write_text("device_id,role\ntraffic-0001,counter\n")
+    assert (await import_registry_file(tsdb, areas))["areas"] == 2
+    assert (await import_registry_file(tsdb, devices, default_city="demo"))["devices"] == 1
+    await import_registry_file(tsdb, role, default_city="demo")
+    (d,) = await fetch(tsdb, "SELECT kind, area_id, metadata FROM devices WHERE device_id = 'traffic-0001'")
+    assert (d["kind"], d["area_id"]) == ("traffic", "centre")  # not wiped by the second file
+    assert json.loads(d["metadata"]) == {"lanes": 2, "street_km": 1.2, "role": "counter"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "city_id,area_id,population,valid_from\ndemo,east,many,2025-01-01\ndemo,west,5,2025-13-01\n"
+    )
+    with pytest.raises(RegistryImportError) as e:
+        await import_registry_file(tsdb, bad)
+    assert any(x.startswith("areas line 2 (area_id='east'): population:") for x in e.value.errors)
+    assert any(x.startswith("areas line 3 (area_id='west'): valid_from:") for x in e.value.errors)
+
+
+def _env(dsn: str) -> dict[str, str]:
+    return {"CITYKPI_DATABASE__URL": dsn, "CITYKPI_CONFIG_FILE": ""}
+
+
+async def test_cli_import_refresh_show_and_report(tsdb: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    def invoke(app: object, *args: str) -> tuple[int, str]:
+        r = runner.invoke(app, list(args), env=_env(tsdb))  # type: ignore[arg-type]
+        return r.exit_code, r.output
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('city_id = "demo"\n[[areas]]\narea_id = "x"\npopulation = -5\nvalid_from = 2025-01-01\n')
+    code, output = await asyncio.to_thread(invoke, registry_app, "import", str(bad))
+    assert code == 2
+    assert "areas #1 (area_id='x'): population: Input should be greater than or equal to 0" in output
+    code, output = await asyncio.to_thread(invoke, registry_app, "import", str(DEMO), "--dry-run")
+    assert code == 0 and "dry run" in output
+    assert (await fetch(tsdb, "SELECT count(*) FROM areas"))[0][0] == 0
+
+    await city_a(tsdb, tmp_path)
+    code, output = await asyncio.to_thread(
+        invoke, kpi_app, "refresh", "--city", "a", "--period", DAY.isoformat()
+    )
+    assert code == 0, output
+    assert "EN:EN:AQ:1C" in output and "Air pollution" in output and "19 KPI values stored" in output
+    code, output = await asyncio.to_thread(invoke, kpi_app, "show", "--city", "a", "--kind", "day")
+    assert code == 0, output
+    assert "EC:I:T:5A" in output and "2025-06-10" in output
+    code, output = await asyncio.to_thread(invoke, kpi_app, "show", "--city", "nowhere")
+    assert code == 1
+
+    import typer
+
+    app = typer.Typer()
+    app.command("report")(report)
+    app.command("noop")(lambda: None)  # a group, as when mounted in ingest/cli.py
+    code, output = await asyncio.to_thread(
+        invoke, app, "report", "--city", "a", "--year", "2025", "--out", str(tmp_path / "rep")
+    )
+    assert code == 0, output
+    assert (tmp_path / "rep" / "a-2025-u4ssc.html").is_file() and (
+        tmp_path / "rep" / "a-2025-u4ssc.md"
+    ).is_file()
+
+
+async def test_refresh_loop_fills_the_current_periods_of_every_city(tsdb: str, tmp_path: Path) -> None:
+    await city_a(tsdb, tmp_path)
+    settings = Settings(
+        database={"url": tsdb},  # type: ignore[arg-type]
+        cities=[
+            {"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"},  # type: ignore[list-item]
+            {"city_id": "a", "name": "A", "timezone": "Europe/Paris"},
+            {"city_id": "ghost", "name": "Not in the database", "timezone": "UTC"},
+        ],
+        kpi_refresh_interval_s=0.2,
+    )
+    task = asyncio.create_task(kpi_refresh_loop(settings))
+    today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Paris")).date()
+    latest = "SELECT max(computed_at) FROM kpi_values WHERE city_id = 'a' AND period_kind = 'day'"
+    try:
+        rows: list[asyncpg.Record] = []
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            rows = await fetch(tsdb, "SELECT DISTINCT city_id, period_kind, period_start FROM kpi_values")
+            if len(rows) == 6:
+                break
+        first = (await fetch(tsdb, latest))[0][0]
+        for _ in range(50):  # and it keeps going: a second round recomputes
+            await asyncio.sleep(0.1)
+            if (await fetch(tsdb, latest))[0][0] > first:
+                break
+        else:
+            pytest.fail("no second refresh round")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    starts = {(r[0], r[1]): r[2] for r in rows}
+    for city in ("demo", "a"):  # the unknown city failed, was logged, and did not stop the others
+        assert starts[(city, "day")] == today
+        assert starts[(city, "month")] == today.replace(day=1)
+        assert starts[(city, "year")] == today.replace(month=1, day=1)
