@@ -27,6 +27,8 @@ config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 dl_app = typer.Typer(help="Dead letters: list and re-queue rejected payloads.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dl_app, name="deadletters")
+roles_app = typer.Typer(help="Database roles: per-city read-only logins for Grafana.", no_args_is_help=True)
+app.add_typer(roles_app, name="roles")
 console = Console(stderr=True)
 log = logging.getLogger("citykpi")
 
@@ -295,6 +297,34 @@ def deadletters_requeue(
         f"re-queued {result.requeued} payloads: {result.stored} readings stored, "
         f"{result.still_rejected} rejected again, {result.skipped} skipped (payload truncated)"
     )
+
+
+@roles_app.command("grant-reader")
+def roles_grant_reader(
+    role: Annotated[str, typer.Argument(help="login role to create or update")],
+    city: Annotated[str, typer.Option(help="the city this role may read")],
+    password_file: Annotated[Path, typer.Option(help="file holding the role's password", exists=True)],
+    config: ConfigOpt = None,
+) -> None:
+    """Create (or update) a login role that reads one city's rows only (row-level security)."""
+    import asyncpg
+
+    settings = _settings(config, "WARNING")
+    password = password_file.read_text().strip()
+
+    async def grant() -> None:
+        conn = await asyncpg.connect(settings.database.url.get_secret_value())
+        try:
+            await conn.execute("SELECT citykpi_grant_city_reader($1, $2, $3)", role, city, password)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(grant())
+    except asyncpg.PostgresError as e:
+        console.print(f"[red]could not grant: {e}[/red]")
+        raise typer.Exit(1) from None
+    Console().print(f"role {role} can now read city {city} (and nothing else)")
 
 
 def main() -> None:

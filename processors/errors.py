@@ -10,6 +10,10 @@ import asyncpg
 # and deadlock, insufficient resources, operator intervention (shutdown, restart), system errors.
 RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 RETRIABLE_SQLSTATES = frozenset({"55P03", "55006", "XX000"})
+# Configuration, not data: missing privilege, table or column (schema not migrated, wrong role).
+# Dead-lettering would discard good data, so the writer keeps it and retries until an operator fixes
+# the setup; the warning it logs on every retry names the SQLSTATE.
+CONFIGURATION_SQLSTATES = frozenset({"42501", "42P01", "42703", "3D000", "28000", "28P01"})
 
 
 class CityKpiError(Exception):
@@ -31,7 +35,8 @@ class PermanentWriteError(CityKpiError):
 def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        return state[:2] in RETRIABLE_SQLSTATE_CLASSES or state in RETRIABLE_SQLSTATES
+        return (state[:2] in RETRIABLE_SQLSTATE_CLASSES or state in RETRIABLE_SQLSTATES
+                or state in CONFIGURATION_SQLSTATES)
     return isinstance(exc, OSError | asyncpg.InterfaceError | asyncio.TimeoutError | ConnectionError)
 
 

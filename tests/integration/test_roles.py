@@ -1,0 +1,119 @@
+"""Least-privilege roles and row-level security, on both servers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from processors.writer import TimescaleWriter, WriteBatch
+
+pytestmark = pytest.mark.integration
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+
+def _as(dsn: str, user: str) -> str:
+    scheme, rest = dsn.split("://", 1)
+    return f"{scheme}://{user}:pw@{rest.split('@', 1)[1]}"
+
+
+async def _login(owner: asyncpg.Connection, granted: str) -> str:
+    name = f"u_{granted}_{uuid.uuid4().hex[:6]}"
+    await owner.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {granted}")
+    return name
+
+
+async def _two_cities(dsn: str) -> None:
+    owner = await asyncpg.connect(dsn)
+    try:
+        await owner.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other City')")
+    finally:
+        await owner.close()
+    batch = WriteBatch(source="test")
+    for i in range(10):
+        batch.add("demo", "air-1", "pm25", T0 + timedelta(minutes=i), 10.0 + i)
+        batch.add("other", "air-1", "pm25", T0 + timedelta(minutes=i), 50.0 + i)
+    async with TimescaleWriter(dsn) as w:
+        await w.write(batch)
+
+
+async def test_a_city_reader_sees_only_its_city_and_cannot_write(any_db: str) -> None:
+    await _two_cities(any_db)
+    role = f"grafana_demo_{uuid.uuid4().hex[:6]}"
+    owner = await asyncpg.connect(any_db)
+    try:
+        await owner.execute("SELECT citykpi_grant_city_reader($1, 'demo', 'pw')", role)
+    finally:
+        await owner.close()
+    reader = await asyncpg.connect(_as(any_db, role))
+    try:
+        assert {r[0] for r in await reader.fetch("SELECT city_id FROM devices")} == {"demo"}
+        assert {r[0] for r in await reader.fetch("SELECT city_id FROM cities")} == {"demo"}
+        values = [r[0] for r in await reader.fetch("SELECT value FROM readings ORDER BY value")]
+        assert values == [10.0 + i for i in range(10)]  # none of the other city's 50+
+        assert await reader.fetchval("SELECT max(max) FROM rollup_1h") == 19.0
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await reader.execute("INSERT INTO readings VALUES (now(), 1, 1, 1.0, 0, 1)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await reader.execute("DELETE FROM kpi_values")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await reader.execute("SELECT citykpi_grant_city_reader('x', 'other', 'pw')")
+    finally:
+        await reader.close()
+
+
+async def test_the_ingest_role_can_write_but_not_delete_or_touch_kpis(any_db: str) -> None:
+    owner = await asyncpg.connect(any_db)
+    try:
+        user = await _login(owner, "citykpi_ingest")
+    finally:
+        await owner.close()
+    batch = WriteBatch(source="test")
+    batch.add("demo", "noise-1", "laeq", T0, 61.0)
+    async with TimescaleWriter(_as(any_db, user)) as w:
+        first = await w.write(batch)
+        again = await w.write(batch)
+    assert (first.stored, again.duplicates) == (1, 1)
+    conn = await asyncpg.connect(_as(any_db, user))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM readings")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                "INSERT INTO kpi_values (city_id, kpi_code, period_kind, period_start, unit) "
+                "VALUES ('demo', 'x', 'year', '2026-01-01', 'u')"
+            )
+    finally:
+        await conn.close()
+
+
+def test_roles_grant_reader_cli_makes_a_login_that_reads_one_city(tsdb: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_cli import run
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-pw\n")
+    role = f"grafana_cli_{uuid.uuid4().hex[:6]}"
+    out = run(
+        "roles",
+        "grant-reader",
+        role,
+        "--city",
+        "demo",
+        "--password-file",
+        str(secret),
+        env={"CITYKPI_DATABASE__URL": tsdb},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+    import asyncio
+
+    async def cities() -> set[str]:
+        conn = await asyncpg.connect(_as(tsdb, role))
+        try:
+            return {r[0] for r in await conn.fetch("SELECT city_id FROM cities")}
+        finally:
+            await conn.close()
+
+    assert asyncio.run(cities()) == {"demo"}
