@@ -51,7 +51,8 @@ async def test_demo_registry_imports_idempotently(tsdb: str) -> None:
     )
     (t,) = await fetch(
         tsdb,
-        "SELECT kind, area_id, expected_interval_s, metadata FROM devices WHERE device_id = 'traffic-0001'",
+        "SELECT kind, area_id, expected_interval_s, metadata FROM devices WHERE device_id = $1",
+        "urn:ngsi-ld:TrafficFlowObserved:traffic-0001",
     )
     assert (t["kind"], t["area_id"], t["expected_interval_s"]) == ("traffic", "centre", 10.0)
     assert json.loads(t["metadata"]) == {"street_km": 1.5, "segment_id": "arterial-01"}
