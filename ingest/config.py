@@ -98,6 +98,9 @@ class MqttSettings(BaseModel):
     )
     keepalive_s: int = Field(30, ge=5)
     reconnect_max_s: float = Field(30.0, gt=0)
+    startup_wait_s: float = Field(
+        5.0, ge=0, description="start-up waits this long for the first SUBACK, then goes on in the background"
+    )
     routes: list[TopicRoute] = Field(
         default_factory=lambda: [
             TopicRoute(filter="city/+/senml/+", format="senml", city_level=2, device_level=4),

@@ -45,6 +45,7 @@ class MqttSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stopping = False
         self._inflight = 0
         self._client = self._make_client()
@@ -81,6 +82,7 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = lambda *_a: self._subscribed.set()
         return client
 
     # -- paho thread ----------------------------------------------------------------------
@@ -103,6 +105,7 @@ class MqttSource:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         if not self._stopping:
             log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
 
@@ -128,11 +131,9 @@ class MqttSource:
             self._client.connect_async(s.host, s.port, s.keepalive_s)
         self._client.loop_start()
         self._task = asyncio.create_task(self._pump(), name="citykpi-mqtt-pump")
-
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        ok = await asyncio.to_thread(self._connected.wait, timeout)
-        if not ok:
-            raise TimeoutError(f"MQTT broker {self.settings.host}:{self.settings.port} did not accept us")
+        if not await asyncio.to_thread(self._subscribed.wait, s.startup_wait_s):
+            log.warning("MQTT broker %s:%d not subscribed within %.0f s; still trying in the background",
+                        s.host, s.port, s.startup_wait_s)
 
     async def _pump(self) -> None:
         while not self._stopping:
