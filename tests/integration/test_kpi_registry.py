@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from ingest.config import Settings
 from kpi_rollups.cli import kpi_app, registry_app, report
-from kpi_rollups.refresh import kpi_refresh_loop
+from kpi_rollups.refresh import kpi_refresh_loop, refresh_city_now
 from kpi_rollups.registry import RegistryImportError, import_registry_file
 from tests.conftest import REPO
 from tests.integration.test_kpi_formulas import DAY, city_a
@@ -197,3 +197,22 @@ async def test_refresh_loop_fills_the_current_periods_of_every_city(tsdb: str, t
         assert starts[(city, "day")] == today
         assert starts[(city, "month")] == today.replace(day=1)
         assert starts[(city, "year")] == today.replace(month=1, day=1)
+
+
+async def test_after_local_midnight_the_periods_that_ended_are_refreshed_once_more(
+    tsdb: str, tmp_path: Path
+) -> None:
+    await city_a(tsdb, tmp_path)
+    # 2026-01-01 00:10 in Paris: the day, month and year that ended are 2025-12-31, 2025-12, 2025
+    now = datetime(2025, 12, 31, 23, 10, tzinfo=UTC)
+    today = await refresh_city_now(tsdb, "a", "Europe/Paris", now, last_day=datetime(2025, 12, 31).date())
+    assert str(today) == "2026-01-01"
+    rows = await fetch(tsdb, "SELECT DISTINCT period_kind, period_start::text FROM kpi_values ORDER BY 1, 2")
+    assert [tuple(r) for r in rows] == [
+        ("day", "2025-12-31"),
+        ("day", "2026-01-01"),
+        ("month", "2025-12-01"),
+        ("month", "2026-01-01"),
+        ("year", "2025-01-01"),
+        ("year", "2026-01-01"),
+    ]
