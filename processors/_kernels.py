@@ -778,20 +778,28 @@ def stuck_runs_sorted(order, series, value, min_run):
 
 
 @njit(cache=True)
-def _median_small(buf, m):
-    """Median of buf[:m] (NaN-free), sorting buf[:m] in place: insertion sort beats np.median's
-    allocation for the few values of a Hampel window. Even m: mean of the two middle values."""
-    for k in range(1, m):
-        x = buf[k]
-        j = k - 1
-        while j >= 0 and buf[j] > x:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = x
-    h = m // 2
-    if m % 2 == 1:
-        return buf[h]
-    return 0.5 * (buf[h - 1] + buf[h])
+def _median_and_mad_of_sorted(win, cnt):
+    """Median and MAD of the sorted win[:cnt]: the deviations either side of the median are two
+    sorted runs, so their median comes from a short merge instead of a sort."""
+    h = cnt // 2
+    med = win[h] if cnt % 2 == 1 else 0.5 * (win[h - 1] + win[h])
+    r = 0
+    while r < cnt and win[r] < med:
+        r += 1
+    left = r - 1
+    prev = 0.0
+    cur = 0.0
+    for _ in range(h + 1):
+        if left < 0 or (r < cnt and win[r] - med <= med - win[left]):
+            d = win[r] - med
+            r += 1
+        else:
+            d = med - win[left]
+            left -= 1
+        prev = cur
+        cur = d
+    mad = cur if cnt % 2 == 1 else 0.5 * (prev + cur)
+    return med, mad
 
 
 @njit(cache=True)
@@ -799,12 +807,12 @@ def hampel_sorted(order, series, value, half_window, n_sigmas):
     """FLAG_SPIKE where |x - median| > n_sigmas·1.4826·MAD over the centred window of its series.
 
     The window holds up to half_window readings each side within the same series (truncated at
-    the series ends); NaNs are ignored; fewer than 3 valid values in a window: no flag.
+    the series ends); NaNs are ignored; fewer than 3 valid values in a window: no flag. The window
+    is kept sorted while it slides (one removal, one insertion per step).
     """
     n = order.shape[0]
     flags = np.zeros(n, dtype=np.uint8)
-    buf = np.empty(2 * half_window + 1)
-    dev = np.empty(2 * half_window + 1)
+    win = np.empty(2 * half_window + 1)
     seg = np.empty(n)
     seg_start = 0
     for k in range(n + 1):
@@ -813,22 +821,32 @@ def hampel_sorted(order, series, value, half_window, n_sigmas):
         m = k - seg_start  # series segment order[seg_start:k], values gathered once
         for j in range(m):
             seg[j] = value[order[seg_start + j]]
-        for c in range(m):
+        cnt = 0
+        for c in range(-half_window - 1, m):
+            leaving = c - half_window - 1
+            if leaving >= 0 and seg[leaving] == seg[leaving]:
+                y = seg[leaving]
+                p = 0
+                while win[p] != y:
+                    p += 1
+                for j in range(p, cnt - 1):
+                    win[j] = win[j + 1]
+                cnt -= 1
+            entering = c + half_window
+            if 0 <= entering < m and seg[entering] == seg[entering]:
+                y = seg[entering]
+                p = cnt - 1
+                while p >= 0 and win[p] > y:
+                    win[p + 1] = win[p]
+                    p -= 1
+                win[p + 1] = y
+                cnt += 1
+            if c < 0:
+                continue
             x = seg[c]
-            if x != x:
+            if x != x or cnt < 3:
                 continue
-            cnt = 0
-            for j in range(max(0, c - half_window), min(m, c + half_window + 1)):
-                y = seg[j]
-                if y == y:
-                    buf[cnt] = y
-                    cnt += 1
-            if cnt < 3:
-                continue
-            med = _median_small(buf, cnt)
-            for j in range(cnt):
-                dev[j] = abs(buf[j] - med)
-            mad = _median_small(dev, cnt)
+            med, mad = _median_and_mad_of_sorted(win, cnt)
             if abs(x - med) > n_sigmas * 1.4826 * mad:
                 flags[order[seg_start + c]] = FLAG_SPIKE
         seg_start = k

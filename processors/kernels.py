@@ -171,7 +171,10 @@ class PartialAggregates:
     @classmethod
     def empty(cls) -> PartialAggregates:
         ints = {"series", "bucket_start_us", "count", "first_ts_us", "last_ts_us"}
-        return cls(**{f.name: np.zeros(0, np.int64 if f.name in ints else np.float64) for f in fields(cls)})
+        columns: dict[str, np.ndarray] = {
+            f.name: np.zeros(0, np.int64 if f.name in ints else np.float64) for f in fields(cls)
+        }
+        return cls(**columns)
 
     def _accumulators(self) -> tuple[np.ndarray, ...]:
         return (
