@@ -26,6 +26,7 @@ status:
 
 demo: stack
 	$(BIN)/citykpi migrate
+	$(BIN)/citykpi registry import kpi_rollups/demo_registry.toml
 	$(BIN)/citykpi run --with-simulator
 
 test: stack

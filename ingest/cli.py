@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ingest.config import ConfigError, Settings, load_settings, masked_dump
 from ingest.logs import setup_logging
+from kpi_rollups.cli import kpi_app, registry_app, report
 
 app = typer.Typer(
     help="citykpi: smart-city telemetry to TimescaleDB KPI series and U4SSC indicators.", no_args_is_help=True
@@ -27,6 +28,9 @@ config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 dl_app = typer.Typer(help="Dead letters: list and re-queue rejected payloads.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dl_app, name="deadletters")
+app.add_typer(registry_app, name="registry")
+app.add_typer(kpi_app, name="kpi")
+app.command("report")(report)
 roles_app = typer.Typer(help="Database roles: per-city read-only logins for Grafana.", no_args_is_help=True)
 app.add_typer(roles_app, name="roles")
 console = Console(stderr=True)
@@ -42,7 +46,7 @@ def _settings(config: Path | None, log_level: str | None = None) -> Settings:
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
-    setup_logging(log_level or settings.log_level)
+    setup_logging(log_level or settings.log_level, console=console)
     return settings
 
 

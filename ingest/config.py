@@ -226,7 +226,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [CitySettings(city_id="demo", name="Demo City", timezone="Europe/Paris")]
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    kpi_refresh_interval_s: float = Field(60.0, gt=0)
+    kpi_refresh_interval_s: float = Field(60.0, ge=0, description="0 turns the in-service KPI refresh off")
 
     @classmethod
     def settings_customise_sources(

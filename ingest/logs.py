@@ -7,6 +7,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 _STANDARD = set(vars(logging.makeLogRecord({})))
 
 
@@ -24,15 +27,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
+def setup_logging(level: str = "INFO", json_logs: bool | None = None, console: Console | None = None) -> None:
+    """JSON lines off-terminal; on a terminal, rich output through `console`, so log lines print above
+    a live progress display on the same console instead of tearing it."""
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_logs
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler: logging.Handler
+    if json_logs:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = RichHandler(console=console or Console(stderr=True), show_path=False)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

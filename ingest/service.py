@@ -80,6 +80,11 @@ class Service:
         from processors.retention import retention_loop
 
         self._jobs.append(asyncio.create_task(retention_loop(self.settings), name="citykpi-retention"))
+        if self.settings.kpi_refresh_interval_s > 0:
+            from kpi_rollups.refresh import kpi_refresh_loop
+
+            refresh = kpi_refresh_loop(self.settings)
+            self._jobs.append(asyncio.create_task(refresh, name="citykpi-kpi-refresh"))
 
     def ready(self) -> bool:
         return self.writer.connected and any(getattr(s, "connected", False) for s in self.sources)

@@ -33,6 +33,10 @@ class SimDevice:
     phase: float
     scale: float
     meter_index: float = 0.0
+    meter_started: bool = False
+
+
+METER_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _rush(hour: float) -> float:
@@ -168,6 +172,9 @@ class CitySimulator:
         self, d: SimDevice, t: datetime, h: float, per_hour: float, name: str, unit: str
     ) -> SimMessage:
         peaks = 0.3 + math.exp(-((h - 7.5) ** 2) / 2) + math.exp(-((h - 20) ** 2) / 3)
+        if not d.meter_started:  # continue from where a meter would be now, so restarts don't go back
+            d.meter_index += d.scale * per_hour * 0.6 * (t - METER_EPOCH).total_seconds() / 3600
+            d.meter_started = True
         d.meter_index += max(
             0.0, d.scale * per_hour * peaks * self.s.interval_s / 3600 * self.rng.uniform(0.6, 1.4)
         )

@@ -556,6 +556,9 @@ async def noise_exposure(ctx: FormulaContext) -> list[KpiResult]:
 class MeterParams(_Params):
     metric: str
     total_fact: str | None = None
+    # a step (or a "reset" landing) above this between two readings is dropped as implausible, e.g.
+    # a meter swapped for one with a high index, or a gateway that replays an old index
+    max_plausible_step: float | None = None
     exclude_roles: list[str] = []
     litres_per_unit: float = 1.0
     per: str = "day"
@@ -575,11 +578,15 @@ class MeteredRate:
 
 
 async def _metered_rate(
-    ctx: FormulaContext, metric: str, total_fact: str | None, keep: Callable[[DeviceInfo | None], bool]
+    ctx: FormulaContext,
+    metric: str,
+    total_fact: str | None,
+    keep: Callable[[DeviceInfo | None], bool],
+    max_plausible_step: float | None = None,
 ) -> MeteredRate | str:
     data = ctx.data
     devices = await data.devices()
-    usage = await data.meter_usage(metric)
+    usage = await data.meter_usage(metric, max_plausible_step=max_plausible_step)
     usage = {dk: u for dk, u in usage.items() if keep(devices.get(dk))}
     rates = {dk: u.per_day for dk, u in usage.items() if u.per_day is not None}
     if not rates:
@@ -629,7 +636,11 @@ def _days_in_year(year: int) -> int:
 async def _per_inhabitant(ctx: FormulaContext) -> list[KpiResult]:
     p: MeterParams = ctx.params(MeterParams)
     rate = await _metered_rate(
-        ctx, p.metric, p.total_fact, lambda d: d is None or d.role not in p.exclude_roles
+        ctx,
+        p.metric,
+        p.total_fact,
+        lambda d: d is None or d.role not in p.exclude_roles,
+        p.max_plausible_step,
     )
     if isinstance(rate, str):
         return [KpiResult(not_computable=rate)]

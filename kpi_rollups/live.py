@@ -1,4 +1,4 @@
-"""Latest city-wide values for the demo's live table: the newest minute rollups per metric."""
+"""What the demo's live table shows: the newest minute rollups per metric and today's KPI values."""
 
 from __future__ import annotations
 
@@ -18,16 +18,33 @@ GROUP BY m.name, m.canonical_unit, m.aggregation
 ORDER BY m.name
 """
 
+KPI_SQL = """
+SELECT kpi_code, component, area_id, value, unit, valid, coverage
+FROM kpi_values
+WHERE city_id = $1 AND period_kind = 'day' AND value IS NOT NULL AND area_id = ''
+  AND period_start = (SELECT max(period_start) FROM kpi_values WHERE city_id = $1 AND period_kind = 'day')
+ORDER BY kpi_code, component
+"""
+
 
 async def latest_summary(settings: Settings) -> list[tuple[str, str, float, str]]:
-    """(metric, unit, value, bucket) for each metric, averaged over the last five minutes of rollups."""
+    """(label, unit, value, note) rows: metrics averaged over the last five minutes of rollups, then
+    the first configured city's KPI values for today (note says valid or not, and coverage)."""
     conn = await asyncpg.connect(settings.database.url.get_secret_value(), timeout=5)
     try:
         rows = await conn.fetch(LATEST_SQL)
+        kpis = await conn.fetch(KPI_SQL, settings.cities[0].city_id)
     finally:
         await conn.close()
-    return [
+    out = [
         (r["name"], r["canonical_unit"], float(r["value"]), r["bucket"].strftime("%H:%M"))
         for r in rows
         if r["value"] is not None
     ]
+    for k in kpis:
+        label = f"KPI {k['kpi_code']}" + (f" {k['component']}" if k["component"] else "")
+        coverage = f"coverage {k['coverage']:.0%}" if k["coverage"] is not None else ""
+        out.append(
+            (label, k["unit"], float(k["value"]), f"{'valid' if k['valid'] else 'partial'} {coverage}")
+        )
+    return out

@@ -264,7 +264,9 @@ class CityData:
         so_far = min(1.0, sc.n * sc.interval_s / elapsed) if elapsed > 0 else 0.0
         return full, so_far
 
-    async def meter_usage(self, metric: str, device_keys: set[int] | None = None) -> dict[int, MeterUsage]:
+    async def meter_usage(
+        self, metric: str, device_keys: set[int] | None = None, max_plausible_step: float | None = None
+    ) -> dict[int, MeterUsage]:
         """Consumption per meter from its cumulative index over the window.
 
         Points are the first and last reading of each rollup bucket (raw readings for buckets whose
@@ -321,7 +323,10 @@ class CityData:
         if not series:
             return usage
         res = consumption_from_cumulative(
-            np.array(series, dtype=np.int64), np.array(ts, dtype=np.int64), np.array(values, dtype=np.float64)
+            np.array(series, dtype=np.int64),
+            np.array(ts, dtype=np.int64),
+            np.array(values, dtype=np.float64),
+            max_plausible_step=max_plausible_step,
         )
         s = np.array(series, dtype=np.int64)
         skip = (res.flags & (FLAG_FIRST | FLAG_MISSING | FLAG_IMPLAUSIBLE)) != 0

@@ -431,3 +431,24 @@ async def test_any_kpi_on_plain_postgresql_too(any_db: str, tmp_path: Path) -> N
 def test_hours_helper_is_local_time() -> None:
     assert at(0) == datetime(2025, 6, 9, 22, 30, tzinfo=UTC)
     assert at(0) + timedelta(hours=24) == at(0, date(2025, 6, 11))
+
+
+async def test_a_drop_to_a_high_index_is_an_implausible_step_not_a_reset_from_zero(
+    tsdb: str, tmp_path: Path
+) -> None:
+    """A meter swapped for one reading 3,000 m3 (or a gateway replaying an old index) is no 3,000 m3 use."""
+    await import_text(tsdb, tmp_path, REGISTRY_A)
+    b = WriteBatch(source="test")
+    index, step = 5000.0, 0.3 / 24
+    for h in range(24):
+        if h == 12:
+            index = 3000.0  # drops, but far from zero: counting it "from 0" would add 3,000 m3
+        elif h:
+            index += step
+        b.add("a", "water-1", "water_volume_total", at(h), index)
+    await write(tsdb, b)
+    v = by_key(await refresh_kpis(tsdb, "a", "day", DAY, now=NOW, codes=["EN:EN:WS:2C"]))
+    water = v[("EN:EN:WS:2C", "", "")]
+    # 22 plausible hourly steps of 0.0125 m3 over 22 h -> 0.3 m3/day; x2 (registry) / 1000 inhabitants
+    assert water.value == pytest.approx(0.6)
+    assert water.details["implausible_steps_dropped"] == 1
