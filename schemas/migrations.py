@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK_KEY = 0x43_49_54_59_4B_50_49  # "CITYKPI"
 
 # table -> (time column, chunk interval); every rollup is written by the processors themselves.
-# `readings` keeps its own time index from 0001 (the default one would duplicate it).
+# `readings` gets no time index on TimescaleDB: its queries go by device, and chunks do the rest.
 HYPERTABLES: dict[str, tuple[str, str]] = {
     "readings": ("time", "1 day"),
     "rollup_1m": ("bucket", "7 days"),
@@ -140,6 +140,9 @@ async def apply_server_features(conn: asyncpg.Connection, features: ServerFeatur
             f"create_default_indexes => {'false' if table == 'readings' else 'true'}, "
             "if_not_exists => true, migrate_data => true)"
         )
+    # chunks are time ranges already; a time index on readings would only slow the inserts down
+    # (plain PostgreSQL keeps it: retention deletes by time there)
+    await conn.execute("DROP INDEX IF EXISTS readings_time_idx")
     if not features.community_features:
         return
     for table, after in COMPRESS_AFTER.items():
