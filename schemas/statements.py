@@ -52,7 +52,10 @@ INSERT_INGEST_BATCH = """
 INSERT INTO ingest_batches (source, position, received, stored) VALUES ($1, $2::jsonb, $3, 0)
 RETURNING batch_id
 """
-UPDATE_INGEST_BATCH = "UPDATE ingest_batches SET stored = $2 WHERE batch_id = $1"
+# committed_at: the end of the transaction (now() would be its start), for publish-to-commit latency
+UPDATE_INGEST_BATCH = (
+    "UPDATE ingest_batches SET stored = $2, committed_at = clock_timestamp() WHERE batch_id = $1"
+)
 
 DEAD_LETTER_COLUMNS = (
     "source",
