@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import resource
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -205,10 +209,105 @@ async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float]:
     return n * per_pack / (t1 - t0), bare
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]:
+    """`citykpi run` as its own process; MQTT packs published at `rate` msg/s, each stamped with its
+    publish time; latency = batch commit time - publish time; RSS of the service sampled every 10 s."""
+    dsn = await migrated_database(TSDB_URL)
+    env = {
+        **os.environ,
+        "CITYKPI_DATABASE__URL": dsn,
+        "CITYKPI_KAFKA__ENABLED": "false",
+        "CITYKPI_HTTP__ENABLED": "false",
+        "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
+        "CITYKPI_MQTT__CLIENT_ID": f"soak-{uuid.uuid4().hex[:6]}",
+        "CITYKPI_MQTT__SHARED_GROUP": "soak",
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while await _readings_or_none(dsn) is None:  # migrated; wait for the service to subscribe
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)
+        pub = MqttPublisher(Settings().mqtt, client_id=f"soak-pub-{uuid.uuid4().hex[:6]}")
+        await pub.start()
+        rss: list[float] = []
+        sent, start = 0, time.perf_counter()
+        next_sample = start
+        while (elapsed := time.perf_counter() - start) < seconds:
+            due = int(elapsed * rate) - sent
+            if due > 0:
+                now = time.time()
+                await pub.publish(
+                    SimMessage(
+                        f"city/demo/senml/dev-{(sent + k) % 2000:04d}",
+                        json.dumps(
+                            [
+                                {
+                                    "bn": f"dev-{(sent + k) % 2000:04d}:",
+                                    "bt": now,
+                                    "n": "pm25",
+                                    "v": 7.0,
+                                }
+                            ]
+                        ).encode(),
+                    )
+                    for k in range(due)
+                )
+                sent += due
+            if time.perf_counter() >= next_sample:
+                rss.append(rss_mib(proc.pid))
+                next_sample += 10
+            await asyncio.sleep(0.005)
+        await pub.stop()
+        await wait_rows(dsn, sent, timeout=120)
+        conn = await asyncpg.connect(dsn)
+        try:
+            p50, p99 = await conn.fetchrow("""
+                SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lat),
+                       percentile_cont(0.99) WITHIN GROUP (ORDER BY lat)
+                FROM (SELECT extract(epoch FROM b.committed_at - r.time) AS lat
+                      FROM readings r JOIN ingest_batches b USING (batch_id)) x""")
+        finally:
+            await conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        await _drop_database(TSDB_URL, dsn)
+    return {
+        "paced_rate_msg_per_s": rate,
+        "paced_seconds": seconds,
+        "messages": sent,
+        "latency_p50_s": p50,
+        "latency_p99_s": p99,
+        "service_rss_mib_samples": rss,
+        "service_rss_growth_mib": (rss[-1] - rss[min(1, len(rss) - 1)]) if rss else None,
+    }
+
+
+async def _readings_or_none(dsn: str) -> int | None:
+    try:
+        return await count(dsn)
+    except asyncpg.PostgresError:
+        return None
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--naive-messages", type=int, default=5_000)
+    ap.add_argument("--paced-rate", type=int, default=5_000, help="msg/s for the latency and soak phase")
+    ap.add_argument("--soak-seconds", type=float, default=300.0)
     args = ap.parse_args()
     n = args.messages
     out: dict[str, object] = {
@@ -223,6 +322,7 @@ async def main() -> None:
     out["mqtt_bare_paho_drain_per_s"] = bare_paho_drain(n // 4, 1)
     out["mqtt_senml10_readings_per_s"] = await citykpi_mqtt(n // 10, 10)
     out["naive_baseline_readings_per_s"] = await naive_mqtt(args.naive_messages)
+    out.update(await paced_latency_and_soak(args.paced_rate, args.soak_seconds))
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     naive = float(out["naive_baseline_readings_per_s"])  # type: ignore[arg-type]
     out["ratio_mqtt_vs_bare_paho"] = float(out["mqtt_1_per_msg_readings_per_s"]) / float(  # type: ignore[arg-type]
@@ -231,7 +331,7 @@ async def main() -> None:
     out["ratio_kafka_vs_naive"] = kafka10 / naive
     out["ratio_mqtt_senml10_vs_naive"] = float(out["mqtt_senml10_readings_per_s"]) / naive  # type: ignore[arg-type]
     for k, v in out.items():
-        print(f"{k:40s} {v:,.2f}" if isinstance(v, float) else f"{k:40s} {v}")
+        print(f"{k:40s} {v:,.3f}" if isinstance(v, float) else f"{k:40s} {v}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
 
