@@ -1592,7 +1592,8 @@ def ingestion() -> Dashboard:
         'SELECT extract(epoch FROM now() - max(committed_at)) AS "since last commit"\nFROM ingest_batches'
     )
     note = (
-        "Platform view of all cities (ingest tables have no city). Write latency, Kafka lag per "
+        "A platform view: write batches have no city, so batch panels cover every city; dead letters "
+        "and readings follow the data source role's cities. Write latency, Kafka lag per "
         "partition, MQTT in-flight and queue depth are Prometheus metrics on the service's "
         "`/metrics` endpoint (`citykpi_write_seconds`, `citykpi_kafka_lag`, `citykpi_mqtt_inflight`, "
         "`citykpi_queue_readings`): add a Prometheus data source for them. The lag panel here is "

@@ -16,6 +16,7 @@ import json
 import re
 import sys
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -336,9 +337,10 @@ def metric_find_values(rows: list[asyncpg.Record], cols: list[str]) -> list[str]
 
 
 async def resolve_variables(
-    conn: asyncpg.Connection, d: dict[str, Any], rng: Any, explicit: bool
+    conn: asyncpg.Connection, d: dict[str, Any], rng: Any, explicit: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], list[str]]:
-    """Run the variable queries in order; with `explicit`, select every option instead of All."""
+    """Run the variable queries in order; the variables named in `explicit` get every option
+    selected (a quoted list) instead of their default All (the custom all value)."""
     resolved: dict[str, Any] = {}
     problems: list[str] = []
     ctx = macros.PanelContext(rng)
@@ -358,7 +360,7 @@ async def resolve_variables(
                 problems.append(f"{d['uid']} ${v['name']}: the variable query returns no options")
         current = v["current"]["value"]
         if v.get("multi"):
-            value: Any = tuple(options) if explicit else tuple(current)
+            value: Any = tuple(options) if v["name"] in explicit else tuple(current)
         else:
             value = current
             if current not in options:
@@ -414,7 +416,7 @@ def drawable(
 
 
 async def check_dashboard(
-    conn: asyncpg.Connection, d: dict[str, Any], now: datetime, *, explicit: bool
+    conn: asyncpg.Connection, d: dict[str, Any], now: datetime, *, explicit: frozenset[str] = frozenset()
 ) -> tuple[list[str], int]:
     rng = macros.dashboard_range(d, now)
     variables, problems = await resolve_variables(conn, d, rng, explicit)
@@ -439,31 +441,79 @@ async def check_dashboard(
     return problems, checked
 
 
-@pytest.mark.integration
-async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(tsdb: str) -> None:
-    started = time.perf_counter()
-    end = await fill_demo_city(tsdb)
-    boards = dashboards()
-    conn = await asyncpg.connect(tsdb)
+def _as(dsn: str, user: str) -> str:
+    scheme, rest = dsn.split("://", 1)
+    return f"{scheme}://{user}:pw@{rest.split('@', 1)[1]}"
+
+
+async def _city_options(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
     try:
-        assert await conn.fetchval("SELECT max(time) FROM readings") == end
-        assert await conn.fetchval("SELECT count(*) FROM devices WHERE device_id = $1", HOSTILE) == 1
-        assert await conn.fetchval("SELECT count(*) FROM dead_letters") > 0
-        assert await conn.fetchval("SELECT count(DISTINCT kpi_code) FROM kpi_values") == len(generate.KPIS)
-        now = datetime.now(UTC)  # Grafana's "now" is when the dashboard is viewed: after the fill
-        problems: list[str] = []
-        checked = 0
-        for d in boards:
-            found, n = await check_dashboard(conn, d, now, explicit=False)
-            problems += found
-            checked += n
-        # every option picked explicitly: the quoted-list path, with a device id made to break quoting
-        for d in boards:
-            found, _ = await check_dashboard(conn, d, now, explicit=True)
-            problems += [f"[every option selected] {p}" for p in found]
-        assert await conn.fetchval("SELECT count(*) FROM readings") > 0  # the hostile id dropped nothing
+        return [r[0] for r in await conn.fetch("SELECT city_id FROM cities ORDER BY 1")]
     finally:
         await conn.close()
+
+
+@pytest.mark.integration
+async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(tsdb: str) -> None:
+    """As Grafana's roles would run them: a platform reader (citykpi_reader + BYPASSRLS, every city)
+    with the defaults, with every option of area, kind and device selected, and with every device
+    selected (the list then holds the quote-breaking id); the demo city's reader (row-level
+    security, made by citykpi_grant_city_reader) with the defaults."""
+    from processors.writer import TimescaleWriter, WriteBatch
+
+    started = time.perf_counter()
+    end = await fill_demo_city(tsdb)
+    suffix = uuid.uuid4().hex[:6]
+    platform, city_reader = f"dashboards_platform_{suffix}", f"dashboards_demo_{suffix}"
+    owner = await asyncpg.connect(tsdb)
+    try:
+        assert await owner.fetchval("SELECT max(time) FROM readings") == end
+        assert await owner.fetchval("SELECT count(*) FROM devices WHERE device_id = $1", HOSTILE) == 1
+        assert await owner.fetchval("SELECT count(*) FROM dead_letters WHERE city_id = 'demo'") > 0
+        assert await owner.fetchval("SELECT count(DISTINCT kpi_code) FROM kpi_values") == len(generate.KPIS)
+        await owner.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other City')")
+        await owner.execute(f"CREATE ROLE {platform} LOGIN PASSWORD 'pw' BYPASSRLS IN ROLE citykpi_reader")
+        await owner.execute("SELECT citykpi_grant_city_reader($1, 'demo', 'pw')", city_reader)
+    finally:
+        await owner.close()
+    other = WriteBatch(source="test")
+    other.add("other", "air-1", "pm25", end, 99.0)
+    async with TimescaleWriter(tsdb) as w:
+        await w.write(other)
+
+    boards = dashboards()
+    problems: list[str] = []
+    checked = 0
+    try:
+        assert await _city_options(_as(tsdb, platform)) == ["demo", "other"]
+        assert await _city_options(_as(tsdb, city_reader)) == ["demo"]
+        now = datetime.now(UTC)  # Grafana's "now" is when the dashboard is viewed: after the fill
+        every = frozenset({"area", "kind", "device"})
+        passes = [(platform, frozenset()), (platform, every), (platform, frozenset({"device"}))]
+        passes.append((city_reader, frozenset()))
+        for role, explicit in passes:
+            conn = await asyncpg.connect(_as(tsdb, role))
+            try:
+                if explicit == {"device"}:
+                    rng = macros.dashboard_range(boards[0], now)
+                    variables, _ = await resolve_variables(conn, boards[0], rng, explicit)
+                    assert HOSTILE in variables["device"].value
+                for d in boards:
+                    found, n = await check_dashboard(conn, d, now, explicit=explicit)
+                    label = f"[{role.rsplit('_', 1)[0]}, selected: {sorted(explicit) or 'defaults'}]"
+                    problems += [f"{label} {p}" for p in found]
+                    checked += n
+            finally:
+                await conn.close()
+    finally:
+        owner = await asyncpg.connect(tsdb)
+        try:
+            assert await owner.fetchval("SELECT count(*) FROM readings") > 0  # the hostile id dropped nothing
+            for role in (platform, city_reader):
+                await owner.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await owner.close()
     assert not problems, "\n\n".join(problems)
-    assert checked == sum(len(query_panels(d)) for d in boards)
+    assert checked == len(passes) * sum(len(query_panels(d)) for d in boards)
     assert time.perf_counter() - started < 60
