@@ -67,14 +67,14 @@ async def wait_rows(dsn: str, expected: int, timeout: float = 600) -> float:
     return time.perf_counter()
 
 
-async def citykpi_mqtt(n: int, per_pack: int) -> float:
+async def citykpi_mqtt(n: int, per_pack: int, protocol: str = "3.1.1") -> float:
     dsn = await migrated_database(TSDB_URL)
     client_id = f"bench-{uuid.uuid4().hex[:6]}"
     settings = Settings(
         database={"url": dsn},
         kafka={"enabled": False},
         http={"enabled": False},  # type: ignore[call-arg]
-        mqtt={"client_id": client_id, "shared_group": None},
+        mqtt={"client_id": client_id, "shared_group": None, "protocol": protocol},
     )
     service = Service(settings)
     await service.start()  # creates the persistent session; stop it so the backlog queues
@@ -319,6 +319,7 @@ async def main() -> None:
     out["kafka_senml10_readings_per_s"] = kafka10
     out["kafka_bare_fetch_readings_per_s"] = kafka_bare
     out["mqtt_1_per_msg_readings_per_s"] = await citykpi_mqtt(n // 4, 1)
+    out["mqtt5_1_per_msg_readings_per_s"] = await citykpi_mqtt(n // 4, 1, protocol="5")
     out["mqtt_bare_paho_drain_per_s"] = bare_paho_drain(n // 4, 1)
     out["mqtt_senml10_readings_per_s"] = await citykpi_mqtt(n // 10, 10)
     out["naive_baseline_readings_per_s"] = await naive_mqtt(args.naive_messages)

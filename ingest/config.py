@@ -78,7 +78,12 @@ class MqttSettings(BaseModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(18830, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["5", "3.1.1"] = Field(
+        "3.1.1",
+        description="3.1.1 by default: paho decodes it about 2.4x faster than MQTT 5 (bench/ingest); "
+        "Mosquitto, EMQX and HiveMQ accept $share subscriptions from 3.1.1 clients. Use 5 for "
+        "session expiry intervals.",
+    )
     client_id: str = "citykpi-1"
     clean_start: bool = False
     session_expiry_s: int = Field(86400, ge=0)
@@ -117,8 +122,6 @@ class MqttSettings(BaseModel):
     def _persistent_session_needs_stable_id(self) -> MqttSettings:
         if not self.clean_start and not ID_PATTERN.match(self.client_id):
             raise ValueError("a persistent session (clean_start=false) needs a stable client_id")
-        if self.shared_group is not None and self.protocol != "5":
-            raise ValueError("shared subscriptions need protocol '5'; set shared_group to null for 3.1.1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         return self

@@ -207,11 +207,12 @@ async def test_broker_restart_mid_stream_loses_nothing(tsdb: str, mosquitto: Pri
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_two_processes_on_one_shared_subscription_store_each_reading_once(
-    tsdb: str, mosquitto: PrivateMosquitto
+    tsdb: str, mosquitto: PrivateMosquitto, protocol: str
 ) -> None:
-    a = Service(settings_for(tsdb, mosquitto.port, client_id="citykpi-a"))
-    b = Service(settings_for(tsdb, mosquitto.port, client_id="citykpi-b"))
+    a = Service(settings_for(tsdb, mosquitto.port, client_id="citykpi-a", protocol=protocol))
+    b = Service(settings_for(tsdb, mosquitto.port, client_id="citykpi-b", protocol=protocol))
     await a.start()
     await b.start()
     try:

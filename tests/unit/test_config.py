@@ -51,9 +51,9 @@ def test_invalid_values_name_the_field_and_the_variable(monkeypatch: pytest.Monk
     assert "CITYKPI_MQTT__PORT" in str(e.value)
 
 
-def test_shared_subscription_on_mqtt_311_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CITYKPI_MQTT__PROTOCOL", "3.1.1")
-    with pytest.raises(ConfigError, match="shared subscriptions need protocol '5'"):
+def test_a_persistent_session_needs_a_stable_client_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__CLIENT_ID", "")
+    with pytest.raises(ConfigError, match="stable client_id"):
         load_settings()
 
 
