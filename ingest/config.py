@@ -97,7 +97,9 @@ class MqttSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_inflight: int = Field(
-        20000, ge=1, le=65535,
+        20000,
+        ge=1,
+        le=65535,
         description="messages received but not yet acknowledged (MQTT 5 Receive Maximum); keep it above "
         "writer.batch_max_rows, or every batch waits for the delay",
     )

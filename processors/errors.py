@@ -35,8 +35,11 @@ class PermanentWriteError(CityKpiError):
 def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        return (state[:2] in RETRIABLE_SQLSTATE_CLASSES or state in RETRIABLE_SQLSTATES
-                or state in CONFIGURATION_SQLSTATES)
+        return (
+            state[:2] in RETRIABLE_SQLSTATE_CLASSES
+            or state in RETRIABLE_SQLSTATES
+            or state in CONFIGURATION_SQLSTATES
+        )
     return isinstance(exc, OSError | asyncpg.InterfaceError | asyncio.TimeoutError | ConnectionError)
 
 

@@ -22,8 +22,9 @@ ROLLUP_TABLES: dict[str, int] = {
 }
 
 
-def series_of(device_key: npt.NDArray[np.int64], metric_id: npt.NDArray[np.int64]
-              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+def series_of(
+    device_key: npt.NDArray[np.int64], metric_id: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Dense series index per reading, and the (device_key << 16 | metric_id) key of each series."""
     key = (device_key.astype(np.int64) << 16) | metric_id.astype(np.int64)
     uniq, series = np.unique(key, return_inverse=True)
@@ -34,10 +35,19 @@ def rollup_columns(agg: PartialAggregates, keys: npt.NDArray[np.int64]) -> list[
     """The upsert's parameters: one Python list per column (numpy's tolist is a single C loop)."""
     k = keys[agg.series]
     return [
-        agg.bucket_start_us.tolist(), (k >> 16).tolist(), (k & 0xFFFF).tolist(), agg.count.tolist(),
-        agg.sum.tolist(), agg.sumsq.tolist(), agg.min.tolist(), agg.max.tolist(),
-        agg.first_ts_us.tolist(), agg.first_value.tolist(), agg.last_ts_us.tolist(),
-        agg.last_value.tolist(), agg.energy_sum.tolist(),
+        agg.bucket_start_us.tolist(),
+        (k >> 16).tolist(),
+        (k & 0xFFFF).tolist(),
+        agg.count.tolist(),
+        agg.sum.tolist(),
+        agg.sumsq.tolist(),
+        agg.min.tolist(),
+        agg.max.tolist(),
+        agg.first_ts_us.tolist(),
+        agg.first_value.tolist(),
+        agg.last_ts_us.tolist(),
+        agg.last_value.tolist(),
+        agg.energy_sum.tolist(),
     ]
 
 

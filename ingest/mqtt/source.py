@@ -132,8 +132,12 @@ class MqttSource:
         self._client.loop_start()
         self._task = asyncio.create_task(self._pump(), name="citykpi-mqtt-pump")
         if not await asyncio.to_thread(self._subscribed.wait, s.startup_wait_s):
-            log.warning("MQTT broker %s:%d not subscribed within %.0f s; still trying in the background",
-                        s.host, s.port, s.startup_wait_s)
+            log.warning(
+                "MQTT broker %s:%d not subscribed within %.0f s; still trying in the background",
+                s.host,
+                s.port,
+                s.startup_wait_s,
+            )
 
     async def _pump(self) -> None:
         while not self._stopping:

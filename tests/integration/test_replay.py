@@ -25,8 +25,10 @@ async def test_sensor_community_archive_replays_once(tsdb: str) -> None:
     conn = await asyncpg.connect(tsdb)
     try:
         pm10 = await conn.fetchval(
-            "SELECT r.value FROM readings r JOIN metrics m USING (metric_id) JOIN devices d USING (device_key) "
-            "WHERE m.name = 'pm10' AND d.device_id = 'sensor-community-15092' ORDER BY r.time LIMIT 1")
+            "SELECT r.value FROM readings r JOIN metrics m USING (metric_id) "
+            "JOIN devices d USING (device_key) "
+            "WHERE m.name = 'pm10' AND d.device_id = 'sensor-community-15092' ORDER BY r.time LIMIT 1"
+        )
     finally:
         await conn.close()
     first_row = csv.read_text().splitlines()[1].split(";")

@@ -25,8 +25,9 @@ def decode_all(sim: CitySimulator, hours: int) -> tuple[Counter[str], Counter[st
         for m in sim.tick(t):
             route = router.match(m.topic)
             assert route is not None, m.topic
-            ctx = DecodeContext(received_at=t, topic=m.topic, headers=m.headers, device_id=route.device,
-                                city=route.city)
+            ctx = DecodeContext(
+                received_at=t, topic=m.topic, headers=m.headers, device_id=route.device, city=route.city
+            )
             try:
                 for r in DECODERS[route.format](m.payload, ctx):
                     validator.canonical(r, t)
@@ -43,9 +44,25 @@ def test_every_device_kind_produces_valid_readings_without_faults() -> None:
     sim = CitySimulator(SimulatorSettings(fault_rate=0.0, interval_s=600))
     metrics, errors, _ = decode_all(sim, hours=2)
     assert not errors
-    for metric in ("pm25", "pm10", "no2", "o3", "so2", "co", "laeq", "vehicle_count", "vehicle_speed",
-                   "occupancy", "water_volume_total", "energy_total", "parking_occupied", "fill_level",
-                   "temperature", "humidity", "pressure"):
+    for metric in (
+        "pm25",
+        "pm10",
+        "no2",
+        "o3",
+        "so2",
+        "co",
+        "laeq",
+        "vehicle_count",
+        "vehicle_speed",
+        "occupancy",
+        "water_volume_total",
+        "energy_total",
+        "parking_occupied",
+        "fill_level",
+        "temperature",
+        "humidity",
+        "pressure",
+    ):
         assert metrics[metric] > 0, metric
 
 
