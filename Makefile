@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 
-.PHONY: venv stack down status demo test lint bench clean
+.PHONY: venv stack down status demo test test-tools lint bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@command -v python3 >/dev/null || (apt-get update -q && apt-get install -y -q python3)
@@ -29,7 +29,12 @@ demo: stack
 	$(BIN)/citykpi registry import kpi_rollups/demo_registry.toml
 	$(BIN)/citykpi run --with-simulator
 
-test: stack
+# headless Chromium renders the KPI report in its test
+test-tools:
+	@command -v chromium >/dev/null || (apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null))
+
+test: stack test-tools
 	$(BIN)/pytest -q
 
 lint: venv

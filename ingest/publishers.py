@@ -12,6 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.config import KafkaSettings, MqttSettings
 from ingest.kafka.source import kafka_security_kwargs
+from ingest.mqtt.source import apply_credentials
 from ingest.simulator import SimMessage
 
 # paho loses messages once more than 65,535 wait for their PUBACK (packet ids wrap): stay below.
@@ -22,10 +23,7 @@ class MqttPublisher:
     def __init__(self, settings: MqttSettings, client_id: str = "citykpi-publisher", qos: int = 1) -> None:
         self.qos = qos
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        if settings.username:
-            self._client.username_pw_set(
-                settings.username, settings.password.get_secret_value() if settings.password else None
-            )
+        apply_credentials(self._client, settings)
         self._client.max_inflight_messages_set(MAX_UNACKED)
         self._client.max_queued_messages_set(0)
         self._settings = settings

@@ -64,6 +64,24 @@ set_url() {  # set_url KEY VALUE: upsert a line of urls.env
 }
 
 # ---------------------------------------------------------------- Mosquitto
+# Optional: CITYKPI_STACK_MQTT_PASSWORD_FILE (mosquitto_passwd format) turns anonymous access off;
+# CITYKPI_STACK_MQTT_TLS_DIR (ca.crt, server.crt, server.key) with CITYKPI_STACK_MQTT_TLS_PORT adds
+# a TLS listener. Both are for auth tests and local TLS trials.
+mqtt_auth_conf() {
+    if [ -n "${CITYKPI_STACK_MQTT_PASSWORD_FILE:-}" ]; then
+        echo "allow_anonymous false"
+        echo "password_file ${CITYKPI_STACK_MQTT_PASSWORD_FILE}"
+    else
+        echo "allow_anonymous true"
+    fi
+    if [ -n "${CITYKPI_STACK_MQTT_TLS_DIR:-}" ]; then
+        echo "listener ${CITYKPI_STACK_MQTT_TLS_PORT:?set CITYKPI_STACK_MQTT_TLS_PORT} 127.0.0.1"
+        echo "cafile ${CITYKPI_STACK_MQTT_TLS_DIR}/ca.crt"
+        echo "certfile ${CITYKPI_STACK_MQTT_TLS_DIR}/server.crt"
+        echo "keyfile ${CITYKPI_STACK_MQTT_TLS_DIR}/server.key"
+    fi
+}
+
 mqtt_up() {
     apt_install mosquitto mosquitto-clients
     local dir=$STACK_DIR/mosquitto
@@ -74,7 +92,7 @@ mqtt_up() {
     else
         cat > "$dir/mosquitto.conf" <<EOF
 listener $MQTT_PORT 127.0.0.1
-allow_anonymous true
+$(mqtt_auth_conf)
 persistence true
 persistence_location $dir/data/
 autosave_interval 1

@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 CHUNK = 2000
 
 
+def apply_credentials(client: mqtt.Client, s: MqttSettings) -> None:
+    """Username/password and TLS (CA, client certificate) from the settings; shared by every client."""
+    if s.username:
+        client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+    if s.tls_ca or s.tls_cert:
+        ctx = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca else None)
+        if s.tls_cert and s.tls_key:
+            ctx.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+        client.tls_set_context(ctx)
+
+
 class MqttSource:
     name = "mqtt"
 
@@ -71,13 +82,7 @@ class MqttSource:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             manual_ack=True,
         )
-        if s.username:
-            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-        if s.tls_ca or s.tls_cert:
-            ctx = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca else None)
-            if s.tls_cert and s.tls_key:
-                ctx.load_cert_chain(str(s.tls_cert), str(s.tls_key))
-            client.tls_set_context(ctx)
+        apply_credentials(client, s)
         client.reconnect_delay_set(1, int(max(1, s.reconnect_max_s)))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
