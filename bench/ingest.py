@@ -173,7 +173,7 @@ async def naive_mqtt(n: int) -> float:
     return rate
 
 
-async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float]:
+async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float, float]:
     dsn = await migrated_database(TSDB_URL)
     topic = f"bench.{uuid.uuid4().hex[:8]}"
     base = Settings()
@@ -206,7 +206,8 @@ async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float]:
     t1 = await wait_rows(dsn, n * per_pack)
     await service.stop()
     await _drop_database(TSDB_URL, dsn)
-    return n * per_pack / (t1 - t0), bare
+    st = service.pipeline.stats
+    return n * per_pack / (t1 - t0), bare, st.rollup_seconds / max(1e-9, st.write_seconds - st.rollup_seconds)
 
 
 def rss_mib(pid: int) -> float:
@@ -315,7 +316,8 @@ async def main() -> None:
         "machine": platform.node(),
         "messages": n,
     }
-    kafka10, kafka_bare = await citykpi_kafka(n // 10, 10)
+    kafka10, kafka_bare, rollup_overhead = await citykpi_kafka(n // 10, 10)
+    out["rollup_cost_vs_raw_write"] = rollup_overhead
     out["kafka_senml10_readings_per_s"] = kafka10
     out["kafka_bare_fetch_readings_per_s"] = kafka_bare
     out["mqtt_1_per_msg_readings_per_s"] = await citykpi_mqtt(n // 4, 1)

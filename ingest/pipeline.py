@@ -62,6 +62,8 @@ class PipelineStats:
     duplicates: int = 0
     dead_letters: int = 0
     batches: int = 0
+    write_seconds: float = 0.0
+    rollup_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -256,6 +258,8 @@ class Pipeline:
         s.duplicates += result.duplicates
         s.dead_letters += result.dead_letters
         s.batches += 1
+        s.write_seconds += result.seconds
+        s.rollup_seconds += result.rollup_seconds
         src = batch.source or "none"
         telemetry.READINGS_STORED.labels(src).inc(result.stored)
         telemetry.READINGS_DUPLICATE.labels(src).inc(result.duplicates)

@@ -111,6 +111,7 @@ class WriteResult:
     dead_letters: int
     rollup_rows: int
     seconds: float
+    rollup_seconds: float = 0.0  # the share of `seconds` spent aggregating and merging rollups
 
 
 class TimescaleWriter:
@@ -226,6 +227,7 @@ class TimescaleWriter:
                 a.dead_letters + b.dead_letters,
                 a.rollup_rows + b.rollup_rows,
                 a.seconds + b.seconds,
+                a.rollup_seconds + b.rollup_seconds,
             )
 
     async def _write_once(self, batch: WriteBatch) -> WriteResult:
@@ -246,7 +248,9 @@ class TimescaleWriter:
                     new_rows = await conn.fetch(sql.INSERT_NEW_READINGS, batch_id)
                     if len(new_rows) < len(records):
                         dead.extend(await self._conflicts(conn, batch.source))
+                t_rollup = time.perf_counter()
                 n_rollup = await self._merge_rollups(conn, new_rows)
+                t_rollup = time.perf_counter() - t_rollup
                 if dead:
                     await conn.copy_records_to_table(
                         "dead_letters", records=[d.record() for d in dead], columns=sql.DEAD_LETTER_COLUMNS
@@ -264,6 +268,7 @@ class TimescaleWriter:
             len(dead),
             n_rollup,
             time.perf_counter() - t0,
+            t_rollup,
         )
 
     def _records(
