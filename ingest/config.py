@@ -89,7 +89,7 @@ class MqttSettings(BaseModel):
     session_expiry_s: int = Field(86400, ge=0)
     qos: Literal[0, 1, 2] = 1
     shared_group: str | None = Field(
-        "citykpi", description="MQTT 5 shared subscription group ($share/<group>/…); None to disable"
+        "citykpi", description="shared subscription group ($share/<group>/…); empty or null to disable"
     )
     username: str | None = None
     password: SecretStr | None = None
@@ -119,6 +119,11 @@ class MqttSettings(BaseModel):
             TopicRoute(filter="v3/+/devices/+/up", format="ttn", city="demo", device_level=4),
         ]
     )
+
+    @field_validator("shared_group")
+    @classmethod
+    def _empty_group_is_none(cls, v: str | None) -> str | None:
+        return v or None
 
     @model_validator(mode="after")
     def _persistent_session_needs_stable_id(self) -> MqttSettings:

@@ -86,3 +86,22 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_mask_dsn_leaves_passwordless_dsn_alone() -> None:
     assert mask_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize("sample", ["mqtt", "kafka"])
+def test_each_source_sample_config_is_valid(sample: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__PASSWORD", "x")
+    monkeypatch.setenv("CITYKPI_KAFKA__SASL_PASSWORD", "x")
+    path = Path(__file__).resolve().parents[2] / "ingest" / sample / "sample.toml"
+    s = load_settings(path)
+    if sample == "mqtt":
+        assert [r.format for r in s.mqtt.routes] == ["senml", "ttn", "json"]
+        assert s.mqtt.routes[2].field_map["metric:pm25"] == "pm2_5"
+    else:
+        assert s.kafka.security_protocol == "SASL_SSL"
+        assert s.kafka.dead_letter_topic == "citykpi.dead-letters"
+
+
+def test_an_empty_shared_group_turns_sharing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__SHARED_GROUP", "")
+    assert load_settings().mqtt.shared_group is None
