@@ -190,6 +190,11 @@ def kpi_value(code: str, component: str, label: str) -> str:
     )
 
 
+def kpi_stat(title: str, code: str, component: str, label: str, **panel: Any) -> Panel:
+    """A stat panel of one KPI value (see kpi_value)."""
+    return Panel("stat", title, kpi_value(code, component, label), fmt="table", **panel)
+
+
 def eu_band_case(pollutant: str, conc: str) -> str:
     parts = []
     for p, bounds in EU_AQI_UPPER_BOUNDS.items():
@@ -879,11 +884,11 @@ def air() -> Dashboard:
                     {"color": "red", "value": 5},
                 ],
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "US EPA AQI, worst day ($period KPI)",
-                kpi_value(AIR["code"], "aqi_epa", "EPA AQI"),
-                fmt="table",
+                AIR["code"],
+                "aqi_epa",
+                "EPA AQI",
                 w=6,
                 h=6,
                 decimals=0,
@@ -896,11 +901,11 @@ def air() -> Dashboard:
                     {"color": "dark-red", "value": 301},
                 ],
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "European AQI, worst day ($period KPI)",
-                kpi_value(AIR["code"], "aqi_eu", "European AQI"),
-                fmt="table",
+                AIR["code"],
+                "aqi_eu",
+                "European AQI",
                 w=6,
                 h=6,
                 mappings=AQI_MAPPINGS,
@@ -1057,11 +1062,11 @@ def noise() -> Dashboard:
         period=True,
         tags=("noise",),
         panels=[
-            Panel(
-                "stat",
+            kpi_stat(
                 f"Inhabitants exposed to Lden > {threshold:g} dB ($period KPI)",
-                kpi_value(NOISE["code"], "", "exposed %"),
-                fmt="table",
+                NOISE["code"],
+                "",
+                "exposed %",
                 w=6,
                 h=8,
                 unit="percent",
@@ -1238,11 +1243,11 @@ def water_energy() -> Dashboard:
         period=True,
         tags=("water", "energy"),
         panels=[
-            Panel(
-                "stat",
+            kpi_stat(
                 f"Water consumption ($period KPI, target {component_target(WATER, ''):g})",
-                kpi_value(WATER["code"], "", "L/inhabitant/day"),
-                fmt="table",
+                WATER["code"],
+                "",
+                "L/inhabitant/day",
                 w=6,
                 h=5,
                 unit="litre",
@@ -1252,33 +1257,33 @@ def water_energy() -> Dashboard:
                     {"color": "red", "value": component_target(WATER, "")},
                 ],
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "Electricity consumption ($period KPI, annual rate)",
-                kpi_value(ELECTRICITY["code"], "", "kWh/inhabitant/year"),
-                fmt="table",
+                ELECTRICITY["code"],
+                "",
+                "kWh/inhabitant/year",
                 w=6,
                 h=5,
                 unit="kwatth",
                 decimals=0,
                 thresholds=[{"color": "blue", "value": None}],
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "Smart water meters ($period KPI)",
-                kpi_value(SMART_WATER["code"], "", "%"),
-                fmt="table",
+                SMART_WATER["code"],
+                "",
+                "%",
                 w=6,
                 h=5,
                 unit="percent",
                 decimals=1,
                 thresholds=stat_steps_pct,
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "Smart electricity meters ($period KPI)",
-                kpi_value(SMART_ELECTRICITY["code"], "", "%"),
-                fmt="table",
+                SMART_ELECTRICITY["code"],
+                "",
+                "%",
                 w=6,
                 h=5,
                 unit="percent",
@@ -1406,32 +1411,32 @@ def traffic() -> Dashboard:
         period=True,
         tags=("traffic",),
         panels=[
-            Panel(
-                "stat",
+            kpi_stat(
                 f"Travel time index ($period KPI, peak hours, target {tti_target:g})",
-                kpi_value(TTI["code"], "", "TTI"),
-                fmt="table",
+                TTI["code"],
+                "",
+                "TTI",
                 w=8,
                 h=5,
                 decimals=2,
                 thresholds=[{"color": "green", "value": None}, {"color": "red", "value": tti_target}],
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "Major streets monitored ($period KPI)",
-                kpi_value(TRAFFIC_MONITORING["code"], "", "%"),
-                fmt="table",
+                TRAFFIC_MONITORING["code"],
+                "",
+                "%",
                 w=8,
                 h=5,
                 unit="percent",
                 decimals=1,
                 thresholds=pct_steps,
             ),
-            Panel(
-                "stat",
+            kpi_stat(
                 "Adaptive-controlled intersections ($period KPI)",
-                kpi_value(INTERSECTIONS["code"], "", "%"),
-                fmt="table",
+                INTERSECTIONS["code"],
+                "",
+                "%",
                 w=8,
                 h=5,
                 unit="percent",
