@@ -39,7 +39,10 @@ def setup_logging(level: str = "INFO", json_logs: bool | None = None, console: C
     else:
         handler = RichHandler(console=console or Console(stderr=True), show_path=False)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    handler.set_name("citykpi")  # replace only our own handler: others (pytest's, an embedder's) stay
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "citykpi"] + [handler]
     root.setLevel(level.upper())
+    # never below WARNING: aiokafka's DEBUG lines include the SASL PLAIN request bytes, password
+    # included (tests/integration/test_kafka_sasl.py)
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -19,6 +19,8 @@ CACHE_DIR=${CITYKPI_CACHE_DIR:-$HOME/.cache/citykpi}
 MQTT_PORT=${CITYKPI_STACK_MQTT_PORT:-18830}
 KAFKA_PORT=${CITYKPI_STACK_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${CITYKPI_STACK_KAFKA_CONTROLLER_PORT:-19093}
+KAFKA_SASL_PORT=${CITYKPI_STACK_KAFKA_SASL_PORT:-19094}
+KAFKA_SASL_PASSWORD=${CITYKPI_STACK_KAFKA_SASL_PASSWORD:-citykpi-local-sasl}
 TSDB_PORT=${CITYKPI_STACK_TSDB_PORT:-15433}
 PG_PORT=${CITYKPI_STACK_PG_PORT:-15434}
 KAFKA_VERSION=${CITYKPI_KAFKA_VERSION:-4.1.1}
@@ -95,7 +97,7 @@ listener $MQTT_PORT 127.0.0.1
 $(mqtt_auth_conf)
 persistence true
 persistence_location $dir/data/
-autosave_interval 1
+autosave_interval 30
 max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 0
@@ -134,6 +136,7 @@ kafka_apache_up() {
     libs=$(kafka_libs) || return 1
     mkdir -p "$dir"
     sed -e "s|@PORT@|$KAFKA_PORT|g" -e "s|@CPORT@|$KAFKA_CONTROLLER_PORT|g" -e "s|@DATA@|$dir/data|g" \
+        -e "s|@SPORT@|$KAFKA_SASL_PORT|g" -e "s|@SASL_PASSWORD@|$KAFKA_SASL_PASSWORD|g" \
         "$HERE/kafka/server.properties" > "$dir/server.properties"
     local java_opts=(-Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
         "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.yaml" "-Dkafka.logs.dir=$dir")
@@ -187,6 +190,9 @@ kafka_up() {
     fi
     set_url CITYKPI_KAFKA__BOOTSTRAP_SERVERS "127.0.0.1:$KAFKA_PORT"
     set_url CITYKPI_STACK_KAFKA_IMPL "$(cat "$dir/impl")"
+    if [ "$(cat "$dir/impl")" = apache ]; then
+        set_url CITYKPI_STACK_KAFKA_SASL "127.0.0.1:$KAFKA_SASL_PORT citykpi $KAFKA_SASL_PASSWORD"
+    fi
 }
 
 kafka_down() { stop_pidfile "$STACK_DIR/kafka/kafka.pid" kafka; }

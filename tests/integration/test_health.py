@@ -72,5 +72,6 @@ def test_logs_are_json_lines_off_a_terminal_with_extra_fields(capsys: pytest.Cap
     record = json.loads(line)
     assert record["level"] == "WARNING" and record["message"] == "write failed"
     assert (record["topic"], record["offset"]) == ("city/x", 7)
-    assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
+    ours = [h for h in logging.getLogger().handlers if h.get_name() == "citykpi"]
+    assert len(ours) == 1 and isinstance(ours[0].formatter, JsonFormatter)
     assert not sys.stderr.isatty()
