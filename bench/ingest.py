@@ -40,6 +40,15 @@ from tests.conftest import TSDB_URL, _drop_database, migrated_database
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
 
 
+def forget_session(client_id: str) -> None:
+    """Drop a benchmark's persistent session, so the broker stops queueing for it."""
+    s = Settings().mqtt
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    c.connect(s.host, s.port)
+    c.loop(1)
+    c.disconnect()
+
+
 def packs(n: int, per_pack: int, t0: int) -> list[SimMessage]:
     out = []
     for i in range(n):  # the simulator's shape: 2,000 devices, each reporting every 10 s
@@ -89,6 +98,7 @@ async def citykpi_mqtt(n: int, per_pack: int, protocol: str = "3.1.1") -> float:
     t1 = await wait_rows(dsn, n * per_pack)
     await service.stop()
     await _drop_database(TSDB_URL, dsn)
+    forget_session(client_id)
     return n * per_pack / (t1 - t0)
 
 
@@ -125,6 +135,8 @@ def bare_paho_drain(n: int, per_pack: int) -> float:
     got.wait(600)
     rate = n / (time.perf_counter() - t0)
     c.loop_stop()
+    c.disconnect()
+    forget_session(cid)
     return rate * per_pack
 
 
@@ -227,7 +239,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         "CITYKPI_KAFKA__ENABLED": "false",
         "CITYKPI_HTTP__ENABLED": "false",
         "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
-        "CITYKPI_MQTT__CLIENT_ID": f"soak-{uuid.uuid4().hex[:6]}",
+        "CITYKPI_MQTT__CLIENT_ID": (soak_id := f"soak-{uuid.uuid4().hex[:6]}"),
         "CITYKPI_MQTT__SHARED_GROUP": "soak",
     }
     proc = subprocess.Popen(
@@ -285,6 +297,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         await _drop_database(TSDB_URL, dsn)
+        forget_session(soak_id)
     return {
         "paced_rate_msg_per_s": rate,
         "paced_seconds": seconds,
