@@ -196,6 +196,17 @@ class SimulatorSettings(BaseModel):
     seed: int = 42
 
 
+class QualitySettings(BaseModel):
+    """The data-quality job (processors/quality.py): stuck sensors and Hampel spikes."""
+
+    enabled: bool = True
+    interval_s: float = Field(300.0, gt=0)
+    lookback_s: float = Field(7200.0, gt=0, description="trailing window re-examined on each run")
+    stuck_min_run: int = Field(30, ge=2, description="identical consecutive values that make a stuck run")
+    hampel_half_window: int = Field(5, ge=1, description="readings on each side in the Hampel window")
+    hampel_sigmas: float = Field(5.0, gt=0, description="robust sigmas (1.4826·MAD) from the median")
+
+
 class HttpSettings(BaseModel):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -232,6 +243,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     cities: list[CitySettings] = Field(
         default_factory=lambda: [CitySettings(city_id="demo", name="Demo City", timezone="Europe/Paris")]
     )

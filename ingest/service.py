@@ -80,6 +80,10 @@ class Service:
         from processors.retention import retention_loop
 
         self._jobs.append(asyncio.create_task(retention_loop(self.settings), name="citykpi-retention"))
+        if self.settings.quality.enabled:
+            from processors.quality import quality_loop
+
+            self._jobs.append(asyncio.create_task(quality_loop(self.settings), name="citykpi-quality"))
         if self.settings.kpi_refresh_interval_s > 0:
             from kpi_rollups.refresh import kpi_refresh_loop
 

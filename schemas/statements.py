@@ -24,13 +24,15 @@ FROM staging_readings s JOIN readings r USING (device_key, metric_id, time)
 WHERE r.value IS DISTINCT FROM s.value
 """
 
+# Epoch microseconds -> timestamptz exactly (to_timestamp goes through a double and can be 1 µs off).
+EPOCH_PLUS_US = ("timestamptz 'epoch'", "interval '1 microsecond'")
+
 # Merging partial state (the same merge as processors.kernels.merge_partial_aggregates); the
 # columns arrive as arrays, times as epoch microseconds.
 MERGE_ROLLUP = """
 INSERT INTO {table} AS t (bucket, device_key, metric_id, n, sum, sumsq, min, max,
                           first_time, first_value, last_time, last_value, energy)
-SELECT to_timestamp(b / 1e6), d, m, n, s, sq, mn, mx,
-       to_timestamp(ft / 1e6), fv, to_timestamp(lt / 1e6), lv, e
+SELECT {EPOCH} + b * {US}, d, m, n, s, sq, mn, mx, {EPOCH} + ft * {US}, fv, {EPOCH} + lt * {US}, lv, e
 FROM unnest($1::int8[], $2::int4[], $3::int2[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
             $8::float8[], $9::int8[], $10::float8[], $11::int8[], $12::float8[], $13::float8[])
      AS u(b, d, m, n, s, sq, mn, mx, ft, fv, lt, lv, e)
@@ -46,7 +48,7 @@ ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
     last_time = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_time ELSE t.last_time END,
     last_value = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_value ELSE t.last_value END,
     energy = t.energy + EXCLUDED.energy
-"""
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 
 INSERT_INGEST_BATCH = """
 INSERT INTO ingest_batches (source, position, received, stored) VALUES ($1, $2::jsonb, $3, 0)
@@ -88,3 +90,15 @@ UPSERT_CITY = """
 INSERT INTO cities (city_id, name, timezone) VALUES ($1, $2, $3)
 ON CONFLICT (city_id) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone
 """
+
+# The quality job: readings of averaged metrics in a window, and their flags written back.
+READINGS_FOR_QUALITY = """
+SELECT r.device_key, r.metric_id, (extract(epoch FROM r.time) * 1000000)::int8 AS ts_us, r.value, r.flags
+FROM readings r JOIN metrics m USING (metric_id)
+WHERE r.time >= $1 AND r.time < $2 AND m.aggregation IN ('linear', 'decibel')
+"""
+UPDATE_READING_FLAGS = """
+UPDATE readings r SET flags = u.f
+FROM unnest($1::int4[], $2::int2[], $3::int8[], $4::int2[]) AS u(d, m, t, f)
+WHERE r.device_key = u.d AND r.metric_id = u.m AND r.time = {EPOCH} + u.t * {US}
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
