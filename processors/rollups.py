@@ -12,6 +12,7 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+from processors.batch import ReadingBatch
 from processors.kernels import PartialAggregates, partial_aggregates
 from schemas import statements as sql
 
@@ -53,20 +54,20 @@ def rollup_columns(agg: PartialAggregates, keys: npt.NDArray[np.int64]) -> list[
 
 async def merge_rollups(
     conn: asyncpg.Connection,
-    device_key: npt.NDArray[np.int64],
-    metric_id: npt.NDArray[np.int64],
-    ts_us: npt.NDArray[np.int64],
-    value: npt.NDArray[np.float64],
+    batch: ReadingBatch,
+    keys: npt.NDArray[np.int64],
     decibel_metric_ids: frozenset[int],
 ) -> int:
-    """Aggregate the new readings and merge them into every rollup table; returns rows upserted."""
-    if len(ts_us) == 0:
+    """Aggregate the new readings and merge them into every rollup table; returns rows upserted.
+
+    `batch.series` indexes `keys` (device_key << 16 | metric_id), as `series_of` returns them.
+    """
+    if len(batch) == 0:
         return 0
-    series, keys = series_of(device_key, metric_id)
     decibel = np.isin(keys & 0xFFFF, np.array(sorted(decibel_metric_ids), dtype=np.int64))
     n = 0
     for table, bucket_us in ROLLUP_TABLES.items():
-        agg = partial_aggregates(series, ts_us, value, bucket_us, decibel)
+        agg = partial_aggregates(batch.series, batch.ts_us, batch.value, bucket_us, decibel)
         await conn.execute(sql.MERGE_ROLLUP.format(table=table), *rollup_columns(agg, keys))
         n += len(agg)
     return n

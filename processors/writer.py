@@ -28,7 +28,8 @@ import asyncpg
 import numpy as np
 
 from processors import errors
-from processors.rollups import merge_rollups
+from processors.batch import ReadingBatch
+from processors.rollups import merge_rollups, series_of
 from schemas import statements as sql
 from schemas.metrics import METRICS
 
@@ -332,11 +333,16 @@ class TimescaleWriter:
         return out
 
     async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:
+        """The newly stored rows, as one columnar batch, into the rollups."""
         if not new_rows:
             return 0
         n = len(new_rows)
         device_key = np.fromiter((r[0] for r in new_rows), dtype=np.int64, count=n)
         metric_id = np.fromiter((r[1] for r in new_rows), dtype=np.int64, count=n)
-        ts_us = np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n)
-        value = np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n)
-        return await merge_rollups(conn, device_key, metric_id, ts_us, value, self._decibel_ids)
+        series, keys = series_of(device_key, metric_id)
+        batch = ReadingBatch.from_columns(
+            series,
+            np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n),
+            np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n),
+        )
+        return await merge_rollups(conn, batch, keys, self._decibel_ids)

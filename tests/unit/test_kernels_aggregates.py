@@ -221,7 +221,7 @@ def test_reading_batch_from_columns():
         ReadingBatch.from_columns([0], [1], [1.0], [-1])
     with pytest.raises(TypeError, match="flags"):
         ReadingBatch.from_columns([0], [1], [1.0], [0.5])
-    with pytest.raises(TypeError, match="value must be numeric"):
+    with pytest.raises(TypeError, match="value must be real numbers"):
         ReadingBatch.from_columns([0], [1], ["x"])
 
 
