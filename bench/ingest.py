@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -31,11 +31,15 @@ from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 
-from ingest.config import Settings
+from ingest.config import Settings, SimulatorSettings
 from ingest.pipeline import PipelineStats
 from ingest.publishers import KafkaPublisher, MqttPublisher
+from ingest.routing import Router
 from ingest.service import Service
-from ingest.simulator import SimMessage
+from ingest.simulator import CitySimulator, SimMessage
+from ingest.validation import Validator
+from schemas.decoders import DECODERS
+from schemas.readings import DecodeContext
 from tests.conftest import TSDB_URL, _drop_database, migrated_database
 
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
@@ -223,6 +227,84 @@ async def citykpi_kafka(n: int, per_pack: int) -> tuple[float, float, float]:
     return rate, bare, st.rollup_seconds / max(1e-9, st.write_seconds - st.rollup_seconds)
 
 
+def simulated_city_backlog(n_messages: int) -> tuple[list[SimMessage], int]:
+    """The simulator's own mix (SenML, NGSI-LD, NGSI-v2, Sensor.Community) for a city 20x the
+    demo, no faults; with the number of readings it decodes to, counted by the decoders."""
+    sim_settings = SimulatorSettings(
+        air_stations=160,
+        noise_sensors=240,
+        traffic_counters=200,
+        water_meters=800,
+        electricity_meters=800,
+        parking_spots=600,
+        waste_bins=400,
+        weather_stations=40,
+        interval_s=60,
+        fault_rate=0.0,
+    )
+    sim = CitySimulator(sim_settings)
+    router, validator = Router(Settings().mqtt.routes), Validator(Settings().validation)
+    messages: list[SimMessage] = []
+    readings = 0
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    while len(messages) < n_messages:
+        for m in sim.tick(t):
+            route = router.match(m.topic)
+            assert route is not None
+            ctx = DecodeContext(
+                received_at=t, topic=m.topic, headers=m.headers, device_id=route.device, city=route.city
+            )
+            for r in DECODERS[route.format](m.payload, ctx):
+                validator.canonical(r, datetime.now(UTC))
+                readings += 1
+            messages.append(m)
+        t += timedelta(seconds=sim_settings.interval_s)
+    return messages, readings
+
+
+async def citykpi_simulated_city(n_messages: int, transport: str) -> float:
+    """readings/s end to end for the simulator's message mix over MQTT or Kafka."""
+    messages, expected = simulated_city_backlog(n_messages)
+    dsn = await migrated_database(TSDB_URL)
+    tag = uuid.uuid4().hex[:6]
+    if transport == "kafka":
+        topics = {fmt: f"bench.{tag}.{fmt}" for fmt in ("senml", "ngsi-ld", "ngsi-v2", "sensor-community")}
+        kpub = KafkaPublisher(Settings().kafka, topics)
+        await kpub.start()
+        await kpub.publish(messages)
+        await kpub.stop()
+        settings = Settings(
+            database={"url": dsn},
+            mqtt={"enabled": False},
+            http={"enabled": False},  # type: ignore[call-arg]
+            kpi_refresh_interval_s=0,
+            kafka={
+                "topics": [{"filter": t, "format": f, "city": "demo"} for f, t in topics.items()],
+                "group_id": f"g-{tag}",
+            },
+        )
+        rate, _ = await drain_backlog(settings, dsn, expected)
+        return rate
+    client_id = f"bench-city-{tag}"
+    settings = Settings(
+        database={"url": dsn},
+        kafka={"enabled": False},
+        http={"enabled": False},  # type: ignore[call-arg]
+        kpi_refresh_interval_s=0,
+        mqtt={"client_id": client_id, "shared_group": None},
+    )
+    service = Service(settings)
+    await service.start()  # the persistent session exists before the backlog is published
+    await service.stop()
+    mpub = MqttPublisher(settings.mqtt, client_id=f"pub-{client_id}")
+    await mpub.start()
+    await mpub.publish(messages)
+    await mpub.stop()
+    rate, _ = await drain_backlog(settings, dsn, expected)
+    forget_session(client_id)
+    return rate
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -338,6 +420,8 @@ async def main() -> None:
     out["mqtt5_1_per_msg_readings_per_s"] = await citykpi_mqtt(n // 4, 1, protocol="5")
     out["mqtt_bare_paho_drain_per_s"] = bare_paho_drain(n // 4, 1)
     out["mqtt_senml10_readings_per_s"] = await citykpi_mqtt(n // 10, 10)
+    out["kafka_simulated_city_readings_per_s"] = await citykpi_simulated_city(n // 4, "kafka")
+    out["mqtt_simulated_city_readings_per_s"] = await citykpi_simulated_city(n // 4, "mqtt")
     out["naive_baseline_readings_per_s"] = await naive_mqtt(args.naive_messages)
     out.update(await paced_latency_and_soak(args.paced_rate, args.soak_seconds))
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
