@@ -201,10 +201,18 @@ class QualitySettings(BaseModel):
 
     enabled: bool = True
     interval_s: float = Field(300.0, gt=0)
-    lookback_s: float = Field(7200.0, gt=0, description="trailing window re-examined on each run")
+    lookback_s: float = Field(
+        900.0, gt=0, description="trailing window re-examined on each run (longer than interval_s)"
+    )
     stuck_min_run: int = Field(30, ge=2, description="identical consecutive values that make a stuck run")
     hampel_half_window: int = Field(5, ge=1, description="readings on each side in the Hampel window")
     hampel_sigmas: float = Field(5.0, gt=0, description="robust sigmas (1.4826·MAD) from the median")
+
+    @model_validator(mode="after")
+    def _window_covers_the_gap(self) -> QualitySettings:
+        if self.lookback_s <= self.interval_s:
+            raise ValueError("lookback_s must exceed interval_s, or readings between runs go unchecked")
+        return self
 
 
 class HttpSettings(BaseModel):

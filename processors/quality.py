@@ -52,20 +52,28 @@ async def flag_quality(conn: asyncpg.Connection, start: datetime, end: datetime,
     return int(changed.size)
 
 
+async def _flag_recent(dsn: str, q: QualitySettings) -> int:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        end = datetime.now(UTC)
+        return await flag_quality(conn, end - timedelta(seconds=q.lookback_s), end, q)
+    finally:
+        await conn.close()
+
+
 async def quality_loop(settings: Settings) -> None:
-    """Every `quality.interval_s`, flag the last `quality.lookback_s` of readings."""
+    """Every `quality.interval_s`, flag the last `quality.lookback_s` of readings.
+
+    Each run gets a thread and an event loop of its own: decoding a window of readings and running
+    the kernels takes seconds at high rates, and must not stall the ingestion loop meanwhile.
+    """
     q = settings.quality
     dsn = settings.database.url.get_secret_value()
     while True:
         await asyncio.sleep(q.interval_s)
         try:
-            conn = await asyncpg.connect(dsn, timeout=10)
-            try:
-                end = datetime.now(UTC)
-                changed = await flag_quality(conn, end - timedelta(seconds=q.lookback_s), end, q)
-                if changed:
-                    log.info("quality flags changed on %d readings", changed)
-            finally:
-                await conn.close()
+            changed = await asyncio.to_thread(asyncio.run, _flag_recent(dsn, q))
+            if changed:
+                log.info("quality flags changed on %d readings", changed)
         except (OSError, asyncpg.PostgresError) as e:
             log.warning("quality job failed (%s); will retry", e)
