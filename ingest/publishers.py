@@ -15,10 +15,11 @@ from ingest.kafka.source import kafka_security_kwargs
 from ingest.mqtt.source import apply_credentials
 from ingest.simulator import SimMessage
 
-# paho loses messages once more than 65,535 wait for their PUBACK (packet ids wrap), and it walks
-# every message in flight on each PUBACK (Client._update_inflight): with 20,000 in flight a
-# publisher at 5,000 msg/s spent all its CPU there after a few minutes. 2,000 keeps both away.
-MAX_UNACKED = 2_000
+# paho loses messages once more than 65,535 wait for their PUBACK (packet ids wrap): our semaphore
+# keeps fewer in flight. paho's own in-flight limit stays off (0): with one set, paho walks every
+# message in flight on each PUBACK (Client._update_inflight), and a publisher at 5,000 msg/s spent
+# all its CPU there after a few minutes.
+MAX_UNACKED = 20_000
 
 
 class MqttPublisher:
@@ -26,7 +27,7 @@ class MqttPublisher:
         self.qos = qos
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         apply_credentials(self._client, settings)
-        self._client.max_inflight_messages_set(MAX_UNACKED)
+        self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(0)
         self._settings = settings
         self._acked = threading.Semaphore(MAX_UNACKED)
