@@ -323,13 +323,17 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         "CITYKPI_HTTP__ENABLED": "false",
         "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
         "CITYKPI_MQTT__CLIENT_ID": (soak_id := f"soak-{uuid.uuid4().hex[:6]}"),
-        "CITYKPI_MQTT__SHARED_GROUP": "soak",
+        # a group of its own: Mosquitto gives offline persistent members of a shared group their
+        # share of the messages, so a stale member from an earlier run would take part of the load
+        "CITYKPI_MQTT__SHARED_GROUP": soak_id,
     }
+    # kept open for the life of the process, closed in the finally below
+    service_log = Path(os.environ.get("CITYKPI_BENCH_SERVICE_LOG", os.devnull)).open("ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=service_log,
     )
     try:
         while await _readings_or_none(dsn) is None:  # migrated; wait for the service to subscribe
@@ -379,6 +383,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+        service_log.close()
         await _drop_database(TSDB_URL, dsn)
         forget_session(soak_id)
     return {
