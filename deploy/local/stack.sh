@@ -26,6 +26,15 @@ PG_PORT=${CITYKPI_STACK_PG_PORT:-15434}
 KAFKA_VERSION=${CITYKPI_KAFKA_VERSION:-4.1.1}
 KAFKA_IMPL=${CITYKPI_KAFKA_IMPL:-auto}   # auto | apache | tansu
 DEBIAN_MIRROR=${CITYKPI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Mosquitto and PostgreSQL drop root: their data must be reachable by other users. A checkout in
+# a private folder (e.g. under /root) gets its service data under /var/lib/citykpi-stack instead.
+SERVICE_DIR=$STACK_DIR
+mkdir -p "$STACK_DIR"
+if ! runuser -u nobody -- test -x "$STACK_DIR" 2>/dev/null; then
+    SERVICE_DIR=/var/lib/citykpi-stack/$(printf '%s' "$STACK_DIR" | md5sum | cut -c1-12)
+    mkdir -p "$SERVICE_DIR"
+    chmod 755 /var/lib/citykpi-stack "$SERVICE_DIR"
+fi
 TSDB_ROOT=$STACK_DIR/tsdb-root
 TSDB_TARBALL=$CACHE_DIR/tsdb-root-trixie.tar.zst
 URLS=$STACK_DIR/urls.env
@@ -86,7 +95,7 @@ mqtt_auth_conf() {
 
 mqtt_up() {
     apt_install mosquitto mosquitto-clients
-    local dir=$STACK_DIR/mosquitto
+    local dir=$SERVICE_DIR/mosquitto
     mkdir -p "$dir/data"
     chown -R mosquitto: "$dir/data" 2>/dev/null || true
     if pid_alive "$dir/mosquitto.pid" && port_open "$MQTT_PORT"; then
@@ -114,7 +123,7 @@ EOF
     set_url CITYKPI_MQTT__PORT "$MQTT_PORT"
 }
 
-mqtt_down() { stop_pidfile "$STACK_DIR/mosquitto/mosquitto.pid" mosquitto; }
+mqtt_down() { stop_pidfile "$SERVICE_DIR/mosquitto/mosquitto.pid" mosquitto; }
 
 # ---------------------------------------------------------------- Kafka
 kafka_libs() {  # fetch the org.apache.kafka jars from Maven Central once, into the cache
@@ -224,7 +233,7 @@ tsdb_up() {
         log "TimescaleDB already running on $TSDB_PORT"
     elif on_trixie; then
         apt_install postgresql-17 postgresql-17-timescaledb
-        pg_up_at "$STACK_DIR/tsdb" "$TSDB_PORT" "$pgbin" "" "-c shared_preload_libraries=timescaledb"
+        pg_up_at "$SERVICE_DIR/tsdb" "$TSDB_PORT" "$pgbin" "" "-c shared_preload_libraries=timescaledb"
     else
         if [ ! -x "$TSDB_ROOT$pgbin/postgres" ]; then
             [ -f "$TSDB_TARBALL" ] || tsdb_build_root
@@ -268,7 +277,7 @@ pg_down_at() {  # pg_down_at PGDATA PGBIN CHROOT
 }
 
 tsdb_down() {
-    if on_trixie; then pg_down_at "$STACK_DIR/tsdb" /usr/lib/postgresql/17/bin ""
+    if on_trixie; then pg_down_at "$SERVICE_DIR/tsdb" /usr/lib/postgresql/17/bin ""
     elif [ -d "$TSDB_ROOT" ]; then pg_down_at /var/lib/citykpi/pgdata /usr/lib/postgresql/17/bin "$TSDB_ROOT"; fi
 }
 
@@ -280,14 +289,14 @@ pg_up() {
         log "plain PostgreSQL already running on $PG_PORT"
     else
         [ -n "$(pg_bin)" ] || apt_install postgresql
-        local data=$STACK_DIR/pg
+        local data=$SERVICE_DIR/pg
         mkdir -p "$data"; chown postgres: "$data"
         pg_up_at "$data" "$PG_PORT" "$(pg_bin)" "" ""
     fi
     set_url CITYKPI_TEST_PLAIN_DATABASE_URL "postgresql://postgres@127.0.0.1:$PG_PORT/citykpi"
 }
 
-pg_down() { pg_down_at "$STACK_DIR/pg" "$(pg_bin)" ""; }
+pg_down() { pg_down_at "$SERVICE_DIR/pg" "$(pg_bin)" ""; }
 
 # ---------------------------------------------------------------- common
 stop_pidfile() {

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,10 +77,14 @@ def make_ca_and_server_cert(d: Path) -> None:
 @pytest.fixture
 def secure_broker() -> Iterator[tuple[PrivateMosquitto, int, Path]]:
     root = REPO / ".stack" / "test-brokers" / f"tls-{uuid.uuid4().hex[:8]}"
-    tls = root / "tls"
-    tls.mkdir(parents=True)
+    # certificates and passwords where Mosquitto can read them after dropping root, wherever the
+    # checkout lives
+    secrets = Path(tempfile.mkdtemp(prefix="citykpi-mqtt-", dir="/var/tmp"))
+    secrets.chmod(0o755)
+    tls = secrets / "tls"
+    tls.mkdir()
     make_ca_and_server_cert(tls)
-    passwords = root / "passwords"
+    passwords = secrets / "passwords"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "citykpi", PASSWORD], check=True)
     shutil.chown(passwords, "mosquitto")
     shutil.chown(tls / "server.key", "mosquitto")
@@ -95,6 +100,7 @@ def secure_broker() -> Iterator[tuple[PrivateMosquitto, int, Path]]:
     broker.up()
     yield broker, tls_port, tls
     broker.down()
+    shutil.rmtree(secrets)
 
 
 async def test_service_ingests_over_tls_with_a_password_and_never_logs_it(
