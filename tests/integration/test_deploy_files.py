@@ -565,7 +565,10 @@ def _mosquitto_conf(tmp: Path, secrets: Path, tls_port: int, plain_port: int) ->
     (tmp / "data").mkdir()
     (tmp / "data").chmod(0o777)
     text = text.replace("/mosquitto/secrets/", f"{secrets / 'mosquitto'}/")
-    text = text.replace("/mosquitto/config/acl", str(COMPOSE_DIR / "mosquitto" / "acl"))
+    # a copy beside the data: Mosquitto reads it after dropping root, and the checkout may be private
+    shutil.copy(COMPOSE_DIR / "mosquitto" / "acl", tmp / "acl")
+    (tmp / "acl").chmod(0o644)
+    text = text.replace("/mosquitto/config/acl", str(tmp / "acl"))
     text = text.replace("/mosquitto/data/", f"{tmp / 'data'}/")
     text = re.sub(r"^listener 8883$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 1883$", f"listener {plain_port} 127.0.0.1", text, flags=re.M)
