@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from ingest import telemetry
@@ -121,7 +122,7 @@ class Pipeline:
                 item = await self._inbound.get()
                 if item is _STOP:
                     break
-                batch, acks, deadline = self._new_batch(), [], time.monotonic() + max_delay
+                batch, acks, deadline = WriteBatch(source=""), [], time.monotonic() + max_delay
                 stop = False
                 while True:
                     self._decode_delivery(item, batch)
@@ -145,12 +146,37 @@ class Pipeline:
         finally:
             await self._to_write.put(_STOP)
 
-    def _new_batch(self) -> WriteBatch:
-        return WriteBatch(source="")
+    def _dead_letter(
+        self,
+        batch: WriteBatch,
+        source: str,
+        m: Message,
+        reason: str,
+        detail: str,
+        city: str | None = None,
+        device: str | None = None,
+        with_payload: bool = True,
+    ) -> None:
+        """A dead letter with the message's position and its payload cut to the configured limit."""
+        limit = self.settings.validation.dead_letter_payload_bytes
+        batch.dead_letters.append(
+            DeadLetter(
+                source,
+                reason,
+                detail,
+                m.topic,
+                m.partition,
+                m.offset,
+                city,
+                device,
+                m.payload[:limit] if with_payload else None,
+                len(m.payload),
+            )
+        )
+        telemetry.REJECTED.labels(source, reason).inc()
 
     def _decode_delivery(self, d: Delivery, batch: WriteBatch) -> None:
         settings = self.settings.validation
-        limit = settings.dead_letter_payload_bytes
         now = datetime.now(UTC)
         sources = batch.source.split("+") if batch.source else []
         if d.source not in sources:
@@ -159,42 +185,18 @@ class Pipeline:
         batch.messages += len(d.messages)
         n_before = len(batch)
         canonical = self.validator.canonical
+        reject = partial(self._dead_letter, batch, d.source)
         for m in d.messages:
-
-            def dead(
-                reason: str,
-                detail: str,
-                city: str | None = None,
-                device: str | None = None,
-                with_payload: bool = True,
-                m: Message = m,
-            ) -> None:
-                batch.dead_letters.append(
-                    DeadLetter(
-                        d.source,
-                        reason,
-                        detail,
-                        m.topic,
-                        m.partition,
-                        m.offset,
-                        city,
-                        device,
-                        m.payload[:limit] if with_payload else None,
-                        len(m.payload),
-                    )
-                )
-                telemetry.REJECTED.labels(d.source, reason).inc()
-
             if len(m.payload) > settings.max_payload_bytes:
-                dead("payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
+                reject(m, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
                 continue
             route = d.router.match(m.topic)
             if route is None:
-                dead("no_route", f"no configured route matches topic {m.topic!r}")
+                reject(m, "no_route", f"no configured route matches topic {m.topic!r}")
                 continue
             decoder = DECODERS.get(route.format)
             if decoder is None:
-                dead("unknown_format", route.format)
+                reject(m, "unknown_format", route.format)
                 continue
             ctx = DecodeContext(
                 received_at=m.received_at,
@@ -202,27 +204,27 @@ class Pipeline:
                 headers=m.headers or NO_HEADERS,
                 device_id=route.device,
                 city=route.city,
-                field_map=dict(route.field_map),
+                field_map=route.field_map,
             )
             try:
                 readings = decoder(m.payload, ctx)
             except DecodeError as e:
-                dead(e.reason, e.detail, route.city, route.device)
+                reject(m, e.reason, e.detail, route.city, route.device)
                 continue
             except Exception as e:  # a decoder bug must not stop the service
                 log.exception("decoder %s crashed on %s", route.format, m.topic)
-                dead("decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
+                reject(m, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
                 continue
             first_reject = True
             for r in readings:
                 city = r.city or route.city
                 if not city:
-                    dead("no_city", "neither the payload nor the route names a city", None, r.device_id)
+                    reject(m, "no_city", "neither the payload nor the route names a city", None, r.device_id)
                     continue
                 try:
                     value = canonical(r, now)
                 except Rejected as e:
-                    dead(e.reason, e.detail, city, r.device_id, with_payload=first_reject)
+                    reject(m, e.reason, e.detail, city, r.device_id, with_payload=first_reject)
                     first_reject = False
                     continue
                 batch.add(city, r.device_id, r.metric, r.time, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -13,7 +14,7 @@ class RouteMatch:
     format: str
     city: str | None
     device: str | None
-    field_map: tuple[tuple[str, str], ...]
+    field_map: Mapping[str, str]  # shared by every message of the route: never mutated
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
@@ -43,5 +44,5 @@ class Router:
             if r.city_level is not None and r.city_level <= len(levels):
                 city = levels[r.city_level - 1]
             device = levels[r.device_level - 1] if r.device_level and r.device_level <= len(levels) else None
-            return RouteMatch(r.format, city, device, tuple(r.field_map.items()))
+            return RouteMatch(r.format, city, device, r.field_map)
         return None
