@@ -41,6 +41,7 @@ from ingest.validation import Validator
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext
 from tests.conftest import TSDB_URL, _drop_database, migrated_database
+from tests.integration.test_mqtt_ingest import count_readings
 
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
 
@@ -64,19 +65,11 @@ def packs(n: int, per_pack: int, t0: int) -> list[SimMessage]:
     return out
 
 
-async def count(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM readings"))
-    finally:
-        await conn.close()
-
-
 async def wait_rows(dsn: str, expected: int, timeout: float = 600) -> float:
     start = time.perf_counter()
-    while await count(dsn) < expected:
+    while await count_readings(dsn) < expected:
         if time.perf_counter() - start > timeout:
-            raise TimeoutError(f"only {await count(dsn)} of {expected} rows")
+            raise TimeoutError(f"only {await count_readings(dsn)} of {expected} rows")
         await asyncio.sleep(0.05)
     return time.perf_counter()
 
@@ -399,7 +392,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
 
 async def _readings_or_none(dsn: str) -> int | None:
     try:
-        return await count(dsn)
+        return await count_readings(dsn)
     except asyncpg.PostgresError:
         return None
 

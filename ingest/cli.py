@@ -161,12 +161,6 @@ def _progress_table(service: object, started: float, latest: list[tuple[str, str
     return t
 
 
-async def _latest_values(settings: Settings) -> list[tuple[str, str, float, str]]:
-    from kpi_rollups.live import latest_summary
-
-    return await latest_summary(settings)
-
-
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -178,6 +172,7 @@ def run(
 ) -> None:
     """Run the ingestion service until SIGTERM/Ctrl-C, then drain cleanly."""
     from ingest.service import Service
+    from kpi_rollups.live import latest_summary
 
     settings = _settings(config, log_level)
 
@@ -197,7 +192,7 @@ def run(
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=2)
                     try:
-                        latest = await _latest_values(settings)
+                        latest = await latest_summary(settings)
                     except Exception as e:  # the table is a convenience; never stop the service for it
                         log.debug("latest values unavailable: %s", e)
                     live.update(_progress_table(service, started, latest))
