@@ -10,9 +10,10 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -21,11 +22,14 @@ from ingest.config import ConfigError, Settings, load_settings, masked_dump
 from ingest.logs import setup_logging
 from kpi_rollups.cli import kpi_app, registry_app, report
 
+if TYPE_CHECKING:
+    from ingest.deadletters import DeadLetterFilter
+
 app = typer.Typer(
     help="citykpi: smart-city telemetry to TimescaleDB KPI series and U4SSC indicators.", no_args_is_help=True
 )
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
-dl_app = typer.Typer(help="Dead letters: list and re-queue rejected payloads.", no_args_is_help=True)
+dl_app = typer.Typer(help="Dead letters: list, show and requeue rejected messages.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dl_app, name="deadletters")
 app.add_typer(registry_app, name="registry")
@@ -248,53 +252,165 @@ def replay(
     )
 
 
+ReasonOpt = Annotated[list[str] | None, typer.Option("--reason", help="only this reason (repeatable)")]
+CityOpt = Annotated[str | None, typer.Option("--city", help="only this city")]
+TopicOpt = Annotated[str | None, typer.Option("--topic", help="only topics matching this MQTT filter (+, #)")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="received at or after (ISO 8601; naive = UTC)")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="received before (ISO 8601; naive = UTC)")]
+IdsOpt = Annotated[list[int] | None, typer.Option("--id", help="only these ids (repeatable)")]
+
+
+def _instant(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        console.print(f"[red]{option}: {text!r} is not an ISO 8601 time[/red]")
+        raise typer.Exit(2) from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def _dead_letter_filter(
+    reason: list[str] | None,
+    city: str | None,
+    topic: str | None,
+    since: str | None,
+    until: str | None,
+    ids: list[int] | None,
+) -> DeadLetterFilter:
+    from ingest.deadletters import DeadLetterFilter
+
+    return DeadLetterFilter(
+        tuple(reason or ()),
+        city,
+        topic,
+        _instant(since, "--since"),
+        _instant(until, "--until"),
+        tuple(ids or ()),
+    )
+
+
+def _fit(text: str | None, width: int) -> str:
+    """Cut from the left: the end of a topic (the device) says most."""
+    text = text or ""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
 @dl_app.command("list")
 def deadletters_list(
     config: ConfigOpt = None,
-    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+    reason: ReasonOpt = None,
+    city: CityOpt = None,
+    topic: TopicOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    ids: IdsOpt = None,
     limit: Annotated[int, typer.Option(help="rows to show")] = 20,
 ) -> None:
-    """Show recent dead letters and counts by reason."""
+    """Counts by reason, then the newest dead letters (80 columns; `show ID` for everything)."""
     from ingest.deadletters import list_dead_letters
 
     settings = _settings(config, "WARNING")
-    counts, rows = asyncio.run(list_dead_letters(settings, reason, limit))
-    t = Table(title="dead letters by reason")
-    t.add_column("reason")
+    where = _dead_letter_filter(reason, city, topic, since, until, ids)
+    counts, rows = asyncio.run(list_dead_letters(settings, where, limit))
+    out = Console(width=80)
+    t = Table(box=box.SIMPLE)
+    t.add_column("reason (waiting)")
     t.add_column("count", justify="right")
     for r, n in counts:
         t.add_row(r, f"{n:,}")
-    Console().print(t)
-    t = Table(title=f"latest {limit}")
-    for col in ("id", "received", "source", "topic", "device", "reason", "detail"):
-        t.add_column(col)
+    out.print(t)
+    t = Table(title=f"newest {len(rows)}; `deadletters show ID` for detail and payload", box=box.SIMPLE)
+    for col, width in (("id", 7), ("received (UTC)", 14), ("city", 8), ("reason", 17), ("topic", 22)):
+        t.add_column(col, no_wrap=True, max_width=width, overflow="ellipsis")
     for r in rows:
         t.add_row(
             str(r["id"]),
-            r["received_at"].isoformat(timespec="seconds"),
-            r["source"],
-            r["topic"] or "",
-            r["device_id"] or "",
-            r["reason"],
-            (r["detail"] or "")[:80],
+            r["received_at"].astimezone(UTC).strftime("%m-%d %H:%M:%S"),
+            _fit(r["city_id"], 8),
+            _fit(r["reason"], 17),
+            _fit(r["topic"], 22),
         )
-    Console().print(t)
+    out.print(t)
+
+
+@dl_app.command("show")
+def deadletters_show(
+    dead_letter_id: Annotated[int, typer.Argument(metavar="ID", help="dead letter id (from `list`)")],
+    config: ConfigOpt = None,
+) -> None:
+    """Everything about one dead letter, and its message's payload."""
+    from ingest.deadletters import show_dead_letter
+
+    settings = _settings(config, "WARNING")
+    view = asyncio.run(show_dead_letter(settings, dead_letter_id))
+    if view is None:
+        console.print(f"[red]no dead letter {dead_letter_id}[/red]")
+        raise typer.Exit(1)
+    r = view.row
+    for name in ("id", "received_at", "source", "topic", "partition", "offset", "city_id", "device_id"):
+        if r[name] is not None:
+            print(f"{name}: {r[name]}")
+    print(f"reason: {r['reason']}\ndetail: {r['detail']}")
+    if r["headers"]:
+        print(f"headers: {r['headers']}")
+    print(f"message: {r['message_id'] or '-'} ({view.siblings} other dead letters of the same message)")
+    if r["requeued_at"] is not None:
+        print(f"requeued_at: {r['requeued_at']}")
+    if view.payload is None:
+        print(f"payload: not kept ({r['payload_size']} bytes)")
+        return
+    cut = f", cut: kept {len(view.payload)} of {r['payload_size']} bytes" if view.cut else ""
+    print(f"payload ({r['payload_size']} bytes{cut}):")
+    sys.stdout.flush()
+    try:
+        print(view.payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        print(view.payload.hex(" ", 16))
 
 
 @dl_app.command("requeue")
 def deadletters_requeue(
     config: ConfigOpt = None,
-    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
-    ids: Annotated[list[int] | None, typer.Option("--id", help="only these ids")] = None,
+    reason: ReasonOpt = None,
+    city: CityOpt = None,
+    topic: TopicOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    ids: IdsOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="every waiting dead letter (no filter)")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="say what would be requeued; change nothing")
+    ] = False,
 ) -> None:
-    """Decode stored payloads again (after fixing configuration or registry) and write what passes."""
+    """Decode the messages behind dead letters again (after fixing a route, city or registry).
+
+    Each message is decoded with its original receive time; readings already stored are not stored
+    again, so running it twice changes nothing.
+    """
     from ingest.deadletters import requeue_dead_letters
 
-    settings = _settings(config, "INFO")
-    result = asyncio.run(requeue_dead_letters(settings, reason, ids or None))
-    Console().print(
-        f"re-queued {result.requeued} payloads: {result.stored} readings stored, "
-        f"{result.still_rejected} rejected again, {result.skipped} skipped (payload truncated)"
+    settings = _settings(config, "WARNING")
+    where = _dead_letter_filter(reason, city, topic, since, until, ids)
+    if where.is_empty() and not all_:
+        console.print(
+            "[red]name what to requeue (--reason, --city, --topic, --since, --until, --id) or --all[/red]"
+        )
+        raise typer.Exit(2)
+    result = asyncio.run(requeue_dead_letters(settings, where, dry_run))
+    skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.items()) or "none"
+    reasons = ", ".join(f"{why} {n}" for why, n in result.reasons.most_common()) or "-"
+    if dry_run:
+        print(
+            f"would requeue {result.messages} messages ({result.dead_letters} dead letters: {reasons}); "
+            f"skipped: {skipped}"
+        )
+        return
+    print(
+        f"requeued {result.messages} messages ({result.dead_letters} dead letters: {reasons}): "
+        f"{result.stored} readings stored, {result.already_stored} already stored, "
+        f"{result.still_rejected} rejected again; skipped: {skipped}"
     )
 
 

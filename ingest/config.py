@@ -176,7 +176,12 @@ class ValidationSettings(BaseModel):
     max_future_s: float = Field(300.0, ge=0)
     min_time: datetime = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
     unknown_device: Literal["register", "reject"] = "register"
-    dead_letter_payload_bytes: int = Field(4096, ge=0)
+    dead_letter_payload_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="payload bytes kept with a dead letter (once per message); a cut payload cannot be "
+        "requeued, so keep it at max_payload_bytes",
+    )
 
 
 class SimulatorSettings(BaseModel):

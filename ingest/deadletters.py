@@ -1,9 +1,21 @@
-"""Listing and re-queuing dead letters: a fixed route, registry or unit table lets them through."""
+"""Listing, showing and re-queuing dead letters once a route, city, registry or unit table is fixed.
+
+The unit of a requeue is the inbound message: every dead letter of one message shares its
+`message_id`, the payload is stored with one of them, and `received_at` is the message's own receive
+time. A requeue decodes the whole message again with that time, so the readings it already stored
+are duplicates (stored nothing twice) and only the parts that failed can land; parts that fail
+again become new dead letters of the same message, and the old ones are marked requeued.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -12,76 +24,226 @@ from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 from processors.writer import TimescaleWriter
 
+LEGACY_REQUEUE_PREFIX = "requeue:"  # older releases prefixed the source on each requeue
 
-@dataclass
-class RequeueResult:
-    requeued: int = 0
-    stored: int = 0
-    still_rejected: int = 0
-    skipped: int = 0
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a command works on; all given conditions must hold."""
+
+    reasons: tuple[str, ...] = ()
+    city: str | None = None
+    topic: str | None = None  # an MQTT filter (`+`, `#`) or an exact Kafka topic
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: tuple[int, ...] = ()
+    include_requeued: bool = False
+
+    def is_empty(self) -> bool:
+        return not (self.reasons or self.city or self.topic or self.since or self.until or self.ids)
+
+    def where(self) -> tuple[str, list[Any]]:
+        """A SQL condition over `dead_letters` and its arguments ($1...)."""
+        conds = [] if self.include_requeued else ["requeued_at IS NULL"]
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if self.reasons:
+            conds.append(f"reason = ANY({arg(list(self.reasons))}::text[])")
+        if self.city:
+            conds.append(f"city_id = {arg(self.city)}")
+        if self.topic:
+            conds.append(f"topic ~ {arg(topic_filter_regex(self.topic))}")
+        if self.since:
+            conds.append(f"received_at >= {arg(self.since)}")
+        if self.until:
+            conds.append(f"received_at < {arg(self.until)}")
+        if self.ids:
+            conds.append(f"id = ANY({arg(list(self.ids))}::bigint[])")
+        return " AND ".join(conds) or "true", args
+
+
+def topic_filter_regex(topic_filter: str) -> str:
+    """An anchored POSIX regex matching the topics an MQTT filter matches."""
+    parts = []
+    for level in topic_filter.split("/"):
+        if level == "#":
+            parts.append(".*")
+            break
+        parts.append("[^/]*" if level == "+" else re.escape(level))
+    regex = "/".join(parts)
+    if regex.endswith("/.*"):  # "a/#" also matches "a" itself
+        regex = regex[:-3] + "(/.*)?"
+    return f"^{regex}$"
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    return await asyncpg.connect(settings.database.url.get_secret_value())
 
 
 async def list_dead_letters(
-    settings: Settings, reason: str | None, limit: int
+    settings: Settings, where: DeadLetterFilter, limit: int
 ) -> tuple[list[tuple[str, int]], list[asyncpg.Record]]:
-    conn = await asyncpg.connect(settings.database.url.get_secret_value())
+    """Counts by reason and the newest `limit` dead letters matching `where`."""
+    cond, args = where.where()
+    conn = await _connect(settings)
     try:
         counts = await conn.fetch(
-            "SELECT reason, count(*) AS n FROM dead_letters WHERE requeued_at IS NULL "
-            "GROUP BY reason ORDER BY n DESC"
+            f"SELECT reason, count(*) AS n FROM dead_letters WHERE {cond} GROUP BY reason ORDER BY n DESC",
+            *args,
         )
         rows = await conn.fetch(
-            "SELECT * FROM dead_letters WHERE requeued_at IS NULL AND ($1::text IS NULL OR reason = $1) "
-            "ORDER BY id DESC LIMIT $2",
-            reason,
-            limit,
+            "SELECT id, received_at, source, topic, city_id, device_id, reason, detail, payload_size, "
+            f"requeued_at FROM dead_letters WHERE {cond} ORDER BY id DESC LIMIT {int(limit)}",
+            *args,
         )
         return [(r["reason"], r["n"]) for r in counts], rows
     finally:
         await conn.close()
 
 
-async def requeue_dead_letters(
-    settings: Settings, reason: str | None, ids: list[int] | None
-) -> RequeueResult:
-    """Run stored payloads through the pipeline again; replayed readings are no-ops, so this is safe."""
-    dsn = settings.database.url.get_secret_value()
-    conn = await asyncpg.connect(dsn)
-    result = RequeueResult()
-    routers = {"mqtt": Router(settings.mqtt.routes), "kafka": Router(settings.kafka.topics)}
+@dataclass
+class DeadLetterView:
+    """One dead letter with its message's payload (stored once per message, maybe on a sibling)."""
+
+    row: asyncpg.Record
+    payload: bytes | None
+    siblings: int  # other dead letters of the same message
+
+    @property
+    def cut(self) -> bool:
+        return self.payload is not None and len(self.payload) < self.row["payload_size"]
+
+
+async def show_dead_letter(settings: Settings, dead_letter_id: int) -> DeadLetterView | None:
+    conn = await _connect(settings)
     try:
-        rows = await conn.fetch(
-            'SELECT id, source, topic, partition, "offset", payload, payload_size FROM dead_letters '
-            "WHERE requeued_at IS NULL AND payload IS NOT NULL AND topic IS NOT NULL "
-            "AND ($1::text IS NULL OR reason = $1) AND ($2::bigint[] IS NULL OR id = ANY($2)) ORDER BY id",
-            reason,
-            ids,
-        )
-        writer = TimescaleWriter(dsn, unknown_device=settings.validation.unknown_device)
-        await writer.start()
-        pipeline = Pipeline(settings, writer)
-        await pipeline.start()
-        done: list[int] = []
-        for r in rows:
-            if len(r["payload"]) < r["payload_size"]:
-                result.skipped += 1
-                continue
-            router = routers.get(r["source"].split("+")[0], routers["mqtt"])
-            msg = Message(
-                bytes(r["payload"]),
-                r["topic"],
-                datetime.now(UTC),
-                partition=r["partition"],
-                offset=r["offset"],
+        row = await conn.fetchrow("SELECT * FROM dead_letters WHERE id = $1", dead_letter_id)
+        if row is None:
+            return None
+        if row["message_id"] is None:
+            return DeadLetterView(row, row["payload"], 0)
+        payload = row["payload"]
+        if payload is None:
+            payload = await conn.fetchval(
+                "SELECT payload FROM dead_letters WHERE message_id = $1 AND payload IS NOT NULL "
+                "ORDER BY id LIMIT 1",
+                row["message_id"],
             )
-            await pipeline.submit(Delivery(f"requeue:{r['source']}", router, [msg], position={"id": r["id"]}))
-            done.append(r["id"])
-        await pipeline.drain_and_stop()
-        await writer.stop()
-        result.requeued = len(done)
+        siblings = await conn.fetchval(
+            "SELECT count(*) - 1 FROM dead_letters WHERE message_id = $1", row["message_id"]
+        )
+        return DeadLetterView(row, payload, siblings)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class RequeueResult:
+    messages: int = 0  # inbound messages decoded again
+    dead_letters: int = 0  # dead letters marked requeued (every one of those messages)
+    stored: int = 0  # readings stored now
+    already_stored: int = 0  # readings the first pass had stored: not stored again
+    still_rejected: int = 0  # new dead letters (same message, same original time)
+    skipped: Counter[str] = field(default_factory=Counter)  # why a message could not be replayed
+    reasons: Counter[str] = field(default_factory=Counter)  # of the dead letters requeued
+
+
+# Every unrequeued dead letter of the messages behind the matching ones (older rows without a
+# message id are their own message).
+_MEMBERS = """
+SELECT id, message_id, reason FROM dead_letters
+WHERE requeued_at IS NULL
+  AND (message_id IN (SELECT message_id FROM dead_letters WHERE {cond})
+       OR id IN (SELECT id FROM dead_letters WHERE ({cond}) AND message_id IS NULL))
+ORDER BY id
+"""
+# The message itself: from its row that kept the payload.
+_MESSAGE_COLUMNS = 'source, topic, partition, "offset", received_at, headers, payload, payload_size'
+_MESSAGES = f"""
+SELECT DISTINCT ON (message_id) message_id, {_MESSAGE_COLUMNS} FROM dead_letters
+WHERE message_id = ANY($1::uuid[]) ORDER BY message_id, payload IS NULL, id
+"""
+_LEGACY_MESSAGES = f"SELECT id, {_MESSAGE_COLUMNS} FROM dead_letters WHERE id = ANY($1::bigint[])"
+
+
+def _unreplayable(msg: asyncpg.Record) -> str | None:
+    """Why a stored message cannot be replayed, or None."""
+    if msg["payload"] is None:
+        return "no payload kept"
+    if not msg["topic"]:
+        return "no topic"
+    if len(msg["payload"]) < msg["payload_size"]:
+        return "payload cut"
+    return None
+
+
+def _message(msg: asyncpg.Record, message_id: UUID | None) -> Message:
+    headers = msg["headers"]
+    return Message(
+        bytes(msg["payload"]),
+        msg["topic"],
+        msg["received_at"],
+        json.loads(headers) if isinstance(headers, str) else headers,
+        msg["partition"],
+        msg["offset"],
+        message_id,
+    )
+
+
+async def requeue_dead_letters(
+    settings: Settings, where: DeadLetterFilter, dry_run: bool = False
+) -> RequeueResult:
+    """Decode the messages behind the matching dead letters again, with their original receive time."""
+    cond, args = where.where()
+    dsn = settings.database.url.get_secret_value()
+    routers = {"mqtt": Router(settings.mqtt.routes), "kafka": Router(settings.kafka.topics)}
+    result = RequeueResult()
+    conn = await asyncpg.connect(dsn)
+    try:
+        members: dict[UUID | int, list[asyncpg.Record]] = {}
+        for r in await conn.fetch(_MEMBERS.format(cond=cond), *args):
+            members.setdefault(r["message_id"] or r["id"], []).append(r)
+        stored = {
+            r["message_id"]: r
+            for r in await conn.fetch(_MESSAGES, [k for k in members if isinstance(k, UUID)])
+        }
+        stored.update(
+            (r["id"], r)
+            for r in await conn.fetch(_LEGACY_MESSAGES, [k for k in members if isinstance(k, int)])
+        )
+        replay: list[tuple[Message, str, list[int]]] = []
+        for key, rows in members.items():
+            msg = stored[key]
+            if (why := _unreplayable(msg)) is not None:
+                result.skipped[why] += 1
+                continue
+            source = msg["source"].removeprefix(LEGACY_REQUEUE_PREFIX)
+            replay.append(
+                (_message(msg, key if isinstance(key, UUID) else None), source, [r["id"] for r in rows])
+            )
+            result.reasons.update(r["reason"] for r in rows)
+        result.messages = len(replay)
+        result.dead_letters = sum(len(ids) for _m, _s, ids in replay)
+        if dry_run or not replay:
+            return result
+        async with TimescaleWriter(dsn, unknown_device=settings.validation.unknown_device) as writer:
+            pipeline = Pipeline(settings, writer)
+            await pipeline.start()
+            for message, source, ids in replay:
+                router = routers.get(source, routers["mqtt"])
+                await pipeline.submit(Delivery(source, router, [message], position={"requeued": ids}))
+            await pipeline.drain_and_stop()
         result.stored = pipeline.stats.stored
+        result.already_stored = pipeline.stats.duplicates
         result.still_rejected = pipeline.stats.dead_letters
-        await conn.execute("UPDATE dead_letters SET requeued_at = now() WHERE id = ANY($1)", done)
+        await conn.execute(
+            "UPDATE dead_letters SET requeued_at = now() WHERE id = ANY($1::bigint[])",
+            [i for _m, _s, ids in replay for i in ids],
+        )
     finally:
         await conn.close()
     return result

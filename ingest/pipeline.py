@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+from uuid import UUID
 
 from ingest import telemetry
 from ingest.config import Settings
 from ingest.routing import Router
 from ingest.validation import Rejected, Validator
-from processors.writer import DeadLetter, TimescaleWriter, WriteBatch, WriteResult
+from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext, DecodeError
 
@@ -38,6 +39,7 @@ class Message:
     headers: Mapping[str, str] | None = None
     partition: int | None = None
     offset: int | None = None
+    message_id: UUID | None = None  # set when a dead letter is requeued, so new rejects join its group
 
 
 async def _no_ack() -> None:
@@ -146,34 +148,17 @@ class Pipeline:
         finally:
             await self._to_write.put(_STOP)
 
-    def _dead_letter(
-        self,
+    @staticmethod
+    def _reject(
         batch: WriteBatch,
-        source: str,
-        m: Message,
+        origin: MessageOrigin,
         reason: str,
         detail: str,
         city: str | None = None,
         device: str | None = None,
-        with_payload: bool = True,
     ) -> None:
-        """A dead letter with the message's position and its payload cut to the configured limit."""
-        limit = self.settings.validation.dead_letter_payload_bytes
-        batch.dead_letters.append(
-            DeadLetter(
-                source,
-                reason,
-                detail,
-                m.topic,
-                m.partition,
-                m.offset,
-                city,
-                device,
-                m.payload[:limit] if with_payload else None,
-                len(m.payload),
-            )
-        )
-        telemetry.REJECTED.labels(source, reason).inc()
+        batch.dead_letters.append(origin.dead_letter(reason, detail, city, device))
+        telemetry.REJECTED.labels(origin.source, reason).inc()
 
     def _decode_delivery(self, d: Delivery, batch: WriteBatch) -> None:
         settings = self.settings.validation
@@ -185,18 +170,32 @@ class Pipeline:
         batch.messages += len(d.messages)
         n_before = len(batch)
         canonical = self.validator.canonical
-        reject = partial(self._dead_letter, batch, d.source)
+        reject = partial(self._reject, batch)
+        cap = settings.dead_letter_payload_bytes
         for m in d.messages:
+            origin = MessageOrigin(
+                d.source,
+                m.topic,
+                m.partition,
+                m.offset,
+                m.received_at,
+                m.payload,
+                cap,
+                m.headers,
+                m.message_id,
+            )
+            o = len(batch.origins)
+            batch.origins.append(origin)
             if len(m.payload) > settings.max_payload_bytes:
-                reject(m, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
+                reject(origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
                 continue
             route = d.router.match(m.topic)
             if route is None:
-                reject(m, "no_route", f"no configured route matches topic {m.topic!r}")
+                reject(origin, "no_route", f"no configured route matches topic {m.topic!r}")
                 continue
             decoder = DECODERS.get(route.format)
             if decoder is None:
-                reject(m, "unknown_format", route.format)
+                reject(origin, "unknown_format", route.format)
                 continue
             ctx = DecodeContext(
                 received_at=m.received_at,
@@ -209,25 +208,25 @@ class Pipeline:
             try:
                 readings = decoder(m.payload, ctx)
             except DecodeError as e:
-                reject(m, e.reason, e.detail, route.city, route.device)
+                reject(origin, e.reason, e.detail, route.city, route.device)
                 continue
             except Exception as e:  # a decoder bug must not stop the service
                 log.exception("decoder %s crashed on %s", route.format, m.topic)
-                reject(m, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
+                reject(origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
                 continue
-            first_reject = True
             for r in readings:
                 city = r.city or route.city
                 if not city:
-                    reject(m, "no_city", "neither the payload nor the route names a city", None, r.device_id)
+                    reject(
+                        origin, "no_city", "neither the payload nor the route names a city", None, r.device_id
+                    )
                     continue
                 try:
                     value = canonical(r, now)
                 except Rejected as e:
-                    reject(m, e.reason, e.detail, city, r.device_id, with_payload=first_reject)
-                    first_reject = False
+                    reject(origin, e.reason, e.detail, city, r.device_id)
                     continue
-                batch.add(city, r.device_id, r.metric, r.time, value)
+                batch.add(city, r.device_id, r.metric, r.time, value, 0, o)
         telemetry.MESSAGES_RECEIVED.labels(d.source).inc(len(d.messages))
         telemetry.READINGS_RECEIVED.labels(d.source).inc(len(batch) - n_before)
 

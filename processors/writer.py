@@ -20,8 +20,10 @@ import asyncio
 import json
 import logging
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -36,8 +38,20 @@ from schemas.metrics import METRICS
 log = logging.getLogger(__name__)
 
 
+# Dead-letter text columns are cut to these lengths (a 10,000-character topic is an attack, not a topic).
+MAX_TOPIC_CHARS = 1024
+MAX_ID_CHARS = 256
+MAX_DETAIL_CHARS = 2000
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass(slots=True)
 class DeadLetter:
+    """A rejected message or part of one; `message_id`, `received_at`, topic and payload replay it."""
+
     source: str
     reason: str
     detail: str = ""
@@ -48,19 +62,73 @@ class DeadLetter:
     device_id: str | None = None
     payload: bytes | None = None
     payload_size: int = 0
+    received_at: datetime | None = None
+    headers: Mapping[str, str] | None = None
+    message_id: uuid.UUID | None = None
 
-    def record(self) -> tuple[object, ...]:
+    def record(self, with_payload: bool = True) -> tuple[object, ...]:
         return (
             self.source,
+            _cut(self.topic, MAX_TOPIC_CHARS),
+            self.partition,
+            self.offset,
+            _cut(self.city_id, MAX_ID_CHARS),
+            _cut(self.device_id, MAX_ID_CHARS),
+            self.reason,
+            _cut(self.detail, MAX_DETAIL_CHARS),
+            self.payload if with_payload else None,
+            self.payload_size,
+            self.received_at or datetime.now(UTC),
+            json.dumps(dict(self.headers)) if self.headers else None,
+            self.message_id,
+        )
+
+
+def dead_letter_records(dead: list[DeadLetter]) -> list[tuple[object, ...]]:
+    """Rows for the dead_letters table; a message's payload is stored once, on its first row."""
+    kept: set[uuid.UUID] = set()
+    rows = []
+    for d in dead:
+        first = d.message_id is None or d.message_id not in kept
+        if d.message_id is not None:
+            kept.add(d.message_id)
+        rows.append(d.record(with_payload=first))
+    return rows
+
+
+@dataclass(slots=True)
+class MessageOrigin:
+    """The inbound message a reading came from, so a later rejection can still replay it."""
+
+    source: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    received_at: datetime | None
+    payload: bytes
+    payload_cap: int  # validation.dead_letter_payload_bytes
+    headers: Mapping[str, str] | None = None
+    message_id: uuid.UUID | None = None  # made on the first rejection; kept across requeues
+
+    def dead_letter(
+        self, reason: str, detail: str, city: str | None = None, device: str | None = None
+    ) -> DeadLetter:
+        if self.message_id is None:
+            self.message_id = uuid.uuid4()
+        return DeadLetter(
+            self.source,
+            reason,
+            detail,
             self.topic,
             self.partition,
             self.offset,
-            self.city_id,
-            self.device_id,
-            self.reason,
-            self.detail[:2000],
-            self.payload,
-            self.payload_size,
+            city,
+            device,
+            self.payload[: self.payload_cap],
+            len(self.payload),
+            self.received_at,
+            self.headers,
+            self.message_id,
         )
 
 
@@ -75,6 +143,8 @@ class WriteBatch:
     time: list[datetime] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
     flags: list[int] = field(default_factory=list)
+    origin: list[int] = field(default_factory=list)  # per row: index into `origins`
+    origins: list[MessageOrigin] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     position: dict[str, Any] = field(default_factory=dict)
     messages: int = 0
@@ -82,13 +152,24 @@ class WriteBatch:
     def __len__(self) -> int:
         return len(self.value)
 
-    def add(self, city: str, device: str, metric: str, t: datetime, value: float, flags: int = 0) -> None:
+    def add(
+        self, city: str, device: str, metric: str, t: datetime, value: float, flags: int = 0, origin: int = -1
+    ) -> None:
+        """One reading; `origin` indexes `origins` (-1: no message to replay it from)."""
         self.city.append(city)
         self.device.append(device)
         self.metric.append(metric)
         self.time.append(t)
         self.value.append(value)
         self.flags.append(flags)
+        self.origin.append(origin)
+
+    def dead_letter(self, row: int, reason: str, detail: str) -> DeadLetter:
+        """A dead letter for one row, carrying its message when the row has one."""
+        i = self.origin[row]
+        if i < 0:
+            return DeadLetter(self.source, reason, detail, city_id=self.city[row], device_id=self.device[row])
+        return self.origins[i].dead_letter(reason, detail, self.city[row], self.device[row])
 
     def take(self, idx: list[int]) -> WriteBatch:
         """A batch of the chosen rows (used to bisect a batch the database rejected)."""
@@ -100,6 +181,8 @@ class WriteBatch:
             time=[self.time[i] for i in idx],
             value=[self.value[i] for i in idx],
             flags=[self.flags[i] for i in idx],
+            origin=[self.origin[i] for i in idx],
+            origins=self.origins,
             position=self.position,
         )
 
@@ -205,8 +288,7 @@ class TimescaleWriter:
             if len(batch) <= 1:
                 log.error("database rejected a reading (%s); dead-lettering it", e)
                 rejected = [
-                    DeadLetter(batch.source, f"db_rejected:{e.sqlstate}", str(e), city_id=c, device_id=d)
-                    for c, d in zip(batch.city, batch.device, strict=True)
+                    batch.dead_letter(i, f"db_rejected:{e.sqlstate}", str(e)) for i in range(len(batch))
                 ]
                 empty = WriteBatch(
                     source=batch.source,
@@ -236,7 +318,7 @@ class TimescaleWriter:
         try:
             conn = await self._connect()
             device_keys = await self._device_keys(conn, batch)
-            records, dead = self._records(batch, device_keys)
+            records, rows, dead = self._records(batch, device_keys)
             async with conn.transaction():
                 batch_id = await conn.fetchval(
                     sql.INSERT_INGEST_BATCH, batch.source, json.dumps(batch.position), len(batch)
@@ -248,13 +330,13 @@ class TimescaleWriter:
                     )
                     new_rows = await conn.fetch(sql.INSERT_NEW_READINGS, batch_id)
                     if len(new_rows) < len(records):
-                        dead.extend(await self._conflicts(conn, batch.source))
+                        dead.extend(await self._conflicts(conn, batch, records, rows))
                 t_rollup = time.perf_counter()
                 n_rollup = await self._merge_rollups(conn, new_rows)
                 t_rollup = time.perf_counter() - t_rollup
                 if dead:
                     await conn.copy_records_to_table(
-                        "dead_letters", records=[d.record() for d in dead], columns=sql.DEAD_LETTER_COLUMNS
+                        "dead_letters", records=dead_letter_records(dead), columns=sql.DEAD_LETTER_COLUMNS
                     )
                 await conn.execute(sql.UPDATE_INGEST_BATCH, batch_id, len(new_rows))
         except (errors.RetriableWriteError, errors.PermanentWriteError):
@@ -274,28 +356,23 @@ class TimescaleWriter:
 
     def _records(
         self, batch: WriteBatch, device_keys: dict[tuple[str, str], int]
-    ) -> tuple[list[tuple[object, ...]], list[DeadLetter]]:
+    ) -> tuple[list[tuple[object, ...]], list[int], list[DeadLetter]]:
+        """Staging records, the batch row of each, and the dead letters so far."""
         records: list[tuple[object, ...]] = []
+        rows: list[int] = []
         dead = list(batch.dead_letters)
         metric_ids = self._metric_ids
-        for city, device, metric, t, value, flags in zip(
-            batch.city, batch.device, batch.metric, batch.time, batch.value, batch.flags, strict=True
+        for row, (city, device, metric, t, value, flags) in enumerate(
+            zip(batch.city, batch.device, batch.metric, batch.time, batch.value, batch.flags, strict=True)
         ):
             key = device_keys.get((city, device))
             if key is None:
                 reason = "unknown_city" if city not in self._cities else "unknown_device"
-                dead.append(
-                    DeadLetter(
-                        batch.source,
-                        reason,
-                        f"{metric}={value} at {t.isoformat()}",
-                        city_id=city,
-                        device_id=device,
-                    )
-                )
+                dead.append(batch.dead_letter(row, reason, f"{metric}={value} at {t.isoformat()}"))
                 continue
             records.append((t, key, metric_ids[metric], value, flags))
-        return records, dead
+            rows.append(row)
+        return records, rows, dead
 
     async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
         cache = self._devices
@@ -314,22 +391,19 @@ class TimescaleWriter:
                 self._cities = {r["city_id"] for r in await conn.fetch(sql.KNOWN_CITIES)}
         return cache
 
-    async def _conflicts(self, conn: asyncpg.Connection, source: str) -> list[DeadLetter]:
-        by_key = {v: k for k, v in self._devices.items()}
+    async def _conflicts(
+        self, conn: asyncpg.Connection, batch: WriteBatch, records: list[tuple[object, ...]], rows: list[int]
+    ) -> list[DeadLetter]:
         name = {v: k for k, v in self._metric_ids.items()}
+        row_of = {(r[1], r[2], r[0], r[3]): row for r, row in zip(records, rows, strict=True)}
         out = []
         for r in await conn.fetch(sql.CONFLICTING_READINGS):
-            city, device = by_key.get(r["device_key"], ("", str(r["device_key"])))
-            out.append(
-                DeadLetter(
-                    source,
-                    "conflicting_duplicate",
-                    f"{name.get(r['metric_id'])} at {r['time'].isoformat()}: got {r['value']}, "
-                    f"kept first stored value {r['stored_value']}",
-                    city_id=city,
-                    device_id=device,
-                )
+            detail = (
+                f"{name.get(r['metric_id'])} at {r['time'].isoformat()}: got {r['value']}, "
+                f"kept first stored value {r['stored_value']}"
             )
+            row = row_of[(r["device_key"], r["metric_id"], r["time"], r["value"])]
+            out.append(batch.dead_letter(row, "conflicting_duplicate", detail))
         return out
 
     async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:

@@ -70,6 +70,9 @@ DEAD_LETTER_COLUMNS = (
     "detail",
     "payload",
     "payload_size",
+    "received_at",
+    "headers",
+    "message_id",
 )
 
 LOOKUP_DEVICES = """

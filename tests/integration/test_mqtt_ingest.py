@@ -136,7 +136,9 @@ async def test_bad_payloads_are_dead_lettered_and_the_service_keeps_going(
         await conn.close()
     assert {"time_in_future", "time_too_old", "wrong_unit", "payload_too_large"} <= reasons
     assert len(reasons) >= 5, reasons  # malformed JSON and NaN have reasons of their own
-    assert all((r["kept"] or 0) <= 4096 for r in payload_sizes)
+    cap = Settings().validation.dead_letter_payload_bytes
+    assert all((r["kept"] or 0) <= cap for r in payload_sizes)
+    assert any(r["payload_size"] > cap and r["kept"] == cap for r in payload_sizes)  # cut, and it says so
 
 
 def _service_process(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:

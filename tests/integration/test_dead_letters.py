@@ -1,0 +1,195 @@
+"""Dead letters as an operator meets them: every one replayable, requeued once, with its original time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingest.config import Settings
+from ingest.pipeline import Delivery, Message, Pipeline
+from ingest.routing import Router
+from ingest.service import Service
+from ingest.simulator import SimMessage
+from processors.writer import MAX_ID_CHARS, MAX_TOPIC_CHARS, MessageOrigin, TimescaleWriter, WriteBatch
+from tests.conftest import PrivateMosquitto
+from tests.integration.test_cli import run
+from tests.integration.test_mqtt_ingest import publish, settings_for
+
+pytestmark = pytest.mark.integration
+
+# Sensor.Community firmware posts carry no time: the receive time is the reading's time.
+NAN_AND_GOOD = {
+    "esp8266id": "4711",
+    "sensordatavalues": [{"value_type": "SDS_P1", "value": "nan"}, {"value_type": "SDS_P2", "value": "4.0"}],
+}
+TWO_GOOD = {
+    "esp8266id": "4711",
+    "sensordatavalues": [{"value_type": "SDS_P1", "value": "12.5"}, {"value_type": "SDS_P2", "value": "7.5"}],
+}
+
+
+async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def readings(dsn: str) -> list[tuple[str, str, str, object, float]]:
+    rows = await fetch(
+        dsn,
+        "SELECT d.city_id, d.device_id, m.name, r.time, r.value FROM readings r "
+        "JOIN devices d USING (device_key) JOIN metrics m USING (metric_id) ORDER BY 1, 3",
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def ingest(dsn: str, port: int, messages: list[SimMessage]) -> None:
+    """Run the service until every message is stored or dead-lettered."""
+    service = Service(settings_for(dsn, port))
+    await service.start()
+    try:
+        await publish(port, messages)
+        for _ in range(100):
+            if service.pipeline.stats.messages >= len(messages):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await service.stop()
+
+
+def cli(dsn: str, *args: str, config: Path | None = None) -> str:
+    out = run(
+        "deadletters",
+        *args,
+        *(["--config", str(config)] if config else []),
+        env={"CITYKPI_DATABASE__URL": dsn, "COLUMNS": "80"},
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    return out.stdout
+
+
+async def test_unknown_city_then_add_the_city_then_requeue_stores_each_reading_once_at_its_receive_time(
+    tsdb: str, mosquitto: PrivateMosquitto, tmp_path: Path
+) -> None:
+    await ingest(
+        tsdb,
+        mosquitto.port,
+        [
+            SimMessage("city/atlantis/sensor-community/esp8266-4711", json.dumps(TWO_GOOD).encode()),
+            SimMessage("city/demo/sensor-community/esp8266-4711", json.dumps(NAN_AND_GOOD).encode()),
+        ],
+    )
+    dead = await fetch(
+        tsdb, "SELECT id, reason, topic, city_id, source, received_at, message_id, payload FROM dead_letters"
+    )
+    by_reason = {r["reason"]: r for r in dead}
+    assert sorted(r["reason"] for r in dead) == ["not_finite", "unknown_city", "unknown_city"]
+    lost = [r for r in dead if r["reason"] == "unknown_city"]
+    assert {r["topic"] for r in lost} == {"city/atlantis/sensor-community/esp8266-4711"}
+    assert {r["city_id"] for r in lost} == {"atlantis"}
+    assert len({r["message_id"] for r in lost}) == 1  # one message, its payload stored once
+    assert [json.loads(r["payload"]) for r in lost if r["payload"] is not None] == [TWO_GOOD]
+    received = lost[0]["received_at"]
+    (demo_p2,) = await readings(tsdb)
+    assert demo_p2[2:] == ("pm25", by_reason["not_finite"]["received_at"], 4.0)
+
+    listing = cli(tsdb, "list")
+    assert max(len(line) for line in listing.splitlines()) <= 80, listing
+    assert "atlantis" in listing and "unknown_city" in listing and "…ommunity/esp8266-4711" in listing
+    shown = cli(tsdb, "show", str(lost[-1]["id"]))  # the row without the payload shows its message's
+    assert json.loads(shown.split(" bytes):\n", 1)[1]) == TWO_GOOD
+    assert "topic: city/atlantis/sensor-community/esp8266-4711" in shown
+
+    no_filter = run("deadletters", "requeue", env={"CITYKPI_DATABASE__URL": tsdb})
+    assert no_filter.returncode == 2 and "--all" in no_filter.stderr
+
+    config = tmp_path / "citykpi.toml"
+    config.write_text(
+        '[[cities]]\ncity_id = "demo"\nname = "Demo City"\ntimezone = "Europe/Paris"\n'
+        '[[cities]]\ncity_id = "atlantis"\nname = "Atlantis"\ntimezone = "UTC"\n'
+    )
+    assert run("migrate", "--config", str(config), env={"CITYKPI_DATABASE__URL": tsdb}).returncode == 0
+
+    dry = cli(tsdb, "requeue", "--reason", "unknown_city", "--dry-run", config=config)
+    assert "would requeue 1 messages (2 dead letters: unknown_city 2)" in dry
+    assert len(await readings(tsdb)) == 1
+
+    done = cli(tsdb, "requeue", "--reason", "unknown_city", config=config)
+    assert "2 readings stored, 0 already stored, 0 rejected again" in done
+    stored = await readings(tsdb)
+    assert [r for r in stored if r[0] == "atlantis"] == [
+        ("atlantis", "esp8266-4711", "pm10", received, 12.5),
+        ("atlantis", "esp8266-4711", "pm25", received, 7.5),
+    ]
+
+    for _ in range(2):  # the nan part fails again; its valid neighbour is never stored twice
+        again = cli(tsdb, "requeue", "--all", config=config)
+        assert (
+            "requeued 1 messages (1 dead letters: not_finite 1): 0 readings stored, 1 already stored" in again
+        )
+    assert await readings(tsdb) == stored
+    dead = await fetch(tsdb, "SELECT source, requeued_at, message_id, received_at FROM dead_letters")
+    assert {r["source"] for r in dead} == {"mqtt"}  # no growing "requeue:" prefix
+    waiting = [r for r in dead if r["requeued_at"] is None]
+    assert len(waiting) == 1 and waiting[0]["message_id"] == by_reason["not_finite"]["message_id"]
+    assert waiting[0]["received_at"] == by_reason["not_finite"]["received_at"]
+    assert "0 messages" in cli(tsdb, "requeue", "--reason", "unknown_city", config=config)
+
+
+async def through_pipeline(dsn: str, *messages: tuple[str, bytes], **overrides: object) -> Pipeline:
+    """Decode, validate and write `(topic, payload)` messages as the MQTT source would."""
+    settings = Settings(database={"url": dsn}, **overrides)  # type: ignore[arg-type]
+    async with TimescaleWriter(dsn, unknown_device=settings.validation.unknown_device) as writer:
+        pipeline = Pipeline(settings, writer)
+        await pipeline.start()
+        now = datetime.now(UTC)
+        await pipeline.submit(
+            Delivery("mqtt", Router(settings.mqtt.routes), [Message(p, t, now) for t, p in messages])
+        )
+        await pipeline.drain_and_stop()
+    return pipeline
+
+
+async def test_writer_made_dead_letters_keep_their_message(tsdb: str) -> None:
+    first = json.dumps([{"bn": "air-1:", "bt": 1_760_000_000, "n": "pm25", "v": 5.0}]).encode()
+    clash = json.dumps([{"bn": "air-1:", "bt": 1_760_000_000, "n": "pm25", "v": 6.0}]).encode()
+    await through_pipeline(tsdb, ("city/demo/senml/air-1", first))
+    await through_pipeline(
+        tsdb,
+        ("city/demo/senml/air-1", clash),
+        ("city/demo/senml/new-1", first),
+        validation={"unknown_device": "reject"},
+    )
+    rows = await fetch(tsdb, "SELECT reason, topic, payload, message_id FROM dead_letters ORDER BY reason")
+    assert [(r["reason"], r["topic"], bytes(r["payload"])) for r in rows] == [
+        ("conflicting_duplicate", "city/demo/senml/air-1", clash),
+        ("unknown_device", "city/demo/senml/new-1", first),
+    ]
+    assert None not in {r["message_id"] for r in rows}
+
+
+def test_a_bisected_batch_keeps_each_rows_message() -> None:
+    batch = WriteBatch("mqtt")
+    now = datetime.now(UTC)
+    for i in range(4):
+        batch.origins.append(MessageOrigin("mqtt", f"t/{i}", None, None, now, b"p%d" % i, 1024))
+        batch.add("demo", f"d{i}", "pm25", now, 1.0, origin=i)
+    second_half = batch.take([2, 3])
+    letter = second_half.dead_letter(1, "db_rejected:23514", "check violation")
+    assert (letter.topic, letter.payload, letter.device_id) == ("t/3", b"p3", "d3")
+
+
+def test_dead_letter_rows_cut_hostile_topics_and_ids() -> None:
+    origin = MessageOrigin("mqtt", "x/" * 5000, None, None, None, b"{}", 1024)
+    row = origin.dead_letter("no_route", "d" * 10_000, "c" * 10_000, "d" * 10_000).record()
+    topic, city, device, detail = row[1], row[4], row[5], row[7]
+    assert isinstance(topic, str) and len(topic) == MAX_TOPIC_CHARS and topic.endswith("…")
+    assert isinstance(city, str) and isinstance(device, str) and len(city) == len(device) == MAX_ID_CHARS
+    assert isinstance(detail, str) and len(detail) <= 2000
