@@ -414,32 +414,59 @@ def deadletters_requeue(
     )
 
 
-@roles_app.command("grant-reader")
-def roles_grant_reader(
-    role: Annotated[str, typer.Argument(help="login role to create or update")],
-    city: Annotated[str, typer.Option(help="the city this role may read")],
-    password_file: Annotated[Path, typer.Option(help="file holding the role's password", exists=True)],
-    config: ConfigOpt = None,
-) -> None:
-    """Create (or update) a login role that reads one city's rows only (row-level security)."""
+async def _run_access_function(settings: Settings, call: str, *args: str | None) -> list[str]:
+    """Call one of the owner's access functions (schemas/sql/0008) and return its report lines."""
     import asyncpg
 
-    settings = _settings(config, "WARNING")
-    password = password_file.read_text().strip()
+    conn = await asyncpg.connect(settings.database.url.get_secret_value())
+    try:
+        return [r[0] for r in await conn.fetch(call, *args)]
+    finally:
+        await conn.close()
 
-    async def grant() -> None:
-        conn = await asyncpg.connect(settings.database.url.get_secret_value())
-        try:
-            await conn.execute("SELECT citykpi_grant_city_reader($1, $2, $3)", role, city, password)
-        finally:
-            await conn.close()
+
+def _report_access_change(settings: Settings, call: str, role: str, *args: str | None) -> None:
+    import asyncpg
 
     try:
-        asyncio.run(grant())
+        lines = asyncio.run(_run_access_function(settings, call, role, *args))
     except asyncpg.PostgresError as e:
-        console.print(f"[red]could not grant: {e}[/red]")
+        console.print(f"[red]could not change {role}: {e}[/red]")
         raise typer.Exit(1) from None
-    Console().print(f"role {role} can now read city {city} (and nothing else)")
+    out = Console()
+    for line in lines:
+        out.print(f"{role}: {line}")
+
+
+@roles_app.command("grant-reader")
+def roles_grant_reader(
+    role: Annotated[str, typer.Argument(help="login role to create or extend")],
+    city: Annotated[str | None, typer.Option(help="the city this role may read")] = None,
+    all_cities: Annotated[bool, typer.Option("--all-cities", help="read every city (platform)")] = False,
+    password_file: Annotated[
+        Path | None, typer.Option(help="file holding the role's password (a new role needs one)", exists=True)
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create or extend a login that reads one city (or every city) through the reader views;
+    prints each change and what else the role still holds."""
+    if (city is None) != all_cities:
+        console.print("[red]give exactly one of --city CITY and --all-cities[/red]")
+        raise typer.Exit(2)
+    settings = _settings(config, "WARNING")
+    password = password_file.read_text().strip() if password_file else None
+    _report_access_change(settings, "SELECT citykpi_grant_reader($1, $2, $3)", role, city, password)
+
+
+@roles_app.command("revoke-reader")
+def roles_revoke_reader(
+    role: Annotated[str, typer.Argument(help="reader login role")],
+    city: Annotated[str | None, typer.Option(help="take back only this city (default: everything)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Take a city (default: every grant) back from a reader login; prints what changed."""
+    settings = _settings(config, "WARNING")
+    _report_access_change(settings, "SELECT citykpi_revoke_reader($1, $2)", role, city)
 
 
 def main() -> None:

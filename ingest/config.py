@@ -37,6 +37,12 @@ class DatabaseSettings(BaseModel):
         SecretStr("postgresql://postgres@127.0.0.1:15433/citykpi"),
         description="PostgreSQL/TimescaleDB DSN; a password in it is masked in `config show`.",
     )
+    role_prefix: str | None = Field(
+        None,
+        pattern=r"^[a-z_][a-z0-9_]{0,39}$",
+        description="prefix of this deployment's roles (<prefix>_ingest, _kpi, _reader, _definer); "
+        "default: the database's name, so deployments sharing a cluster share no role",
+    )
     pool_min: int = Field(2, ge=1)
     pool_max: int = Field(8, ge=1)
     connect_timeout_s: float = Field(10.0, gt=0)

@@ -33,7 +33,7 @@ async def prepare_database(settings: Settings, run_migrations: bool = True) -> N
     conn = await wait_for_database(settings.database.url.get_secret_value(), 60)
     try:
         if run_migrations:
-            await migrate(conn)
+            await migrate(conn, settings.database.role_prefix)
         for c in settings.cities:
             await conn.execute(sql.UPSERT_CITY, c.city_id, c.name, c.timezone)
     finally:

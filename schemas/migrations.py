@@ -15,6 +15,8 @@ from importlib import resources
 
 import asyncpg
 
+from schemas.access import DeploymentRoles, apply_access
+
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x43_49_54_59_4B_50_49  # "CITYKPI"
@@ -70,6 +72,7 @@ class MigrationReport:
     applied: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     features: ServerFeatures | None = None
+    roles: DeploymentRoles | None = None
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -97,8 +100,9 @@ async def detect_features(conn: asyncpg.Connection) -> ServerFeatures:
     return ServerFeatures(str(server_version).split()[0], ts_version, license_)
 
 
-async def migrate(conn: asyncpg.Connection) -> MigrationReport:
-    """Apply pending migrations and server features; safe to run twice and concurrently."""
+async def migrate(conn: asyncpg.Connection, role_prefix: str | None = None) -> MigrationReport:
+    """Apply pending migrations, server features and the access model (schemas/access.py); safe
+    to run twice and concurrently."""
     report = MigrationReport()
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
@@ -125,6 +129,7 @@ async def migrate(conn: asyncpg.Connection) -> MigrationReport:
             log.info("applied migration %s", version)
         await apply_server_features(conn, report.features)
         await sync_catalog(conn)
+        report.roles = await apply_access(conn, role_prefix)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     log.info("database: %s", report.features.describe())

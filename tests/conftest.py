@@ -6,6 +6,7 @@ Each database test gets a fresh database on the real server, migrated; private M
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
+from schemas.access import DeploymentRoles, derive_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "local" / "stack.sh"
@@ -63,12 +66,47 @@ async def _create_database(server_url: str) -> str:
 
 
 async def _drop_database(server_url: str, dsn: str) -> None:
+    """Drop the database, then its deployment's roles and the logins granted them (roles are
+    cluster-wide and would pile up)."""
     name = dsn.rsplit("/", 1)[1]
     conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        groups = [
+            r.format(p=derive_prefix(name)) for r in ("{p}_ingest", "{p}_kpi", "{p}_reader", "{p}_definer")
+        ]
+        logins = await conn.fetch(
+            "SELECT DISTINCT u.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = ANY($1) AND NOT u.rolsuper",
+            groups,
+        )
+        for role in [r["rolname"] for r in logins] + groups:
+            with contextlib.suppress(asyncpg.PostgresError):  # still owns something elsewhere
+                await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
     finally:
         await conn.close()
+
+
+def deployment_of(dsn: str) -> DeploymentRoles:
+    """The roles `citykpi migrate` made for a test database (prefix derived from its name)."""
+    return DeploymentRoles(derive_prefix(dsn.rsplit("/", 1)[1]))
+
+
+def as_login(dsn: str, user: str, password: str = "pw") -> str:
+    scheme, rest = dsn.split("://", 1)
+    return f"{scheme}://{user}:{password}@{rest.split('@', 1)[1]}"
+
+
+async def make_login(dsn: str, *groups: str) -> str:
+    """A fresh login (password 'pw') holding only `groups`; returns its DSN."""
+    name = f"u_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        member_of = f" IN ROLE {', '.join(groups)}" if groups else ""
+        await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw'{member_of}")
+    finally:
+        await conn.close()
+    return as_login(dsn, name)
 
 
 @pytest.fixture(params=["timescaledb", "postgresql"])

@@ -26,6 +26,8 @@ import asyncpg
 import numpy as np
 import pytest
 
+from tests.conftest import as_login
+
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
 
@@ -441,11 +443,6 @@ async def check_dashboard(
     return problems, checked
 
 
-def _as(dsn: str, user: str) -> str:
-    scheme, rest = dsn.split("://", 1)
-    return f"{scheme}://{user}:pw@{rest.split('@', 1)[1]}"
-
-
 async def _city_options(dsn: str) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -456,10 +453,10 @@ async def _city_options(dsn: str) -> list[str]:
 
 @pytest.mark.integration
 async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(tsdb: str) -> None:
-    """As Grafana's roles would run them: a platform reader (citykpi_reader + BYPASSRLS, every city)
-    with the defaults, with every option of area, kind and device selected, and with every device
-    selected (the list then holds the quote-breaking id); the demo city's reader (row-level
-    security, made by citykpi_grant_city_reader) with the defaults."""
+    """As Grafana's roles would run them, logins made by citykpi_grant_reader that read the reader
+    views (schemas/access.py): a platform reader (every city) with the defaults, with every option
+    of area, kind and device selected, and with every device selected (the list then holds the
+    quote-breaking id); the demo city's reader with the defaults."""
     from processors.writer import TimescaleWriter, WriteBatch
 
     started = time.perf_counter()
@@ -473,8 +470,8 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
         assert await owner.fetchval("SELECT count(*) FROM dead_letters WHERE city_id = 'demo'") > 0
         assert await owner.fetchval("SELECT count(DISTINCT kpi_code) FROM kpi_values") == len(generate.KPIS)
         await owner.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other City')")
-        await owner.execute(f"CREATE ROLE {platform} LOGIN PASSWORD 'pw' BYPASSRLS IN ROLE citykpi_reader")
-        await owner.execute("SELECT citykpi_grant_city_reader($1, 'demo', 'pw')", city_reader)
+        await owner.execute("SELECT citykpi_grant_reader($1, NULL, 'pw')", platform)
+        await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", city_reader)
     finally:
         await owner.close()
     other = WriteBatch(source="test")
@@ -486,14 +483,14 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
     problems: list[str] = []
     checked = 0
     try:
-        assert await _city_options(_as(tsdb, platform)) == ["demo", "other"]
-        assert await _city_options(_as(tsdb, city_reader)) == ["demo"]
+        assert await _city_options(as_login(tsdb, platform)) == ["demo", "other"]
+        assert await _city_options(as_login(tsdb, city_reader)) == ["demo"]
         now = datetime.now(UTC)  # Grafana's "now" is when the dashboard is viewed: after the fill
         every = frozenset({"area", "kind", "device"})
         passes = [(platform, frozenset()), (platform, every), (platform, frozenset({"device"}))]
         passes.append((city_reader, frozenset()))
         for role, explicit in passes:
-            conn = await asyncpg.connect(_as(tsdb, role))
+            conn = await asyncpg.connect(as_login(tsdb, role))
             try:
                 if explicit == {"device"}:
                     rng = macros.dashboard_range(boards[0], now)
@@ -501,8 +498,8 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
                     assert HOSTILE in variables["device"].value
                 for d in boards:
                     if role == city_reader and d["uid"] == "citykpi-ingestion":
-                        # platform-only: batch provenance names every city's topics (row-level
-                        # security gives city readers no rows of ingest_batches)
+                        # platform-only: batch provenance names every city's topics (the
+                        # reader view gives city readers no rows of ingest_batches)
                         assert await conn.fetchval("SELECT count(*) FROM ingest_batches") == 0
                         continue
                     found, n = await check_dashboard(conn, d, now, explicit=explicit)

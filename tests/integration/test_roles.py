@@ -9,20 +9,11 @@ import asyncpg
 import pytest
 
 from processors.writer import TimescaleWriter, WriteBatch
+from tests.conftest import as_login as _as
+from tests.conftest import deployment_of, make_login
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-
-
-def _as(dsn: str, user: str) -> str:
-    scheme, rest = dsn.split("://", 1)
-    return f"{scheme}://{user}:pw@{rest.split('@', 1)[1]}"
-
-
-async def _login(owner: asyncpg.Connection, granted: str) -> str:
-    name = f"u_{granted}_{uuid.uuid4().hex[:6]}"
-    await owner.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {granted}")
-    return name
 
 
 async def _two_cities(dsn: str) -> None:
@@ -44,7 +35,7 @@ async def test_a_city_reader_sees_only_its_city_and_cannot_write(any_db: str) ->
     role = f"grafana_demo_{uuid.uuid4().hex[:6]}"
     owner = await asyncpg.connect(any_db)
     try:
-        await owner.execute("SELECT citykpi_grant_city_reader($1, 'demo', 'pw')", role)
+        await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", role)
     finally:
         await owner.close()
     reader = await asyncpg.connect(_as(any_db, role))
@@ -59,24 +50,20 @@ async def test_a_city_reader_sees_only_its_city_and_cannot_write(any_db: str) ->
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await reader.execute("DELETE FROM kpi_values")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await reader.execute("SELECT citykpi_grant_city_reader('x', 'other', 'pw')")
+            await reader.execute("SELECT citykpi_grant_reader('x', 'other', 'pw')")
     finally:
         await reader.close()
 
 
 async def test_the_ingest_role_can_write_but_not_delete_or_touch_kpis(any_db: str) -> None:
-    owner = await asyncpg.connect(any_db)
-    try:
-        user = await _login(owner, "citykpi_ingest")
-    finally:
-        await owner.close()
+    login = await make_login(any_db, deployment_of(any_db).ingest)
     batch = WriteBatch(source="test")
     batch.add("demo", "noise-1", "laeq", T0, 61.0)
-    async with TimescaleWriter(_as(any_db, user)) as w:
+    async with TimescaleWriter(login) as w:
         first = await w.write(batch)
         again = await w.write(batch)
     assert (first.stored, again.duplicates) == (1, 1)
-    conn = await asyncpg.connect(_as(any_db, user))
+    conn = await asyncpg.connect(login)
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM readings")

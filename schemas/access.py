@@ -1,0 +1,206 @@
+"""Who may touch what in a citykpi database: the deployment's roles, their grants, the reader views.
+
+Applied by `citykpi migrate` (as the schema owner) after the SQL migrations, every time, so a table
+added later gets its grants here. The model (SECURITY.md):
+
+- `<prefix>_ingest` writes readings, rollups, devices, batches and dead letters; `<prefix>_kpi` reads
+  the data and writes kpi_values. Both see every city by design.
+- `<prefix>_reader` holds USAGE on the `reader` schema and SELECT on its views, nothing else: no
+  privilege on any table, hypertable or chunk, so row-level security (which chunks ignore) is not
+  what isolates cities. Each view is `security_barrier`, owned by `<prefix>_definer` (NOLOGIN, not a
+  superuser, no member but a non-superuser schema owner) and filters by the session's login in
+  city_readers / platform_readers.
+  View bodies are bound at creation, so a reader's temporary objects cannot shadow what they use.
+- The prefix keeps two deployments on one cluster apart; by default it is the database's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import asyncpg
+
+READER_SCHEMA = "reader"
+PREFIX_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+
+# Tables that decide who reads what: only the owner touches them.
+ACCESS_TABLES = ("city_readers", "platform_readers", "deployment_roles", "schema_migrations")
+
+# ingest: what the writer, the quality job, retention and `deadletters requeue` need.
+INGEST_GRANTS = (
+    "SELECT ON cities, metrics, devices",
+    "INSERT (city_id, name, timezone), UPDATE (name, timezone) ON cities",
+    "INSERT ON devices",
+    "SELECT, INSERT ON readings",
+    "UPDATE (flags) ON readings",
+    "SELECT, INSERT, UPDATE ON rollup_1m, rollup_1h, rollup_1d",
+    "INSERT ON ingest_batches",
+    "SELECT (batch_id), UPDATE (stored, committed_at) ON ingest_batches",
+    "SELECT, INSERT ON dead_letters",
+    "UPDATE (requeued_at) ON dead_letters",
+)
+KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values"
+
+# Row counts and sizes of every table and chunk (all cities together); a superuser owner takes
+# them from PUBLIC in this database. pg_class.reltuples stays public: clients need pg_class.
+STATISTICS_VIEWS = tuple(
+    f"pg_catalog.pg_{kind}_{scope}_{what}"
+    for kind in ("stat", "statio", "stat_xact")
+    for scope in ("all", "user", "sys")
+    for what in ("tables", "indexes")
+    if not (kind == "stat_xact" and what == "indexes")
+)
+
+# The cities the session's login may read: its own rows in city_readers, or all of them.
+VISIBLE_CITIES = """
+SELECT c.city_id FROM public.cities c
+WHERE c.city_id IN (SELECT r.city_id FROM public.city_readers r WHERE r.role_name = session_user)
+   OR EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)
+"""
+VISIBLE_DEVICES = (
+    "SELECT d.device_key FROM public.devices d "
+    f"WHERE d.city_id IN (SELECT v.city_id FROM {READER_SCHEMA}.visible_cities v)"
+)
+CITY_FILTER = f"t.city_id IN (SELECT v.city_id FROM {READER_SCHEMA}.visible_cities v)"
+DEVICE_FILTER = f"t.device_key IN ({VISIBLE_DEVICES})"
+PLATFORM_ONLY = "EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)"
+
+# reader view name -> filter over the base table `t` of the same name (None: every row)
+READER_VIEWS: dict[str, str | None] = {
+    "cities": CITY_FILTER,
+    "devices": CITY_FILTER,
+    "areas": CITY_FILTER,
+    "city_facts": CITY_FILTER,
+    "kpi_targets": CITY_FILTER,
+    "kpi_values": CITY_FILTER,
+    "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
+    "readings": DEVICE_FILTER,
+    "rollup_1m": DEVICE_FILTER,
+    "rollup_1h": DEVICE_FILTER,
+    "rollup_1d": DEVICE_FILTER,
+    "metrics": None,  # the metric catalog is the same for every city
+    "ingest_batches": PLATFORM_ONLY,  # provenance names every city's topics
+}
+
+
+@dataclass(frozen=True)
+class DeploymentRoles:
+    """The NOLOGIN roles of one deployment; login roles are granted these."""
+
+    prefix: str
+
+    @property
+    def ingest(self) -> str:
+        return f"{self.prefix}_ingest"
+
+    @property
+    def kpi(self) -> str:
+        return f"{self.prefix}_kpi"
+
+    @property
+    def reader(self) -> str:
+        return f"{self.prefix}_reader"
+
+    @property
+    def definer(self) -> str:
+        """Owns the reader views; NOLOGIN, and no login is ever made a member of it."""
+        return f"{self.prefix}_definer"
+
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.ingest, self.kpi, self.reader, self.definer)
+
+
+def derive_prefix(database: str) -> str:
+    """A valid role prefix from a database name: lower case, [a-z0-9_], at most 40 characters."""
+    prefix = re.sub(r"[^a-z0-9_]", "_", database.lower())[:40]
+    return prefix if PREFIX_PATTERN.match(prefix) else f"_{prefix[:39]}"
+
+
+async def deployment_roles(conn: asyncpg.Connection, configured: str | None = None) -> DeploymentRoles:
+    """The prefix fixed by the first migrate, else the configured one, else the database's name."""
+    stored = None
+    if await conn.fetchval("SELECT to_regclass('public.deployment_roles') IS NOT NULL"):
+        stored = await conn.fetchval("SELECT prefix FROM public.deployment_roles")
+    if stored is not None and configured is not None and stored != configured:
+        raise ValueError(
+            f"this database's roles use the prefix {stored!r}, not {configured!r}: "
+            "set database.role_prefix to it (a prefix cannot change after the first migrate)"
+        )
+    prefix = stored or configured or derive_prefix(await conn.fetchval("SELECT current_database()"))
+    if not PREFIX_PATTERN.match(prefix):
+        raise ValueError(f"role prefix {prefix!r} must match {PREFIX_PATTERN.pattern}")
+    return DeploymentRoles(prefix)
+
+
+async def _ensure_group_role(conn: asyncpg.Connection, name: str) -> None:
+    """Create a NOLOGIN role, or accept an existing one only if it could not log in or bypass anything."""
+    row = await conn.fetchrow(
+        "SELECT rolcanlogin, rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = $1", name
+    )
+    if row is None:
+        with contextlib.suppress(asyncpg.DuplicateObjectError):  # another migrate made it meanwhile
+            await conn.execute(f'CREATE ROLE "{name}" NOLOGIN')
+    elif any(row.values()):
+        raise ValueError(
+            f"role {name} exists and can log in or holds SUPERUSER/BYPASSRLS/CREATEROLE: "
+            "choose another database.role_prefix"
+        )
+
+
+async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None = None) -> DeploymentRoles:
+    """Create the deployment's roles and (re)apply every grant and reader view; idempotent."""
+    roles = await deployment_roles(conn, configured_prefix)
+    ingest, kpi, reader, definer = (f'"{r}"' for r in roles.all())
+    async with conn.transaction():
+        for name in roles.all():
+            await _ensure_group_role(conn, name)
+        await conn.execute(
+            "INSERT INTO public.deployment_roles (prefix) VALUES ($1) ON CONFLICT DO NOTHING", roles.prefix
+        )
+        db = await conn.fetchval("SELECT quote_ident(current_database())")
+        # temporary objects only for the service's roles: a reader has nothing to shadow with
+        await conn.execute(f"REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC")
+        await conn.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {ingest}, {kpi}")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {reader}")
+        await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ingest}, {kpi}, {definer}")
+        for grant in INGEST_GRANTS:
+            await conn.execute(f"GRANT {grant} TO {ingest}")
+        await conn.execute(
+            f"GRANT EXECUTE ON FUNCTION public.citykpi_apply_retention(text, integer) TO {ingest}"
+        )
+        access_tables = ", ".join(f"public.{t}" for t in ACCESS_TABLES)
+        await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {kpi}, {definer}")
+        await conn.execute(f"REVOKE ALL ON {access_tables} FROM {kpi}")
+        await conn.execute(f"GRANT {KPI_WRITES} TO {kpi}")
+        await _apply_reader_views(conn, roles)
+        if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+            views = ", ".join(STATISTICS_VIEWS)
+            await conn.execute(f"REVOKE SELECT ON {views} FROM PUBLIC")
+            await conn.execute(f"GRANT SELECT ON {views} TO pg_monitor, {ingest}, {kpi}")
+    return roles
+
+
+async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles) -> None:
+    """The reader schema and its views, created as the definer so the definer owns them."""
+    definer, reader = f'"{roles.definer}"', f'"{roles.reader}"'
+    if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        await conn.execute(f"GRANT {definer} TO CURRENT_USER")  # SET ROLE needs membership
+    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {READER_SCHEMA} AUTHORIZATION {definer}")
+    await conn.execute(f"REVOKE ALL ON SCHEMA {READER_SCHEMA} FROM PUBLIC")
+    await conn.execute(f"GRANT SELECT ON public.city_readers, public.platform_readers TO {definer}")
+    await conn.execute(f"SET LOCAL ROLE {definer}")
+    await conn.execute(
+        f"CREATE OR REPLACE VIEW {READER_SCHEMA}.visible_cities WITH (security_barrier) AS {VISIBLE_CITIES}"
+    )
+    for view, condition in READER_VIEWS.items():
+        where = f" WHERE {condition}" if condition else ""
+        await conn.execute(
+            f"CREATE OR REPLACE VIEW {READER_SCHEMA}.{view} WITH (security_barrier) AS "
+            f"SELECT t.* FROM public.{view} t{where}"
+        )
+    await conn.execute("RESET ROLE")
+    await conn.execute(f"GRANT USAGE ON SCHEMA {READER_SCHEMA} TO {reader}")
+    await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {READER_SCHEMA} TO {reader}")

@@ -1,0 +1,361 @@
+"""A hostile city reader, ingest login and KPI login against the access model (SECURITY.md), on both
+servers: each attack either fails with a privilege error or changes nothing, and the reader never
+sees a row of the other city.
+
+The database holds two cities, `demo` and `other`, with readings (TimescaleDB chunks), rollups, KPI
+values, dead letters and city facts for both; the reader is a `citykpi_grant_reader` login of demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from processors.writer import TimescaleWriter, WriteBatch
+from schemas.access import READER_VIEWS
+from tests.conftest import as_login, deployment_of, make_login
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+DEMO_VALUES = [10.0 + i for i in range(10)]  # the other city's values are 50 and above
+
+# Every object the reader views, the access functions and retention name, as a reader would shadow them.
+SHADOWED_RELATIONS = (*READER_VIEWS, "visible_cities", "city_readers", "platform_readers", "deployment_roles")
+SHADOWED_FUNCTIONS = (
+    "now()",
+    "make_interval(days integer)",
+    "format(f text, VARIADIC a text[])",
+    "drop_chunks(relation regclass, older_than timestamptz)",
+    "current_database()",
+    "pg_has_role(a text, b text, c text)",
+)
+KPI_WRITES = (
+    "INSERT INTO public.kpi_values (city_id, kpi_code, period_kind, period_start, unit) "
+    "VALUES ('other', 'x', 'year', '2026-01-01', 'u')",
+    "UPDATE public.kpi_values SET value = -1",
+    "DELETE FROM public.kpi_values",
+)
+
+PRIVILEGE_ERRORS = (asyncpg.InsufficientPrivilegeError,)
+
+
+@dataclass
+class TwoCities:
+    owner_dsn: str
+    reader_dsn: str
+    reader: str
+
+
+@pytest.fixture
+async def two_cities(any_db: str) -> AsyncIterator[TwoCities]:
+    owner = await asyncpg.connect(any_db)
+    try:
+        await owner.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other City')")
+        for city, value in (("demo", 1.0), ("other", 99.0)):
+            await owner.execute(
+                "INSERT INTO kpi_values (city_id, kpi_code, period_kind, period_start, unit, value) "
+                "VALUES ($1, 'EN/EQ/AQ/1', 'year', $2, 'µg/m³', $3)",
+                city,
+                date(2026, 1, 1),
+                value,
+            )
+            await owner.execute(
+                "INSERT INTO city_facts (city_id, key, value, valid_from) VALUES ($1, 'population', $2, $3)",
+                city,
+                value * 1000,
+                date(2020, 1, 1),
+            )
+            await owner.execute(
+                "INSERT INTO dead_letters (source, city_id, device_id, reason) VALUES ('test', $1, 'x', 'r')",
+                city,
+            )
+    finally:
+        await owner.close()
+    batch = WriteBatch(source="test")
+    for i in range(10):
+        batch.add("demo", "air-1", "pm25", T0 + timedelta(minutes=i), DEMO_VALUES[i])
+        batch.add("other", "air-1", "pm25", T0 + timedelta(minutes=i), 50.0 + i)
+    async with TimescaleWriter(any_db) as w:
+        await w.write(batch)
+    owner = await asyncpg.connect(any_db)
+    try:
+        await owner.execute("ANALYZE")  # so pg_stats has histograms to leak
+        role = f"reader_demo_{uuid.uuid4().hex[:6]}"
+        await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", role)
+    finally:
+        await owner.close()
+    yield TwoCities(any_db, as_login(any_db, role), role)
+
+
+async def _reader_sees_only_demo(conn: asyncpg.Connection) -> None:
+    """The views (unqualified names, through the reader's search_path) show demo's rows only."""
+    assert [r[0] for r in await conn.fetch("SELECT value FROM readings ORDER BY value")] == DEMO_VALUES
+    assert {r[0] for r in await conn.fetch("SELECT city_id FROM cities")} == {"demo"}
+    assert {r[0] for r in await conn.fetch("SELECT city_id FROM devices")} == {"demo"}
+    assert {r[0] for r in await conn.fetch("SELECT city_id FROM kpi_values")} == {"demo"}
+    assert {r[0] for r in await conn.fetch("SELECT city_id FROM dead_letters")} == {"demo"}
+    assert {r[0] for r in await conn.fetch("SELECT city_id FROM city_facts")} == {"demo"}
+    assert await conn.fetchval("SELECT max(max) FROM rollup_1m") == max(DEMO_VALUES)
+    assert await conn.fetchval("SELECT count(*) FROM ingest_batches") == 0
+
+
+async def _other_city_untouched(owner_dsn: str) -> None:
+    owner = await asyncpg.connect(owner_dsn)
+    try:
+        assert await owner.fetchval("SELECT value FROM kpi_values WHERE city_id = 'other'") == 99.0
+        assert await owner.fetchval("SELECT count(*) FROM readings") == 20
+        assert await owner.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = 'pwned'") == 0
+    finally:
+        await owner.close()
+
+
+async def _cannot_gain_privilege(
+    conn: asyncpg.Connection, roles_to_try: list[str], *also_refused: str
+) -> None:
+    """Role switching, catalog secrets, DDL, the owner's functions: each one refused."""
+    attempts = [
+        *also_refused,
+        *(f'SET ROLE "{r}"' for r in roles_to_try),
+        *(f'SET SESSION AUTHORIZATION "{r}"' for r in roles_to_try),
+        "CREATE ROLE pwned LOGIN SUPERUSER",
+        "CREATE ROLE pwned",
+        "SELECT rolpassword FROM pg_authid",
+        "CREATE TABLE public.pwned (x int)",
+        "CREATE SCHEMA pwned",
+        "CREATE FUNCTION public.pwned() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "SELECT citykpi_grant_reader('pwned', 'other', 'pw')",
+        "SELECT citykpi_revoke_reader('postgres', NULL)",
+        "SELECT * FROM public.city_readers",
+        "INSERT INTO public.city_readers VALUES (session_user, 'other')",
+        "INSERT INTO public.platform_readers VALUES (session_user)",
+        "ALTER TABLE public.readings ENABLE ROW LEVEL SECURITY",
+        "SELECT lo_import('/etc/passwd')",
+        "COPY public.kpi_values TO PROGRAM 'id'",
+        "SELECT pg_read_file('pg_hba.conf')",
+    ]
+    allowed = []
+    for statement in attempts:
+        try:
+            await conn.execute(statement)
+            allowed.append(statement)
+        except PRIVILEGE_ERRORS:
+            pass
+    assert not allowed
+    for statement in (
+        "SELECT session_user = current_user",
+        "SELECT NOT rolsuper FROM pg_roles WHERE rolname = current_user",
+    ):
+        assert await conn.fetchval(statement)
+
+
+async def test_reader_sees_only_its_city_through_views_and_nothing_below_them(
+    two_cities: TwoCities, server_url: str
+) -> None:
+    """No privilege on any table, hypertable or chunk: only the reader views answer."""
+    chunks: list[str] = []
+    if "15433" in server_url:
+        owner = await asyncpg.connect(two_cities.owner_dsn)
+        try:
+            chunks = [
+                r[0]
+                for r in await owner.fetch(
+                    "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+                )
+            ]
+        finally:
+            await owner.close()
+        assert len(chunks) >= 4  # readings and every rollup have a chunk
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    try:
+        await _reader_sees_only_demo(reader)
+        readable = []
+        for table in [f"public.{t}" for t in READER_VIEWS] + chunks:
+            with contextlib.suppress(PRIVILEGE_ERRORS):
+                readable.append((table, await reader.fetchval(f"SELECT count(*) FROM {table}")))
+        assert not readable
+        with pytest.raises(PRIVILEGE_ERRORS):
+            await reader.execute("COPY public.readings TO STDOUT")
+        # statistics: no histogram of any table or chunk, no per-table row counts (pg_class
+        # estimates and relation sizes stay public: the platform's volume, no city's rows)
+        leaked = await reader.fetchval(
+            "SELECT array_agg(DISTINCT tablename) FROM pg_stats "
+            "WHERE schemaname = 'public' OR tablename LIKE '\\_hyper\\_%' OR tablename LIKE 'compress\\_%'"
+        )
+        assert leaked is None
+        for view in ("pg_stat_user_tables", "pg_statio_user_tables", "pg_stat_all_tables"):
+            with pytest.raises(PRIVILEGE_ERRORS):
+                await reader.fetch(f"SELECT * FROM {view}")
+    finally:
+        await reader.close()
+
+
+async def test_reader_temp_objects_shadow_nothing_and_leaky_functions_see_nothing(
+    two_cities: TwoCities,
+) -> None:
+    """Readers get no TEMPORARY privilege; granted it anyway, temp tables, views and functions
+    named like everything the views and the owner's functions use change nothing, and a leaky
+    function in a WHERE clause is never shown the other city's rows (security_barrier)."""
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    try:
+        await reader.execute("SET default_transaction_read_only = off")
+        with pytest.raises(PRIVILEGE_ERRORS):
+            await reader.execute("CREATE TEMP TABLE city_readers (role_name text, city_id text)")
+    finally:
+        await reader.close()
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        db = await owner.fetchval("SELECT current_database()")
+        await owner.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO "{two_cities.reader}"')
+    finally:
+        await owner.close()
+
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    notices: list[str] = []
+    reader.add_log_listener(lambda _c, msg: notices.append(str(msg.message)))
+    try:
+        await reader.execute("SET default_transaction_read_only = off")
+        for name in SHADOWED_RELATIONS:
+            await reader.execute(
+                f"CREATE TEMP VIEW {name} AS SELECT c.* FROM (VALUES ('{two_cities.reader}', 'other')) "
+                "AS c(role_name, city_id)"
+            )
+        for name in SHADOWED_FUNCTIONS:
+            await reader.execute(
+                f"CREATE FUNCTION pg_temp.{name} RETURNS text LANGUAGE plpgsql "
+                "AS $$ BEGIN CREATE ROLE pwned SUPERUSER; RETURN 'pwned'; END $$"
+            )
+        await reader.execute("SET search_path = pg_temp, reader, public, pg_catalog")
+        for view in ("readings", "cities", "devices", "kpi_values", "dead_letters", "city_facts"):
+            rows = await reader.fetch(f"SELECT * FROM reader.{view}")
+            assert rows and all(r.get("city_id", "demo") == "demo" for r in rows), view
+        values = [r[0] for r in await reader.fetch("SELECT value FROM reader.readings ORDER BY value")]
+        assert values == DEMO_VALUES
+        await reader.execute(
+            "CREATE FUNCTION pg_temp.leak(v float8) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 "
+            "AS $$ BEGIN RAISE NOTICE 'saw %', v; RETURN true; END $$"
+        )
+        await reader.fetch("SELECT * FROM reader.readings r WHERE pg_temp.leak(r.value)")
+        await reader.fetch("SELECT * FROM reader.rollup_1m r WHERE pg_temp.leak(r.max)")
+        await reader.fetch("SELECT * FROM reader.kpi_values k WHERE pg_temp.leak(k.value)")
+        seen = {float(n.split()[1]) for n in notices if n.startswith("saw ")}
+        assert seen and seen <= set(DEMO_VALUES) | {1.0}, seen
+        await _cannot_gain_privilege(reader, [], *KPI_WRITES)
+    finally:
+        await reader.close()
+    await _other_city_untouched(two_cities.owner_dsn)
+
+
+async def test_reader_cannot_switch_roles_write_or_turn_read_only_off_to_any_effect(
+    two_cities: TwoCities,
+) -> None:
+    roles = deployment_of(two_cities.owner_dsn)
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    try:
+        assert await reader.fetchval("SHOW default_transaction_read_only") == "on"
+        await reader.execute("SET default_transaction_read_only = off")
+        await reader.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+        for statement in (
+            "INSERT INTO reader.kpi_values (city_id, kpi_code, period_kind, period_start, unit) "
+            "VALUES ('demo', 'x', 'year', '2026-01-01', 'u')",
+            "UPDATE reader.kpi_values SET value = -1",
+            "DELETE FROM reader.readings",
+            "INSERT INTO reader.readings VALUES (now(), 1, 1, 1.0, 0, 1)",
+            "CREATE VIEW reader.pwned AS SELECT 1",
+            "ALTER VIEW reader.readings RENAME TO pwned",
+        ):
+            with pytest.raises(PRIVILEGE_ERRORS):
+                await reader.execute(statement)
+        with pytest.raises(PRIVILEGE_ERRORS):
+            await reader.copy_records_to_table(
+                "readings", records=[(T0, 1, 1, 1.0, 0, 1)], schema_name="reader"
+            )
+        await _cannot_gain_privilege(
+            reader,
+            [roles.ingest, roles.kpi, roles.definer, "postgres"],
+            *KPI_WRITES,
+            "SET SESSION row_security = off; SELECT count(*) FROM public.readings",
+        )
+        await _reader_sees_only_demo(reader)
+    finally:
+        await reader.close()
+    await _other_city_untouched(two_cities.owner_dsn)
+
+
+async def test_every_security_definer_function_a_login_can_call_is_hardened(two_cities: TwoCities) -> None:
+    """SECURITY DEFINER code callable by a reader, ingest or KPI login pins its search_path to
+    pg_catalog, pg_temp (so nothing resolves in the caller's temporary schema)."""
+    roles = deployment_of(two_cities.owner_dsn)
+    logins = [two_cities.reader]
+    for group in (roles.ingest, roles.kpi):
+        logins.append((await make_login(two_cities.owner_dsn, group)).split("://", 1)[1].split(":", 1)[0])
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        rows = await owner.fetch(
+            "SELECT l.login, p.oid::regprocedure::text AS fn, p.proconfig FROM pg_proc p, unnest($1::text[]) "
+            "AS l(login) WHERE p.prosecdef AND has_function_privilege(l.login, p.oid, 'EXECUTE')",
+            logins,
+        )
+    finally:
+        await owner.close()
+    assert any(r["fn"].startswith("citykpi_apply_retention") for r in rows)
+    loose = [
+        (r["login"], r["fn"]) for r in rows if "search_path=pg_catalog, pg_temp" not in (r["proconfig"] or [])
+    ]
+    assert not loose
+    assert not [r for r in rows if r["login"] == two_cities.reader and r["fn"].startswith("citykpi")]
+
+
+async def test_ingest_login_cannot_turn_retention_into_owner_sql(two_cities: TwoCities) -> None:
+    """The ingest login may call the owner's retention function: its temp functions and tables named
+    like what the function uses are never reached, and it cannot aim it at another table."""
+    roles = deployment_of(two_cities.owner_dsn)
+    ingest = await asyncpg.connect(await make_login(two_cities.owner_dsn, roles.ingest))
+    try:
+        for name in SHADOWED_FUNCTIONS:
+            await ingest.execute(
+                f"CREATE FUNCTION pg_temp.{name} RETURNS text LANGUAGE plpgsql "
+                "AS $$ BEGIN CREATE ROLE pwned SUPERUSER; RETURN 'pwned'; END $$"
+            )
+        for name in ("readings", "rollup_1m", "kpi_values"):
+            await ingest.execute(f"CREATE TEMP TABLE {name} (time timestamptz, bucket timestamptz)")
+        await ingest.execute("SET search_path = pg_temp, public")
+        assert await ingest.fetchval("SELECT public.citykpi_apply_retention('readings', 1)") >= 0
+        assert await ingest.fetchval("SELECT public.citykpi_apply_retention('rollup_1m', 1)") >= 0
+        for target, days in (
+            ("kpi_values", 1),
+            ("city_readers", 1),
+            ("readings; DROP TABLE x", 1),
+            ("readings", 0),
+        ):
+            with pytest.raises(asyncpg.InvalidParameterValueError):
+                await ingest.fetchval("SELECT public.citykpi_apply_retention($1, $2)", target, days)
+        await _cannot_gain_privilege(ingest, [roles.definer, roles.kpi, "postgres"], *KPI_WRITES)
+        with pytest.raises(PRIVILEGE_ERRORS):
+            await ingest.execute("DELETE FROM public.readings")
+    finally:
+        await ingest.close()
+    await _other_city_untouched(two_cities.owner_dsn)
+
+
+async def test_kpi_login_reads_data_but_not_who_reads_what_and_gains_nothing(two_cities: TwoCities) -> None:
+    roles = deployment_of(two_cities.owner_dsn)
+    kpi = await asyncpg.connect(await make_login(two_cities.owner_dsn, roles.kpi))
+    try:
+        assert await kpi.fetchval("SELECT count(*) FROM public.readings") == 20
+        await _cannot_gain_privilege(kpi, [roles.definer, roles.ingest, "postgres"])
+        for statement in (
+            "INSERT INTO public.readings VALUES (now(), 1, 1, 1.0, 0, 1)",
+            "DELETE FROM public.devices",
+        ):
+            with pytest.raises(PRIVILEGE_ERRORS):
+                await kpi.execute(statement)
+    finally:
+        await kpi.close()
+    await _other_city_untouched(two_cities.owner_dsn)
