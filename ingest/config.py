@@ -46,6 +46,11 @@ class DatabaseSettings(BaseModel):
     pool_min: int = Field(2, ge=1)
     pool_max: int = Field(8, ge=1)
     connect_timeout_s: float = Field(10.0, gt=0)
+    command_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a write statement waiting longer than this is cancelled and retried (a lock, a stall)",
+    )
     raw_retention_days: int = Field(400, ge=1, description="raw readings older than this are dropped")
     rollup_1m_retention_days: int = Field(90, ge=1)
     retention_interval_s: float = Field(3600.0, gt=0, description="how often the retention job runs")
@@ -175,6 +180,12 @@ class WriterSettings(BaseModel):
     batch_max_delay_s: float = Field(0.2, gt=0)
     queue_max_rows: int = Field(200_000, ge=1, description="backpressure bound on readings waiting")
     retry_max_backoff_s: float = Field(30.0, gt=0)
+    probe_interval_s: float = Field(
+        0.25, gt=0, description="while the database is unreachable it is probed this often; writes resume"
+    )
+    max_attempts: int = Field(
+        5, ge=1, description="internal errors (XX000) on one batch before it is bisected to the rows at fault"
+    )
 
 
 class ValidationSettings(BaseModel):

@@ -21,7 +21,7 @@ from uuid import UUID
 from ingest import telemetry
 from ingest.config import Settings
 from ingest.routing import Router
-from ingest.validation import Rejected, Validator
+from ingest.validation import Rejected, Validator, bad_text
 from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext, DecodeError
@@ -188,6 +188,9 @@ class Pipeline:
             batch.origins.append(origin)
             if len(m.payload) > settings.max_payload_bytes:
                 reject(origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
+                continue
+            if (detail := bad_text("topic", m.topic)) is not None:
+                reject(origin, "bad_text", detail)
                 continue
             route = d.router.match(m.topic)
             if route is None:

@@ -40,6 +40,9 @@ class Service:
             unknown_device=settings.validation.unknown_device,
             max_backoff_s=settings.writer.retry_max_backoff_s,
             connect_timeout_s=settings.database.connect_timeout_s,
+            command_timeout_s=settings.database.command_timeout_s,
+            probe_interval_s=settings.writer.probe_interval_s,
+            max_attempts=settings.writer.max_attempts,
         )
         self.dead_letter_topic: DeadLetterTopic | None = None
         if settings.kafka.dead_letter_topic:

@@ -23,3 +23,24 @@ QUEUE_ROWS = Gauge("citykpi_queue_readings", "Readings decoded and waiting for t
 MQTT_INFLIGHT = Gauge("citykpi_mqtt_inflight", "MQTT messages received and not yet acknowledged")
 KAFKA_LAG = Gauge("citykpi_kafka_lag", "Kafka consumer lag", ["topic", "partition"])
 LAST_WRITE = Gauge("citykpi_last_successful_write_timestamp_seconds", "Unix time of the last commit")
+WRITE_FAILURES = Counter(
+    "citykpi_write_failures_total",
+    "Failed write attempts by SQLSTATE class ('connection' when the server was not reached) and kind: "
+    "'retriable' (the batch is kept and retried) or 'permanent' (the batch is bisected to the culprit)",
+    ["sqlstate_class", "kind"],
+)
+WRITE_BLOCKED_SECONDS = Gauge(
+    "citykpi_write_blocked_seconds", "How long the write in progress has been waiting (0 when idle)"
+)
+DEAD_LETTER_PUBLISH_FAILURES = Counter(
+    "citykpi_dead_letter_publish_failures_total",
+    "Dead letters not published to the Kafka dead-letter topic (they are in the dead_letters table)",
+)
+SOURCE_CONNECTED = Gauge("citykpi_source_connected", "1 while connected to the broker", ["source"])
+RECONNECTS = Counter("citykpi_source_reconnects_total", "Connections after the first", ["source"])
+HELD_MESSAGES = Gauge("citykpi_held_messages", "Messages received and not yet acknowledged", ["source"])
+HELD_BYTES = Gauge("citykpi_held_bytes", "Payload bytes received and not yet acknowledged", ["source"])
+OLDEST_UNACKED_SECONDS = Gauge(
+    "citykpi_oldest_unacked_seconds", "Age of the oldest message not yet acknowledged", ["source"]
+)
+TASK_RESTARTS = Counter("citykpi_task_restarts_total", "Supervised tasks restarted after a crash", ["task"])

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from ingest.config import ValidationSettings
 from schemas.metrics import METRICS
 from schemas.readings import DecodeError, Reading
+from schemas.text import storable
 from schemas.units import normalize
 
 MAX_ID_LENGTH = 200
@@ -24,6 +25,18 @@ def _bad_id(s: str | None) -> bool:
     return not s or len(s) > MAX_ID_LENGTH or not s.isprintable()
 
 
+def bad_text(what: str, s: object) -> str | None:
+    """The `bad_text` detail for text PostgreSQL cannot store (it would fail the whole batch)."""
+    if isinstance(s, str) and not storable(s):
+        return f"{what} {ascii(s)[:100]}"
+    return None
+
+
+def check_text(what: str, s: object) -> None:
+    if (detail := bad_text(what, s)) is not None:
+        raise Rejected("bad_text", detail)
+
+
 class Validator:
     def __init__(self, settings: ValidationSettings) -> None:
         self.settings = settings
@@ -31,6 +44,10 @@ class Validator:
 
     def canonical(self, r: Reading, now: datetime) -> float:
         """The reading's value in its metric's canonical unit, or `Rejected` with the reason."""
+        check_text("device", r.device_id)
+        check_text("city", r.city)
+        check_text("metric", r.metric)
+        check_text("unit", r.unit)
         metric = METRICS.get(r.metric)
         if metric is None:
             raise Rejected("unknown_metric", repr(r.metric)[:100])

@@ -20,8 +20,27 @@ class CityKpiError(Exception):
     """Base of citykpi's own errors."""
 
 
+# Server-side failures that the data itself may cause (an internal error on one odd row): retried a
+# few times, then the batch is bisected like a permanent rejection instead of blocking ingestion.
+SUSPECT_SQLSTATES = frozenset({"XX000"})
+# The server is unreachable or going away: the writer probes it rather than sleeping out its backoff.
+UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 class RetriableWriteError(CityKpiError):
     """The write failed for a reason that may pass; nothing was committed, so nothing is acked."""
+
+    def __init__(self, message: str, sqlstate: str = "") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @property
+    def unreachable(self) -> bool:
+        return not self.sqlstate or self.sqlstate[:2] == "08" or self.sqlstate in UNREACHABLE_SQLSTATES
+
+    @property
+    def suspect(self) -> bool:
+        return self.sqlstate in SUSPECT_SQLSTATES
 
 
 class PermanentWriteError(CityKpiError):
@@ -45,7 +64,8 @@ def is_retriable(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> CityKpiError:
     """Wrap a database exception as retriable or permanent."""
+    state = getattr(exc, "sqlstate", None) or ""
     if is_retriable(exc):
-        return RetriableWriteError(f"{type(exc).__name__}: {exc}")
-    state = getattr(exc, "sqlstate", None) or "XXXXX"
+        return RetriableWriteError(f"{type(exc).__name__}: {exc}", state)
+    state = state or "XXXXX"
     return PermanentWriteError(state, str(exc))

@@ -9,16 +9,21 @@ Commit order (the one place it is written down):
 A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
 twice, because only rows the insert reports as new reach the rollups.
 
-Retriable errors (connection loss, restart, deadlock…) keep the batch and retry with capped
-backoff; permanent ones (the database rejects the data) bisect the batch, so only the offending
-rows become dead letters.
+Retriable errors (connection loss, restart, deadlock…) keep the batch and retry with capped,
+jittered backoff; while the server is unreachable it is probed every `probe_interval_s`, so writes
+resume as soon as it answers. Permanent ones (the database rejects the data) bisect the batch: its
+rows in halves, its dead letters on their own, down to the one row or dead letter at fault, which
+becomes a dead letter (a dead letter at fault is stored stripped to its reason and position; one
+that still fails is logged and dropped). So one message can never stop ingestion.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,11 +34,13 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from ingest import telemetry
 from processors import errors
 from processors.batch import ReadingBatch
 from processors.rollups import merge_rollups, series_of
 from schemas import statements as sql
 from schemas.metrics import METRICS
+from schemas.text import escaped, escaped_json
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,11 @@ MAX_DETAIL_CHARS = 2000
 
 
 def _cut(text: str | None, limit: int) -> str | None:
-    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+    """`text` capped (a cut one ends in …), NUL and lone surrogates escaped: always storable."""
+    if text is None:
+        return None
+    safe = escaped(str(text), limit + 1)
+    return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -67,20 +78,35 @@ class DeadLetter:
     message_id: uuid.UUID | None = None
 
     def record(self, with_payload: bool = True) -> tuple[object, ...]:
+        """The table row: every text capped and escaped, so storing it cannot fail on its content."""
         return (
-            self.source,
+            _cut(self.source, MAX_ID_CHARS),
             _cut(self.topic, MAX_TOPIC_CHARS),
             self.partition,
             self.offset,
             _cut(self.city_id, MAX_ID_CHARS),
             _cut(self.device_id, MAX_ID_CHARS),
-            self.reason,
+            _cut(self.reason, MAX_ID_CHARS),
             _cut(self.detail, MAX_DETAIL_CHARS),
             self.payload if with_payload else None,
             self.payload_size,
             self.received_at or datetime.now(UTC),
-            json.dumps(dict(self.headers)) if self.headers else None,
+            json.dumps(escaped_json(dict(self.headers))) if self.headers else None,
             self.message_id,
+        )
+
+    def stripped(self, error: str) -> DeadLetter:
+        """What is left to store of a dead letter the database refused: reason, position, payload."""
+        return DeadLetter(
+            "unknown",
+            "dead_letter_rejected",
+            ascii(f"{self.reason}: {error}"),
+            partition=self.partition,
+            offset=self.offset,
+            payload=self.payload,
+            payload_size=self.payload_size,
+            received_at=self.received_at,
+            message_id=self.message_id,
         )
 
 
@@ -172,7 +198,7 @@ class WriteBatch:
         return self.origins[i].dead_letter(reason, detail, self.city[row], self.device[row])
 
     def take(self, idx: list[int]) -> WriteBatch:
-        """A batch of the chosen rows (used to bisect a batch the database rejected)."""
+        """A batch of the chosen rows, without dead letters (used to bisect a rejected batch)."""
         return WriteBatch(
             source=self.source,
             city=[self.city[i] for i in idx],
@@ -197,6 +223,17 @@ class WriteResult:
     seconds: float
     rollup_seconds: float = 0.0  # the share of `seconds` spent aggregating and merging rollups
 
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.received + other.received,
+            self.stored + other.stored,
+            self.duplicates + other.duplicates,
+            self.dead_letters + other.dead_letters,
+            self.rollup_rows + other.rollup_rows,
+            self.seconds + other.seconds,
+            self.rollup_seconds + other.rollup_seconds,
+        )
+
 
 class TimescaleWriter:
     """Writes `WriteBatch`es over one dedicated connection; `start()`/`stop()` bound its life."""
@@ -208,11 +245,17 @@ class TimescaleWriter:
         unknown_device: str = "register",
         max_backoff_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        command_timeout_s: float | None = None,
+        probe_interval_s: float = 0.25,
+        max_attempts: int = 5,
     ) -> None:
         self._dsn = dsn
         self._unknown_device = unknown_device
         self._max_backoff_s = max_backoff_s
         self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._probe_interval_s = probe_interval_s
+        self._max_attempts = max_attempts
         self._conn: asyncpg.Connection | None = None
         self._devices: dict[tuple[str, str], int] = {}
         self._metric_ids: dict[str, int] = {}
@@ -244,7 +287,9 @@ class TimescaleWriter:
     async def _connect(self) -> asyncpg.Connection:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
-        conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+        conn = await asyncpg.connect(
+            self._dsn, timeout=self._connect_timeout_s, command_timeout=self._command_timeout_s
+        )
         await conn.execute(sql.STAGING_READINGS)
         rows = await conn.fetch(sql.METRIC_IDS)
         self._metric_ids = {r["name"]: r["metric_id"] for r in rows}
@@ -255,23 +300,57 @@ class TimescaleWriter:
 
     async def write(self, batch: WriteBatch) -> WriteResult:
         """Commit the batch, retrying retriable failures until it lands or the writer stops."""
-        backoff = 0.1
-        while True:
+        pending = [batch]  # left to commit, in order; a rejected piece is replaced by its parts
+        total = WriteResult(0, 0, 0, 0, 0, 0.0)
+        failures = suspect_failures = 0
+        while pending:
+            piece = pending[0]
             try:
-                return await self._write_or_bisect(batch)
+                total += await self._write_once(piece)
+                pending.pop(0)
+                failures = suspect_failures = 0
+                continue
+            except errors.PermanentWriteError as e:
+                telemetry.WRITE_FAILURES.labels(e.sqlstate[:2], "permanent").inc()
+                pending[0:1] = self._isolate(piece, e.sqlstate, str(e))
+                continue
             except errors.RetriableWriteError as e:
+                telemetry.WRITE_FAILURES.labels(e.sqlstate[:2] or "connection", "retriable").inc()
                 if self._stopping.is_set():
                     raise
-                log.warning(
-                    "write failed (%s); retrying in %.1f s, batch kept (%d readings, source %s)",
-                    e,
-                    backoff,
-                    len(batch),
-                    batch.source,
-                )
+                failures += 1
+                suspect_failures += e.suspect
+                if suspect_failures >= self._max_attempts:
+                    log.error("write failed %d times (%s); isolating the rows at fault", suspect_failures, e)
+                    pending[0:1] = self._isolate(piece, e.sqlstate, str(e))
+                    suspect_failures = 0
+                    continue
+                delay = min(self._max_backoff_s, 0.1 * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1)
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "write failed (%s); retry %d in at most %.1f s, batch kept (%d readings, source %s)",
+                        e,
+                        failures,
+                        delay,
+                        len(piece),
+                        piece.source,
+                    )
                 await self._drop_connection()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
+                await self._wait_to_retry(delay, probe=e.unreachable)
+        return total
+
+    async def _wait_to_retry(self, delay: float, probe: bool) -> None:
+        """Sleep `delay`; if the server was unreachable, probe it meanwhile and return once it answers."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
+            if probe:
+                try:
+                    await self._connect()
+                    return
+                except Exception as e:  # still down: the next retry reports it
+                    log.debug("database probe failed: %s", e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(left, self._probe_interval_s))
 
     async def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -281,37 +360,35 @@ class TimescaleWriter:
                 self._conn.terminate()
             self._conn = None
 
-    async def _write_or_bisect(self, batch: WriteBatch) -> WriteResult:
-        try:
-            return await self._write_once(batch)
-        except errors.PermanentWriteError as e:
-            if len(batch) <= 1:
-                log.error("database rejected a reading (%s); dead-lettering it", e)
-                rejected = [
-                    batch.dead_letter(i, f"db_rejected:{e.sqlstate}", str(e)) for i in range(len(batch))
-                ]
-                empty = WriteBatch(
-                    source=batch.source,
-                    dead_letters=batch.dead_letters + rejected,
-                    position=batch.position,
-                    messages=batch.messages,
-                )
-                return await self._write_once(empty)
+    def _isolate(self, batch: WriteBatch, sqlstate: str, error: str) -> list[WriteBatch]:
+        """The parts to try instead of a batch the database refused, narrowing down to the culprit."""
+        if len(batch) > 1:
             half = len(batch) // 2
-            first = batch.take(list(range(half)))
-            first.dead_letters, first.messages = batch.dead_letters, batch.messages
-            second = batch.take(list(range(half, len(batch))))
-            a = await self._write_or_bisect(first)
-            b = await self._write_or_bisect(second)
-            return WriteResult(
-                a.received + b.received,
-                a.stored + b.stored,
-                a.duplicates + b.duplicates,
-                a.dead_letters + b.dead_letters,
-                a.rollup_rows + b.rollup_rows,
-                a.seconds + b.seconds,
-                a.rollup_seconds + b.rollup_seconds,
-            )
+            parts = [batch.take(list(range(half))), batch.take(list(range(half, len(batch))))]
+            if batch.dead_letters:
+                parts.append(self._dead_letters_only(batch, batch.dead_letters))
+            parts[0].messages = batch.messages
+            return parts
+        if len(batch) == 1:
+            log.error("database rejected a reading (%a); dead-lettering it", error)
+            detail = f"{error} ({batch.metric[0]}={batch.value[0]} at {batch.time[0].isoformat()})"
+            rejected = batch.dead_letter(0, f"db_rejected:{sqlstate}", detail)
+            return [self._dead_letters_only(batch, [*batch.dead_letters, rejected])]
+        if len(batch.dead_letters) > 1:
+            half = len(batch.dead_letters) // 2
+            return [
+                self._dead_letters_only(batch, batch.dead_letters[:half]),
+                self._dead_letters_only(batch, batch.dead_letters[half:]),
+            ]
+        if batch.dead_letters and batch.dead_letters[0].reason != "dead_letter_rejected":
+            log.error("database rejected a dead letter (%a); storing it stripped", error)
+            return [self._dead_letters_only(batch, [batch.dead_letters[0].stripped(error)])]
+        log.error("database rejected even a stripped dead letter (%a); dropping it: %a", error, batch)
+        return []
+
+    @staticmethod
+    def _dead_letters_only(batch: WriteBatch, dead_letters: list[DeadLetter]) -> WriteBatch:
+        return WriteBatch(batch.source, dead_letters=dead_letters, position=batch.position)
 
     async def _write_once(self, batch: WriteBatch) -> WriteResult:
         t0 = time.perf_counter()
@@ -320,9 +397,8 @@ class TimescaleWriter:
             device_keys = await self._device_keys(conn, batch)
             records, rows, dead = self._records(batch, device_keys)
             async with conn.transaction():
-                batch_id = await conn.fetchval(
-                    sql.INSERT_INGEST_BATCH, batch.source, json.dumps(batch.position), len(batch)
-                )
+                position = json.dumps(escaped_json(batch.position))
+                batch_id = await conn.fetchval(sql.INSERT_INGEST_BATCH, batch.source, position, len(batch))
                 new_rows: list[asyncpg.Record] = []
                 if records:
                     await conn.copy_records_to_table(

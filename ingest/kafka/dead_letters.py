@@ -6,14 +6,20 @@ between publishes a record twice rather than never (the database table stays the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 
 from aiokafka import AIOKafkaProducer
 
+from ingest import telemetry
 from ingest.config import KafkaSettings
 from ingest.kafka.source import kafka_security_kwargs
 from processors.writer import DeadLetter
+
+log = logging.getLogger(__name__)
+PUBLISH_TIMEOUT_S = 10.0  # the write loop waits at most this long for an unreachable topic
 
 
 def dead_letter_record(d: DeadLetter) -> bytes:
@@ -33,11 +39,18 @@ def dead_letter_record(d: DeadLetter) -> bytes:
     ).encode()
 
 
+def _key(d: DeadLetter) -> bytes | None:
+    return (d.device_id or "").encode("utf-8", "backslashreplace") or None
+
+
 class DeadLetterTopic:
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
         self.topic = topic
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", **kafka_security_kwargs(settings)
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            request_timeout_ms=5000,
+            **kafka_security_kwargs(settings),
         )
 
     async def start(self) -> None:
@@ -47,11 +60,22 @@ class DeadLetterTopic:
         await self._producer.stop()
 
     async def publish(self, dead_letters: list[DeadLetter]) -> None:
-        futures = [
-            await self._producer.send(
-                self.topic, dead_letter_record(d), key=(d.device_id or "").encode() or None
+        """Publish; a failure is logged and counted, never raised: the table already holds them."""
+        try:
+            await asyncio.wait_for(self._send(dead_letters), PUBLISH_TIMEOUT_S)
+        except Exception as e:
+            telemetry.DEAD_LETTER_PUBLISH_FAILURES.inc(len(dead_letters))
+            log.warning(
+                "%d dead letters not published to %s (%s: %s); they are in the dead_letters table",
+                len(dead_letters),
+                self.topic,
+                type(e).__name__,
+                e,
             )
-            for d in dead_letters
+
+    async def _send(self, dead_letters: list[DeadLetter]) -> None:
+        futures = [
+            await self._producer.send(self.topic, dead_letter_record(d), key=_key(d)) for d in dead_letters
         ]
         for f in futures:
             await f

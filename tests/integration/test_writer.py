@@ -8,7 +8,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from processors.writer import TimescaleWriter, WriteBatch
+from processors.writer import DeadLetter, TimescaleWriter, WriteBatch
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -123,3 +123,31 @@ async def test_hostile_ids_are_stored_as_data_never_run_as_sql(tsdb: str) -> Non
         assert await conn.fetchval("SELECT count(*) FROM readings") == 1
     finally:
         await conn.close()
+
+
+async def test_a_row_the_database_refuses_is_dead_lettered_alone_and_its_neighbours_stored(tsdb: str) -> None:
+    """Validation keeps such text out; the writer still isolates it if some other path lets it in."""
+    rows = [(f"air-{i}", "pm25", T0 + timedelta(seconds=i), float(i)) for i in range(9)]
+    rows[5] = ("air-\x00-\ud800", "pm25", T0, 1.0)
+    batch = batch_of(rows)
+    batch.dead_letters = [DeadLetter("test", "bad_json", "from the decoder\x00", topic="t/\ud800")]
+    async with TimescaleWriter(tsdb) as w:
+        result = await w.write(batch)
+    assert (result.stored, result.dead_letters) == (8, 2)
+    conn = await asyncpg.connect(tsdb)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 8
+        letters = {r["reason"].split(":")[0]: r for r in await conn.fetch("SELECT * FROM dead_letters")}
+    finally:
+        await conn.close()
+    assert sorted(letters) == ["bad_json", "db_rejected"]  # each once: no half carried them twice
+    assert letters["bad_json"]["topic"] == "t/\\ud800"
+    assert letters["db_rejected"]["device_id"] == "air-\\x00-\\ud800"
+
+
+async def test_a_position_naming_an_unstorable_topic_does_not_block_the_batch(tsdb: str) -> None:
+    batch = batch_of([("air-1", "pm25", T0, 5.0)])
+    batch.position = {"mqtt": [{"first_topic": "city/\x00/\ud800"}]}
+    async with TimescaleWriter(tsdb) as w:
+        result = await w.write(batch)
+    assert result.stored == 1
