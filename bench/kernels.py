@@ -298,6 +298,7 @@ def build_cases(n: int, n_series: int) -> list[Case]:
     counts = rng.integers(0, 30, n).astype(np.float64)
     speeds = np.round(rng.uniform(5.0, 110.0, n), 1)
     meter_index = np.cumsum(rng.integers(0, 5, n)).astype(np.float64)
+    no_limit = np.full(n_series, np.nan)
     stuck_values = np.round(v / 5.0) * 5.0
     hours = np.arange(n, dtype=np.int64) * HOUR
     hourly = rng.uniform(0.0, 100.0, n)
@@ -340,8 +341,9 @@ def build_cases(n: int, n_series: int) -> list[Case]:
          lambda: np.bincount(group_hour[~np.isnan(v)], weights=v[~np.isnan(v)], minlength=n_gh)
          / np.bincount(group_hour[~np.isnan(v)], minlength=n_gh),
          lambda: pd.Series(v).groupby(group_hour).mean(), "40k groups of ~250"),
-        ("consumption_from_cumulative", n,
-         lambda: K.consumption_from_cumulative(s, t, meter_index),
+        ("meter_steps", n,
+         lambda: K.meter_steps(s, t, meter_index, rollover_at=no_limit, max_rate_per_h=no_limit,
+                               tolerance=np.zeros(n_series)),
          lambda: meters_numpy(s, t, meter_index), lambda: meters_pandas(s, t, meter_index), ""),
         ("traffic_hourly (detector-hour)", n,
          lambda: K.traffic_hourly(group_hour, counts, speeds, n_gh),

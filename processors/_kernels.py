@@ -18,7 +18,7 @@ FLAG_SPIKE = 2  # Hampel outlier (MAD-based)
 FLAG_RESET = 4  # cumulative meter index dropped: counted from 0 since the reset
 FLAG_ROLLOVER = 8  # cumulative meter index wrapped at its rollover value
 FLAG_DUPLICATE = 16  # same series and timestamp as an earlier reading
-FLAG_IMPLAUSIBLE = 32  # value outside the plausible range (e.g. consumption step too large)
+FLAG_IMPLAUSIBLE = 32  # value outside the plausible range (e.g. a meter rising faster than it can)
 FLAG_FIRST = 64  # first reading of its series: nothing to difference against
 FLAG_MISSING = 128  # value is NaN
 
@@ -551,88 +551,93 @@ def series_time_order(series, ts_us, series_min, n_series_span):
 
 
 @njit(cache=True)
-def consumption_sorted(order, series, ts_us, index_value, rollover_at, max_step):
-    """Consumption, interval and flags per row, visiting rows in (series, ts) order.
+def meter_steps_sorted(
+    order, series, ts_us, value, rollover_at, max_rate_per_us, tolerance, has_ref, ref_t, ref_v, has_pend, pend_t, pend_v
+):
+    """Accepted consumption per reading of cumulative registers, visiting rows in (series, ts) order.
 
-    Rows sharing a (series, ts) form a run: its lowest non-NaN index leads (computed as usual and
-    the reference for the next reading), the rest get 0 and FLAG_DUPLICATE (NaN: FLAG_MISSING).
-    `rollover_at` / `max_step` are NaN when not configured. Results land in input-row positions.
+    Per-series parameters (`rollover_at`, `max_rate_per_us`: NaN when unknown; `tolerance` >= 0)
+    and per-series state (reference reading: the last accepted time and the register's high-water
+    value; pending: a rejected rise waiting for confirmation) are indexed by series. The state
+    arrays are updated in place so a caller can continue with the next batch. A step ending at a
+    reading is: accepted (rise within max_rate * dt + tolerance), noise (fall within tolerance: 0,
+    the reference keeps its value), a rollover (fall consistent with a wrap at rollover_at), a reset
+    (other fall: counted from 0 when plausible, else a re-base whose interval is excluded), or a
+    rejected rise (FLAG_IMPLAUSIBLE; confirmed by the next reading it is a re-base, FLAG_RESET, and
+    the time from the reference to the rejected reading is excluded).
     """
     n = order.shape[0]
     consumption = np.full(n, np.nan)
-    interval = np.zeros(n, dtype=np.int64)
+    covered = np.zeros(n, dtype=np.int64)
+    excluded = np.zeros(n, dtype=np.int64)
     flags = np.zeros(n, dtype=np.uint8)
-    has_prev = False
-    cur_series = 0
-    prev_ts = 0
-    prev_v = 0.0
-    has_rollover = rollover_at == rollover_at
-    has_max = max_step == max_step
-    k = 0
-    while k < n:
+    noise = np.zeros(n, dtype=np.bool_)
+    for k in range(n):
         i = order[k]
         s = series[i]
         t = ts_us[i]
-        if k == 0 or s != cur_series:
-            cur_series = s
-            has_prev = False
-        e = k + 1
-        while e < n and series[order[e]] == s and ts_us[order[e]] == t:
-            e += 1
-        lead = i
-        if e - k > 1:
-            lead = -1
-            for r in range(k, e):
-                x = index_value[order[r]]
-                if x == x and (lead < 0 or x < index_value[lead]):
-                    lead = order[r]
-            for r in range(k, e):
-                j = order[r]
-                if j == lead:
-                    continue
-                if index_value[j] != index_value[j]:
-                    flags[j] = FLAG_MISSING
-                else:
-                    consumption[j] = 0.0
-                    flags[j] = FLAG_DUPLICATE
-        k = e
-        if lead < 0:
-            continue
-        v = index_value[lead]
+        v = value[i]
         if v != v:
-            flags[lead] = FLAG_MISSING
+            flags[i] = FLAG_MISSING
             continue
-        if not has_prev:
-            flags[lead] = FLAG_FIRST
-            has_prev = True
-            prev_ts = t
-            prev_v = v
+        if not has_ref[s]:
+            flags[i] = FLAG_FIRST
+            has_ref[s] = True
+            ref_t[s] = t
+            ref_v[s] = v
+            has_pend[s] = False
             continue
-        interval[lead] = t - prev_ts
-        d = v - prev_v
-        f = 0
-        if d >= 0.0:
-            c = d
-        else:
-            wrapped = np.nan
-            if has_rollover and prev_v <= rollover_at and v >= 0.0:
-                wrapped = rollover_at - prev_v + v
-            is_wrap = False
-            if wrapped == wrapped:
-                is_wrap = wrapped <= max_step if has_max else wrapped < 0.5 * rollover_at
-            if is_wrap:
-                c = wrapped
-                f = FLAG_ROLLOVER
+        rate = max_rate_per_us[s]
+        tol = tolerance[s]
+        dt = t - ref_t[s]
+        allowed = rate * dt + tol if rate == rate else np.inf
+        d = v - ref_v[s]
+        if -tol <= d <= allowed:
+            if d > 0.0:
+                consumption[i] = d
+                ref_v[s] = v
             else:
-                c = v
-                f = FLAG_RESET
-        if c < 0.0 or (has_max and c > max_step):
-            f |= FLAG_IMPLAUSIBLE
-        consumption[lead] = c
-        flags[lead] = f
-        prev_ts = t
-        prev_v = v
-    return consumption, interval, flags
+                consumption[i] = 0.0
+                noise[i] = d < 0.0
+            covered[i] = dt
+            ref_t[s] = t
+            has_pend[s] = False
+            continue
+        if d > 0.0:
+            if has_pend[s]:
+                dp = v - pend_v[s]
+                dtp = t - pend_t[s]
+                if dp >= -tol and (rate != rate or dp <= rate * dtp + tol):
+                    consumption[i] = max(dp, 0.0)
+                    covered[i] = dtp
+                    excluded[i] = pend_t[s] - ref_t[s]
+                    flags[i] = FLAG_RESET
+                    ref_t[s] = t
+                    ref_v[s] = max(v, pend_v[s])
+                    has_pend[s] = False
+                    continue
+            flags[i] = FLAG_IMPLAUSIBLE
+            has_pend[s] = True
+            pend_t[s] = t
+            pend_v[s] = v
+            continue
+        r = rollover_at[s]
+        wrapped = r - ref_v[s] + v if r == r and ref_v[s] <= r and v >= 0.0 else np.nan
+        if wrapped == wrapped and (wrapped <= allowed if rate == rate else wrapped < 0.5 * r):
+            consumption[i] = wrapped
+            covered[i] = dt
+            flags[i] = FLAG_ROLLOVER
+        elif 0.0 <= v <= allowed:
+            consumption[i] = v
+            covered[i] = dt
+            flags[i] = FLAG_RESET
+        else:
+            excluded[i] = dt
+            flags[i] = FLAG_RESET | FLAG_IMPLAUSIBLE
+        ref_t[s] = t
+        ref_v[s] = v
+        has_pend[s] = False
+    return consumption, covered, excluded, flags, noise
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,10 +42,10 @@ __all__ = [
     "FLAG_STUCK",
     "DailyMeans",
     "LdenByDay",
-    "MeterConsumption",
+    "MeterState",
+    "MeterSteps",
     "PartialAggregates",
     "TrafficAggregates",
-    "consumption_from_cumulative",
     "coverage",
     "daily_means",
     "epa_aqi",
@@ -58,6 +58,7 @@ __all__ = [
     "leq",
     "leq_by_group",
     "merge_partial_aggregates",
+    "meter_steps",
     "partial_aggregates",
     "rolling_mean_hours",
     "stuck_value_flags",
@@ -556,50 +557,111 @@ def exceedance_days(daily_means: npt.ArrayLike, threshold: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class MeterConsumption:
-    """Per input row: consumption since the previous reading of its series, that interval, flags."""
+class MeterState:
+    """Per series: the reference reading (last accepted time, register high-water value) and a
+    rejected rise waiting for confirmation; carried from one batch to the next."""
+
+    has_ref: npt.NDArray[np.bool_]
+    ref_t_us: I64
+    ref_value: F64
+    has_pending: npt.NDArray[np.bool_]
+    pending_t_us: I64
+    pending_value: F64
+
+    @classmethod
+    def empty(cls, n_series: int) -> MeterState:
+        return cls(
+            np.zeros(n_series, dtype=np.bool_),
+            np.zeros(n_series, dtype=np.int64),
+            np.zeros(n_series),
+            np.zeros(n_series, dtype=np.bool_),
+            np.zeros(n_series, dtype=np.int64),
+            np.zeros(n_series),
+        )
+
+    def __len__(self) -> int:
+        return int(self.has_ref.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSteps:
+    """Per input row: accepted consumption (NaN for first, missing and rejected readings), the time
+    it covers, time excluded with a rejected step, flags, noise (a fall within the tolerance);
+    and the state after the last reading of each series."""
 
     consumption: F64
-    interval_us: I64
+    covered_us: I64
+    excluded_us: I64
     flags: U8
+    noise: npt.NDArray[np.bool_]
+    state: MeterState
 
     def __len__(self) -> int:
         return int(self.consumption.shape[0])
 
 
-def consumption_from_cumulative(
+def _per_series(name: str, x: npt.ArrayLike, n_series: int, *, nan_ok: bool) -> F64:
+    a = _float64_1d(name, x)
+    if a.shape[0] != n_series:
+        raise ValueError(f"{name} must have one value per series ({n_series}), got {a.shape[0]}")
+    bad = np.isnan(a) if not nan_ok else np.zeros(a.shape[0], dtype=np.bool_)
+    if np.any(bad | (a < 0)):
+        raise ValueError(f"{name} must be >= 0{' or NaN' if nan_ok else ''}")
+    return a
+
+
+def meter_steps(
     series: npt.ArrayLike,
     ts_us: npt.ArrayLike,
     index_value: npt.ArrayLike,
-    rollover_at: float | None = None,
-    max_plausible_step: float | None = None,
-) -> MeterConsumption:
-    """Consumption per reading from cumulative meter indexes, attributed to the interval ending at it.
+    *,
+    rollover_at: npt.ArrayLike,
+    max_rate_per_h: npt.ArrayLike,
+    tolerance: npt.ArrayLike,
+    state: MeterState | None = None,
+) -> MeterSteps:
+    """Consumption per reading of cumulative registers, attributed to the interval ending at it.
 
-    Rows may come in any order (they are processed by series, then time). Per row:
-    - first reading of a series: NaN, interval 0, FLAG_FIRST (to continue across batches, put the
-      last stored reading of each series in front and drop its row afterwards);
-    - same timestamp as the previous reading: 0, FLAG_DUPLICATE; the earlier one (lower index on
-      a tie) stays the reference, so consumption still sums to last - first;
-    - index drop: with `rollover_at` and a drop consistent with a wrap (rollover_at - prev + new is
-      <= max_plausible_step, or below rollover_at / 2 when no step limit is given) it is
-      rollover_at - prev + new with FLAG_ROLLOVER; otherwise a meter reset, consumption = new
-      (counted from 0) with FLAG_RESET;
-    - a step above `max_plausible_step` (or negative) keeps its value and gets FLAG_IMPLAUSIBLE:
-      callers drop or clamp flagged rows;
-    - NaN index: NaN, FLAG_MISSING, and it is not a reference for the next reading.
+    `series` indexes the per-series arrays (0 .. n-1): `rollover_at` (register size, e.g. 100000
+    for five digits; NaN if unknown), `max_rate_per_h` (the most the meter can count per hour;
+    NaN for no limit) and `tolerance` (register noise, in the register's unit). Rows may come in any
+    order (processed by series, then time). A reading steps from the reference reading of its
+    series (`state`, else the first reading is FLAG_FIRST):
+    - rise within max_rate·dt + tolerance: consumed;
+    - fall within the tolerance: noise, 0 (the reference keeps its high-water value, so jitter
+      never adds up);
+    - larger fall: a rollover (rollover_at - ref + new, FLAG_ROLLOVER) when that is plausible (or,
+      without a rate, below half the register), else a reset counted from 0 (FLAG_RESET); a reset
+      whose landing value is implausible re-bases the reference and excludes the interval;
+    - faster rise: rejected (FLAG_IMPLAUSIBLE, reference kept); if the next reading continues
+      plausibly from it, the meter was re-based (swapped): FLAG_RESET there, consumption from the
+      rejected reading on, and the time from the reference to it excluded;
+    - NaN: FLAG_MISSING, ignored.
+    Accepted consumption sums to the register's true advance over the covered time; covered plus
+    excluded time sums to the time from the first to the last reference reading.
     """
     s = _int64_1d("series", series)
     t = _int64_1d("ts_us", ts_us)
     v = _float64_1d("index_value", index_value)
     _same_length(series=s, ts_us=t, index_value=v)
-    rollover = np.nan if rollover_at is None else float(rollover_at)
-    if rollover_at is not None and not rollover > 0:
-        raise ValueError(f"rollover_at must be > 0, got {rollover_at}")
-    max_step = np.nan if max_plausible_step is None else float(max_plausible_step)
+    n_series = np.asarray(tolerance).reshape(-1).shape[0]
+    if s.size and (int(s.min()) < 0 or int(s.max()) >= n_series):
+        raise ValueError(f"series must index the per-series arrays (0 .. {n_series - 1})")
+    roll = _per_series("rollover_at", rollover_at, n_series, nan_ok=True)
+    if np.any(roll == 0):
+        raise ValueError("rollover_at must be > 0 or NaN")
+    rate = _per_series("max_rate_per_h", max_rate_per_h, n_series, nan_ok=True) / HOUR_US
+    tol = _per_series("tolerance", tolerance, n_series, nan_ok=False)
+    if state is None:
+        state = MeterState.empty(n_series)
+    elif len(state) != n_series:
+        raise ValueError(f"state has {len(state)} series, the parameters {n_series}")
+    out = MeterState(*(np.array(getattr(state, f.name)) for f in fields(MeterState)))
     order = _series_time_order(s, t)
-    consumption, interval, flags = K.consumption_sorted(order, s, t, v, rollover, max_step)
-    return MeterConsumption(consumption=consumption, interval_us=interval, flags=flags)
+    consumption, covered, excluded, flags, noise = K.meter_steps_sorted(
+        order, s, t, v, roll, rate, tol, *(getattr(out, f.name) for f in fields(MeterState))
+    )
+    return MeterSteps(consumption, covered, excluded, flags, noise, out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -730,7 +792,7 @@ def warm_up() -> float:
     european_aqi({p: v for p in EUROPEAN_AQI_POLLUTANTS})
     rolling_mean_hours(np.arange(4, dtype=np.int64) * HOUR_US, v)
     daily_means(s, v, 2)
-    consumption_from_cumulative(s, t, v, rollover_at=100.0, max_plausible_step=10.0)
+    meter_steps(s, t, v, rollover_at=[100.0, np.nan], max_rate_per_h=[10.0, np.nan], tolerance=[0.0, 0.1])
     traffic_hourly(s, v, v, 2)
     stuck_value_flags(s, t, v, 2)
     hampel_flags(v, 1, series=s, ts_us=t)

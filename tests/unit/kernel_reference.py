@@ -234,40 +234,56 @@ def daily_means_ref(day_idx, values, n_days, min_valid):
     return mean, counts
 
 
-def consumption_ref(series, ts_us, index_value, rollover_at=None, max_step=None):
+def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tolerance):
+    """Per row (consumption, covered_us, excluded_us, flags, noise), from an empty state."""
     n = len(series)
     cons = np.full(n, np.nan)
-    interval = np.zeros(n, dtype=np.int64)
+    covered = np.zeros(n, dtype=np.int64)
+    excluded = np.zeros(n, dtype=np.int64)
     flags = np.zeros(n, dtype=np.uint8)
-    rows = sorted(range(n), key=lambda i: (series[i], ts_us[i], index_value[i]))
-    prev: dict[int, tuple[int, float]] = {}
+    noise = np.zeros(n, dtype=bool)
+    rows = sorted(range(n), key=lambda i: (series[i], ts_us[i]))  # stable: ties keep input order
+    ref: dict[int, tuple[int, float]] = {}
+    pending: dict[int, tuple[int, float]] = {}
     for i in rows:
         s, t, v = int(series[i]), int(ts_us[i]), float(index_value[i])
         if math.isnan(v):
             flags[i] = FLAG_MISSING
             continue
-        if s not in prev:
-            flags[i] = FLAG_FIRST
-            prev[s] = (t, v)
+        if s not in ref:
+            flags[i], ref[s] = FLAG_FIRST, (t, v)
+            pending.pop(s, None)
             continue
-        pt, pv = prev[s]
-        if t == pt:
-            cons[i] = 0.0
-            flags[i] = FLAG_DUPLICATE
-            continue
-        interval[i] = t - pt
-        f = 0
-        if v >= pv:
-            c = v - pv
+        rt, rv = ref[s]
+        tol, rate, roll = float(tolerance[s]), float(max_rate_per_h[s]), float(rollover_at[s])
+
+        def allowed(dt_us, rate=rate, tol=tol):
+            return math.inf if math.isnan(rate) else rate * dt_us / 3_600_000_000 + tol
+
+        d = v - rv
+        if -tol <= d <= allowed(t - rt):
+            cons[i], covered[i], noise[i] = max(d, 0.0), t - rt, d < 0
+            ref[s] = (t, max(v, rv))
+            pending.pop(s, None)
+        elif d > 0:
+            p = pending.get(s)
+            if p is not None and -tol <= v - p[1] <= allowed(t - p[0]):
+                cons[i], covered[i], excluded[i], flags[i] = max(v - p[1], 0.0), t - p[0], p[0] - rt, FLAG_RESET
+                ref[s] = (t, max(v, p[1]))
+                del pending[s]
+            else:
+                flags[i], pending[s] = FLAG_IMPLAUSIBLE, (t, v)
         else:
-            wrap = rollover_at - pv + v if rollover_at is not None and pv <= rollover_at and v >= 0 else None
-            ok = wrap is not None and (wrap <= max_step if max_step is not None else wrap < rollover_at / 2)
-            c, f = (wrap, FLAG_ROLLOVER) if ok else (v, FLAG_RESET)
-        if c < 0 or (max_step is not None and c > max_step):
-            f |= FLAG_IMPLAUSIBLE
-        cons[i], flags[i] = c, f
-        prev[s] = (t, v)
-    return cons, interval, flags
+            wrap = roll - rv + v if not math.isnan(roll) and rv <= roll and v >= 0 else None
+            if wrap is not None and (wrap <= allowed(t - rt) if not math.isnan(rate) else wrap < roll / 2):
+                cons[i], covered[i], flags[i] = wrap, t - rt, FLAG_ROLLOVER
+            elif 0 <= v <= allowed(t - rt):
+                cons[i], covered[i], flags[i] = v, t - rt, FLAG_RESET
+            else:
+                excluded[i], flags[i] = t - rt, FLAG_RESET | FLAG_IMPLAUSIBLE
+            ref[s] = (t, v)
+            pending.pop(s, None)
+    return cons, covered, excluded, flags, noise
 
 
 def traffic_ref(group_idx, counts, speeds, n_groups):
