@@ -556,9 +556,6 @@ async def noise_exposure(ctx: FormulaContext) -> list[KpiResult]:
 class MeterParams(_Params):
     metric: str
     total_fact: str | None = None
-    # a step (or a "reset" landing) above this between two readings is dropped as implausible, e.g.
-    # a meter swapped for one with a high index, or a gateway that replays an old index
-    max_plausible_step: float | None = None
     exclude_roles: list[str] = []
     litres_per_unit: float = 1.0
     per: str = "day"
@@ -582,17 +579,23 @@ async def _metered_rate(
     metric: str,
     total_fact: str | None,
     keep: Callable[[DeviceInfo | None], bool],
-    max_plausible_step: float | None = None,
 ) -> MeteredRate | str:
+    """Summed daily rates of the kept meters; steps rejected as implausible lower the coverage by
+    the share of metered time they exclude, and the label says so."""
     data = ctx.data
     devices = await data.devices()
-    usage = await data.meter_usage(metric, max_plausible_step=max_plausible_step)
+    usage = await data.meter_usage(metric)
     usage = {dk: u for dk, u in usage.items() if keep(devices.get(dk))}
     rates = {dk: u.per_day for dk, u in usage.items() if u.per_day is not None}
     if not rates:
         return f"no meter with two or more {metric} readings in the period"
     counts = await data.series_counts([metric])
     cov, cov_so_far = _coverage(data, [counts[(dk, metric)] for dk in rates if (dk, metric) in counts])
+    covered = sum(u.covered_s for u in usage.values())
+    excluded = sum(u.excluded_s for u in usage.values())
+    rejected = sum(u.rejected for u in usage.values())
+    kept_share = covered / (covered + excluded) if covered + excluded > 0 else 1.0
+    cov, cov_so_far = cov * kept_share, cov_so_far * kept_share
     metered = float(sum(r for r in rates.values() if r is not None))
     total = ctx.registry.facts.get(total_fact) if total_fact else None
     n = len(rates)
@@ -600,9 +603,19 @@ async def _metered_rate(
         "meters_reporting": n,
         "metered_per_day": metered,
         "resets_handled": sum(u.resets for u in usage.values()),
-        "implausible_steps_dropped": sum(u.implausible for u in usage.values()),
+        "rollovers_handled": sum(u.rollovers for u in usage.values()),
+        "noise_steps": sum(u.noise for u in usage.values()),
+        "rejected_steps": rejected,
+        "excluded_hours": excluded / 3600.0,
+        "excluded_share": 1.0 - kept_share,
     }
-    factor, share, note = 1.0, 1.0, None
+    notes = []
+    if rejected:
+        notes.append(
+            f"{rejected} implausible meter step{'s' if rejected > 1 else ''} excluded"
+            f" ({(1.0 - kept_share) * 100:.1f} % of metered time)"
+        )
+    factor, share = 1.0, 1.0
     if total_fact:
         details["registry_total"] = total
         details["registry_total_fact"] = total_fact
@@ -616,10 +629,18 @@ async def _metered_rate(
             factor, share = total / n, n / total
             details["extrapolation"] = f"x {factor:.4g} (reporting meters scaled to the registry total)"
             if factor > 1:
-                note = f"extrapolated from {n} of {total:g} meters"
+                notes.append(f"extrapolated from {n} of {total:g} meters")
     details["meters_share"] = share
     return MeteredRate(
-        metered * factor, metered, n, sum(usage[dk].n for dk in rates), factor, cov, cov_so_far, details, note
+        metered * factor,
+        metered,
+        n,
+        sum(usage[dk].n for dk in rates),
+        factor,
+        cov,
+        cov_so_far,
+        details,
+        "; ".join(notes) or None,
     )
 
 
@@ -640,7 +661,6 @@ async def _per_inhabitant(ctx: FormulaContext) -> list[KpiResult]:
         p.metric,
         p.total_fact,
         lambda d: d is None or d.role not in p.exclude_roles,
-        p.max_plausible_step,
     )
     if isinstance(rate, str):
         return [KpiResult(not_computable=rate)]

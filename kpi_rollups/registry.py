@@ -112,6 +112,23 @@ class TargetRow(_Row):
         return self
 
 
+# DeviceRow fields stored in devices.metadata: coverage KPIs, travel time, meters (processors/meters.py)
+METADATA_FIELDS = (
+    "street_km",
+    "drainage_km",
+    "segment_id",
+    "free_flow_kmh",
+    "role",
+    "intersection_id",
+    "rollover_at",
+    "max_rate_per_h",
+    "meter_dn",
+    "max_current_a",
+    "phases",
+    "noise_tolerance",
+)
+
+
 class DeviceRow(_Row):
     """A device's registry attributes; the KPI attributes go into devices.metadata."""
 
@@ -130,6 +147,12 @@ class DeviceRow(_Row):
     free_flow_kmh: float | None = Field(None, gt=0)
     role: str | None = None
     intersection_id: str | None = None
+    rollover_at: float | None = Field(None, gt=0, description="meter register size (99,999 wraps at 100000)")
+    max_rate_per_h: float | None = Field(None, gt=0, description="most a meter can count per hour")
+    meter_dn: int | None = Field(None, gt=0, description="water meter nominal diameter (mm)")
+    max_current_a: float | None = Field(None, gt=0, description="electricity meter maximum current")
+    phases: int | None = Field(None, ge=1, le=3)
+    noise_tolerance: float | None = Field(None, ge=0, description="register jitter, metric's unit")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata", mode="before")
@@ -144,7 +167,7 @@ class DeviceRow(_Row):
 
     def metadata_json(self) -> str:
         meta = dict(self.metadata)
-        for key in ("street_km", "drainage_km", "segment_id", "free_flow_kmh", "role", "intersection_id"):
+        for key in METADATA_FIELDS:
             value = getattr(self, key)
             if value is not None:
                 meta[key] = value

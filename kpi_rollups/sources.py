@@ -3,8 +3,7 @@
 Every query joins `devices` and filters `devices.city_id`, so nothing of another city's devices
 can enter a KPI (tenant isolation). Aggregates come from the rollup tables: rollup_1h where local
 hours or days matter, and for whole-window sums a mix of rollup_1d (UTC days fully inside the
-window), rollup_1h and rollup_1m at the edges. Raw readings are read only for meter buckets that
-hold an index drop (reset), where first/last per bucket is not enough.
+window), rollup_1h and rollup_1m at the edges; meters from the rollups' meter step columns.
 """
 
 from __future__ import annotations
@@ -15,16 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import numpy as np
 
 from kpi_rollups.periods import Period
-from processors.kernels import (
-    FLAG_FIRST,
-    FLAG_IMPLAUSIBLE,
-    FLAG_MISSING,
-    FLAG_RESET,
-    consumption_from_cumulative,
-)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -104,12 +95,17 @@ class SeriesCount:
 
 @dataclass
 class MeterUsage:
+    """One meter's steps ending in the window, summed from the rollups' meter columns."""
+
     device_key: int
     consumption: float = 0.0
     covered_s: float = 0.0
+    excluded_s: float = 0.0
     n: int = 0
     resets: int = 0
-    implausible: int = 0
+    rollovers: int = 0
+    rejected: int = 0
+    noise: int = 0
 
     @property
     def per_day(self) -> float | None:
@@ -264,80 +260,41 @@ class CityData:
         so_far = min(1.0, sc.n * sc.interval_s / elapsed) if elapsed > 0 else 0.0
         return full, so_far
 
-    async def meter_usage(
-        self, metric: str, device_keys: set[int] | None = None, max_plausible_step: float | None = None
-    ) -> dict[int, MeterUsage]:
-        """Consumption per meter from its cumulative index over the window.
-
-        Points are the first and last reading of each rollup bucket (raw readings for buckets whose
-        minimum is below their first value, i.e. that hold a reset); the chain of points goes through
-        processors.kernels.consumption_from_cumulative (resets count from 0). Consumption and the
-        time it covers exclude the interval before the first reading in the window.
-        """
+    async def meter_usage(self, metric: str) -> dict[int, MeterUsage]:
+        """Per meter, the consumption steps ending in the window (processors/meters.py): sums of the
+        rollups' meter columns, rollup_1d for whole UTC days and rollup_1h/1m at the edges."""
         parts: list[str] = []
         args: list[object] = [self.city_id, metric]
         for table, a, b in window_segments(self.start, self.end):
-            step = {"rollup_1d": "1 day", "rollup_1h": "1 hour", "rollup_1m": "1 minute"}[table]
             args += [a, b]
-            parts.append(f"""SELECT r.device_key, r.bucket, r.bucket + interval '{step}' AS bucket_end, r.n,
-                       r.min, r.first_time, r.first_value, r.last_time, r.last_value
+            parts.append(f"""SELECT r.device_key, r.n, r.meter_consumption, r.meter_covered_s,
+                       r.meter_excluded_s, r.meter_resets, r.meter_rollovers, r.meter_rejected, r.meter_noise
                 FROM {table} r JOIN devices d ON d.device_key = r.device_key
                 JOIN metrics m ON m.metric_id = r.metric_id
                 WHERE d.city_id = $1 AND m.name = $2
                   AND r.bucket >= ${len(args) - 1} AND r.bucket < ${len(args)}""")
-        buckets = await self.conn.fetch(" UNION ALL ".join(parts), *args)
-        if device_keys is not None:
-            buckets = [b for b in buckets if b["device_key"] in device_keys]
-        drops = [b for b in buckets if b["min"] < b["first_value"]]
-        raw: dict[tuple[int, datetime], list[tuple[datetime, float]]] = {}
-        if drops:
-            for r in await self.conn.fetch(
-                """SELECT k.dk, k.t0, r.time, r.value FROM readings r
-                   JOIN unnest($1::int[], $2::timestamptz[], $3::timestamptz[]) AS k(dk, t0, t1)
-                     ON r.device_key = k.dk AND r.time >= k.t0 AND r.time < k.t1
-                   JOIN metrics m ON m.metric_id = r.metric_id
-                   WHERE m.name = $4""",
-                [b["device_key"] for b in drops],
-                [b["bucket"] for b in drops],
-                [b["bucket_end"] for b in drops],
-                metric,
-            ):
-                raw.setdefault((r["dk"], r["t0"]), []).append((r["time"], r["value"]))
-        series: list[int] = []
-        ts: list[int] = []
-        values: list[float] = []
-        usage: dict[int, MeterUsage] = {}
-        for b in buckets:
-            dk = b["device_key"]
-            u = usage.setdefault(dk, MeterUsage(dk))
-            u.n += int(b["n"])
-            points = raw.get((dk, b["bucket"])) if b["min"] < b["first_value"] else None
-            if not points:
-                points = [(b["first_time"], b["first_value"])]
-                if b["n"] > 1 and b["last_time"] > b["first_time"]:
-                    points.append((b["last_time"], b["last_value"]))
-            for t, v in points:
-                series.append(dk)
-                ts.append(to_us(t))
-                values.append(float(v))
-        if not series:
-            return usage
-        res = consumption_from_cumulative(
-            np.array(series, dtype=np.int64),
-            np.array(ts, dtype=np.int64),
-            np.array(values, dtype=np.float64),
-            max_plausible_step=max_plausible_step,
+        rows = await self.conn.fetch(
+            f"""SELECT device_key, sum(n)::int8 AS n, sum(meter_consumption) AS consumption,
+                       sum(meter_covered_s) AS covered_s, sum(meter_excluded_s) AS excluded_s,
+                       sum(meter_resets)::int8 AS resets, sum(meter_rollovers)::int8 AS rollovers,
+                       sum(meter_rejected)::int8 AS rejected, sum(meter_noise)::int8 AS noise
+                FROM ({" UNION ALL ".join(parts)}) x GROUP BY 1""",
+            *args,
         )
-        s = np.array(series, dtype=np.int64)
-        skip = (res.flags & (FLAG_FIRST | FLAG_MISSING | FLAG_IMPLAUSIBLE)) != 0
-        ok = ~skip & np.isfinite(res.consumption)
-        for dk, u in usage.items():
-            mine = s == dk
-            u.consumption = float(res.consumption[mine & ok].sum())
-            u.covered_s = float(res.interval_us[mine & ok].sum()) / 1e6
-            u.resets = int(np.count_nonzero(mine & ((res.flags & FLAG_RESET) != 0)))
-            u.implausible = int(np.count_nonzero(mine & ((res.flags & FLAG_IMPLAUSIBLE) != 0)))
-        return usage
+        return {
+            r["device_key"]: MeterUsage(
+                r["device_key"],
+                float(r["consumption"]),
+                float(r["covered_s"]),
+                float(r["excluded_s"]),
+                int(r["n"]),
+                int(r["resets"]),
+                int(r["rollovers"]),
+                int(r["rejected"]),
+                int(r["noise"]),
+            )
+            for r in rows
+        }
 
     async def reporting(self, metrics: list[str]) -> dict[int, int]:
         """Devices of the city with readings of any of `metrics` (all metrics if empty) in the

@@ -552,7 +552,19 @@ def series_time_order(series, ts_us, series_min, n_series_span):
 
 @njit(cache=True)
 def meter_steps_sorted(
-    order, series, ts_us, value, rollover_at, max_rate_per_us, tolerance, has_ref, ref_t, ref_v, has_pend, pend_t, pend_v
+    order,
+    series,
+    ts_us,
+    value,
+    rollover_at,
+    max_rate_per_us,
+    tolerance,
+    has_ref,
+    ref_t,
+    ref_v,
+    has_pend,
+    pend_t,
+    pend_v,
 ):
     """Accepted consumption per reading of cumulative registers, visiting rows in (series, ts) order.
 

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from processors.batch import ReadingBatch
 from processors.kernels import PartialAggregates, partial_aggregates
+from processors.meters import merge_meter_steps
 from schemas import statements as sql
 
 ROLLUP_TABLES: dict[str, int] = {
@@ -57,10 +58,12 @@ async def merge_rollups(
     batch: ReadingBatch,
     keys: npt.NDArray[np.int64],
     decibel_metric_ids: frozenset[int],
+    cumulative_metric_ids: frozenset[int] = frozenset(),
 ) -> int:
     """Aggregate the new readings and merge them into every rollup table; returns rows upserted.
 
     `batch.series` indexes `keys` (device_key << 16 | metric_id), as `series_of` returns them.
+    Readings of cumulative metrics also become meter steps (processors.meters).
     """
     if len(batch) == 0:
         return 0
@@ -70,4 +73,5 @@ async def merge_rollups(
         agg = partial_aggregates(batch.series, batch.ts_us, batch.value, bucket_us, decibel)
         await conn.execute(sql.MERGE_ROLLUP.format(table=table), *rollup_columns(agg, keys))
         n += len(agg)
+    await merge_meter_steps(conn, batch, keys, cumulative_metric_ids, ROLLUP_TABLES)
     return n

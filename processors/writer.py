@@ -2,8 +2,9 @@
 
 Commit order (the one place it is written down):
   1. in one transaction: record the ingest batch, COPY readings into a staging table,
-     INSERT … ON CONFLICT DO NOTHING RETURNING the new rows, merge their partial aggregates into
-     the rollup tables, store dead letters (rejects and same-key conflicts);
+     INSERT … ON CONFLICT DO NOTHING RETURNING the new rows, merge their partial aggregates and
+     meter steps (processors/meters.py) into the rollup tables, store dead letters (rejects and
+     same-key conflicts);
   2. COMMIT;
   3. only then does the caller acknowledge the messages (MQTT PUBACK, Kafka offset commit).
 A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
@@ -260,6 +261,7 @@ class TimescaleWriter:
         self._devices: dict[tuple[str, str], int] = {}
         self._metric_ids: dict[str, int] = {}
         self._decibel_ids: frozenset[int] = frozenset()
+        self._cumulative_ids: frozenset[int] = frozenset()
         self._cities: set[str] = set()
         self._stopping = asyncio.Event()
         self.last_success: float | None = None
@@ -294,6 +296,7 @@ class TimescaleWriter:
         rows = await conn.fetch(sql.METRIC_IDS)
         self._metric_ids = {r["name"]: r["metric_id"] for r in rows}
         self._decibel_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "decibel")
+        self._cumulative_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "cumulative")
         self._cities = {r["city_id"] for r in await conn.fetch(sql.KNOWN_CITIES)}
         self._conn = conn
         return conn
@@ -495,4 +498,4 @@ class TimescaleWriter:
             np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n),
             np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n),
         )
-        return await merge_rollups(conn, batch, keys, self._decibel_ids)
+        return await merge_rollups(conn, batch, keys, self._decibel_ids, self._cumulative_ids)

@@ -105,3 +105,45 @@ UPDATE readings r SET flags = u.f
 FROM unnest($1::int4[], $2::int2[], $3::int8[], $4::int2[]) AS u(d, m, t, f)
 WHERE r.device_key = u.d AND r.metric_id = u.m AND r.time = {EPOCH} + u.t * {US}
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+
+# Cumulative meters (processors/meters.py): registry attributes, the stored reference (locked for
+# this transaction), a series' stored readings from a time on, and the rollups' meter columns.
+METER_SPECS = """
+SELECT u.device_key, u.metric_id, m.name, d.metadata
+FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
+JOIN devices d ON d.device_key = u.device_key JOIN metrics m ON m.metric_id = u.metric_id
+"""
+LOCK_METER_STATE = """
+SELECT s.device_key, s.metric_id, s.last_us, s.ref_us, s.ref_value, s.pending_us, s.pending_value
+FROM meter_state s JOIN unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
+     ON s.device_key = u.device_key AND s.metric_id = u.metric_id
+ORDER BY s.device_key, s.metric_id
+FOR UPDATE OF s
+"""
+METER_READINGS = """
+SELECT r.device_key, r.metric_id, (extract(epoch FROM r.time) * 1000000)::int8 AS us, r.value
+FROM readings r JOIN unnest($1::int4[], $2::int2[], $3::int8[]) AS u(device_key, metric_id, from_us)
+     ON r.device_key = u.device_key AND r.metric_id = u.metric_id
+    AND r.time >= {EPOCH} + u.from_us * {US}
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+CLEAR_METER_STEPS = """
+UPDATE {table} AS t SET meter_consumption = 0, meter_covered_s = 0, meter_excluded_s = 0,
+    meter_resets = 0, meter_rollovers = 0, meter_rejected = 0, meter_noise = 0
+FROM unnest($1::int4[], $2::int2[], $3::int8[]) AS u(device_key, metric_id, from_us)
+WHERE t.device_key = u.device_key AND t.metric_id = u.metric_id AND t.bucket >= {EPOCH} + u.from_us * {US}
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+ADD_METER_STEPS = """
+UPDATE {table} AS t SET meter_consumption = t.meter_consumption + u.c,
+    meter_covered_s = t.meter_covered_s + u.cov, meter_excluded_s = t.meter_excluded_s + u.ex,
+    meter_resets = t.meter_resets + u.rs, meter_rollovers = t.meter_rollovers + u.ro,
+    meter_rejected = t.meter_rejected + u.rj, meter_noise = t.meter_noise + u.nz
+FROM unnest($1::int8[], $2::int4[], $3::int2[], $4::float8[], $5::float8[], $6::float8[], $7::int4[],
+            $8::int4[], $9::int4[], $10::int4[]) AS u(b, d, m, c, cov, ex, rs, ro, rj, nz)
+WHERE t.device_key = u.d AND t.metric_id = u.m AND t.bucket = {EPOCH} + u.b * {US}
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+SAVE_METER_STATE = """
+INSERT INTO meter_state (device_key, metric_id, last_us, ref_us, ref_value, pending_us, pending_value)
+SELECT * FROM unnest($1::int4[], $2::int2[], $3::int8[], $4::int8[], $5::float8[], $6::int8[], $7::float8[])
+ON CONFLICT (device_key, metric_id) DO UPDATE SET last_us = EXCLUDED.last_us, ref_us = EXCLUDED.ref_us,
+    ref_value = EXCLUDED.ref_value, pending_us = EXCLUDED.pending_us, pending_value = EXCLUDED.pending_value
+"""

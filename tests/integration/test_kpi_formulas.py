@@ -451,4 +451,4 @@ async def test_a_drop_to_a_high_index_is_an_implausible_step_not_a_reset_from_ze
     water = v[("EN:EN:WS:2C", "", "")]
     # 22 plausible hourly steps of 0.0125 m3 over 22 h -> 0.3 m3/day; x2 (registry) / 1000 inhabitants
     assert water.value == pytest.approx(0.6)
-    assert water.details["implausible_steps_dropped"] == 1
+    assert water.details["rejected_steps"] == 1

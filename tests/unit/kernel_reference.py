@@ -268,7 +268,12 @@ def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tol
         elif d > 0:
             p = pending.get(s)
             if p is not None and -tol <= v - p[1] <= allowed(t - p[0]):
-                cons[i], covered[i], excluded[i], flags[i] = max(v - p[1], 0.0), t - p[0], p[0] - rt, FLAG_RESET
+                cons[i], covered[i], excluded[i], flags[i] = (
+                    max(v - p[1], 0.0),
+                    t - p[0],
+                    p[0] - rt,
+                    FLAG_RESET,
+                )
                 ref[s] = (t, max(v, p[1]))
                 del pending[s]
             else:

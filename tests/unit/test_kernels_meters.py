@@ -120,7 +120,11 @@ def test_state_carries_over_batches_exactly():
     series = rng.integers(0, k, n)
     ts = np.sort(rng.integers(0, 10_000, n)) * MIN
     idx = np.cumsum(rng.choice([0.0, 0.01, 0.5, 900.0], n)) + rng.normal(0, 0.01, n)
-    params = {"rollover_at": np.full(k, np.nan), "max_rate_per_h": np.full(k, 30.0), "tolerance": np.full(k, 0.05)}
+    params = {
+        "rollover_at": np.full(k, np.nan),
+        "max_rate_per_h": np.full(k, 30.0),
+        "tolerance": np.full(k, 0.05),
+    }
     whole = meter_steps(series, ts, idx, **params)
     a = meter_steps(series[:200], ts[:200], idx[:200], **params)
     b = meter_steps(series[200:], ts[200:], idx[200:], **params, state=a.state)
