@@ -24,7 +24,8 @@ $$;
 
 -- Per meter series, the reference the next reading steps from (times in epoch microseconds): the
 -- latest reading folded in, the reference reading (last accepted time, high-water value) and a
--- rejected rise waiting for confirmation. Internal to the writer; no city data to read.
+-- rejected rise waiting for confirmation. Internal to the writer (grants: schemas/access.py); no
+-- reader view.
 CREATE TABLE IF NOT EXISTS meter_state (
     device_key    integer NOT NULL,
     metric_id     smallint NOT NULL,
@@ -35,8 +36,6 @@ CREATE TABLE IF NOT EXISTS meter_state (
     pending_value double precision,
     PRIMARY KEY (device_key, metric_id)
 );
-GRANT SELECT, INSERT, UPDATE ON meter_state TO citykpi_ingest;
-GRANT SELECT ON meter_state TO citykpi_kpi;
 COMMENT ON COLUMN devices.metadata IS
     'KPI attributes (kpi_rollups): street_km, drainage_km, segment_id, free_flow_kmh, role, intersection_id; '
     'meters (processors/meters.py): rollover_at, max_rate_per_h, meter_dn, max_current_a, phases, noise_tolerance';

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from processors.writer import TimescaleWriter, WriteBatch
+from tests.conftest import deployment_of, make_login
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +103,20 @@ async def test_late_and_redelivered_readings_give_the_in_order_buckets(any_db: s
     assert consumption == pytest.approx(2.83) and covered == 95 * 900
     totals = [sum(r[2 + i] for r in in_order["rollup_1d"]) for i in range(3, 7)]
     assert totals == [1, 1, 2, 12]  # resets, rollovers, rejected (two spikes), noise steps
+
+
+async def test_the_ingest_role_folds_meter_steps_late_ones_too(any_db: str) -> None:
+    """The service's least-privilege role keeps meter_state and the meter columns: 1.0 -> 1.5 m3 in
+    order, then a late 1.2 between them (the series is re-read): 0.5 m3 in the day either way."""
+    login = await make_login(any_db, deployment_of(any_db).ingest)
+    async with TimescaleWriter(login) as w:
+        await w.write(batch([("w-9", T0, 1.0), ("w-9", T0 + timedelta(hours=2), 1.5)]))
+        await w.write(batch([("w-9", T0 + timedelta(hours=1), 1.2)]))
+    conn = await asyncpg.connect(any_db)
+    try:
+        day = await conn.fetchrow("SELECT meter_consumption, meter_covered_s FROM rollup_1d")
+        hours = await conn.fetch("SELECT meter_consumption FROM rollup_1h ORDER BY bucket")
+    finally:
+        await conn.close()
+    assert (day[0], day[1]) == (pytest.approx(0.5), 7200.0)
+    assert [h[0] for h in hours] == [0.0, pytest.approx(0.2), pytest.approx(0.3)]
