@@ -163,6 +163,9 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
         db = await conn.fetchval("SELECT quote_ident(current_database())")
         # temporary objects only for the service's roles: a reader has nothing to shadow with
         await conn.execute(f"REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC")
+        # only this deployment's logins connect: another deployment's roles stop at the door
+        await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO CURRENT_USER")
+        await conn.execute(f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC")
         await conn.execute(f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {ingest}, {kpi}")
         await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {reader}")
         await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")

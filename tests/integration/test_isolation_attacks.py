@@ -359,3 +359,67 @@ async def test_kpi_login_reads_data_but_not_who_reads_what_and_gains_nothing(two
     finally:
         await kpi.close()
     await _other_city_untouched(two_cities.owner_dsn)
+
+
+async def test_two_deployments_on_one_cluster_share_no_role(any_db: str, server_url: str) -> None:
+    """Each database gets its own roles (prefix: its name). A reader or ingest login of deployment
+    A cannot even connect to B; with CONNECT handed out anyway, it reads none of B's rows or chunks
+    and registers no device there."""
+    from tests.conftest import migrated_database
+
+    other_db = await migrated_database(server_url)
+    try:
+        a, b = deployment_of(any_db), deployment_of(other_db)
+        assert not set(a.all()) & set(b.all())
+        reader_name = f"reader_a_{a.prefix[-6:]}"
+        owner_a = await asyncpg.connect(any_db)
+        try:
+            await owner_a.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", reader_name)
+        finally:
+            await owner_a.close()
+        reader_a = as_login(any_db, reader_name)
+        ingest_a = await make_login(any_db, a.ingest)
+        batch = WriteBatch(source="test")
+        batch.add("demo", "air-b", "pm25", T0, 42.0)
+        async with TimescaleWriter(other_db) as w:
+            await w.write(batch)
+
+        def into_b(login_dsn: str) -> str:
+            return login_dsn.rsplit("/", 1)[0] + "/" + other_db.rsplit("/", 1)[1]
+
+        for login in (reader_a, ingest_a):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
+                await asyncpg.connect(into_b(login))
+
+        owner_b = await asyncpg.connect(other_db)
+        try:
+            await owner_b.execute(f'GRANT CONNECT ON DATABASE "{other_db.rsplit("/", 1)[1]}" TO PUBLIC')
+            chunks = []
+            if "15433" in server_url:
+                chunks = [
+                    r[0]
+                    for r in await owner_b.fetch(
+                        "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+                    )
+                ]
+        finally:
+            await owner_b.close()
+        conn = await asyncpg.connect(into_b(reader_a))
+        try:
+            for relation in ["reader.readings", "reader.cities", "public.readings", *chunks]:
+                with pytest.raises(PRIVILEGE_ERRORS):
+                    await conn.fetchval(f"SELECT count(*) FROM {relation}")
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(into_b(ingest_a))
+        try:
+            with pytest.raises(PRIVILEGE_ERRORS):
+                await conn.execute("INSERT INTO devices (city_id, device_id) VALUES ('demo', 'spoofed')")
+            with pytest.raises(PRIVILEGE_ERRORS):
+                await conn.fetchval("SELECT public.citykpi_apply_retention('readings', 1)")
+        finally:
+            await conn.close()
+    finally:
+        from tests.conftest import _drop_database
+
+        await _drop_database(server_url, other_db)

@@ -104,3 +104,29 @@ def test_roles_grant_reader_cli_makes_a_login_that_reads_one_city(tsdb: str, tmp
             await conn.close()
 
     assert asyncio.run(cities()) == {"demo"}
+
+
+async def test_role_prefix_is_configurable_and_fixed_by_the_first_migrate(empty_db: str) -> None:
+    from schemas.access import derive_prefix
+    from schemas.migrations import migrate
+
+    prefix = f"ck_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(empty_db)
+    try:
+        report = await migrate(conn, prefix)
+        assert report.roles is not None and report.roles.ingest == f"{prefix}_ingest"
+        made = await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", f"{prefix}\\_%")
+        assert made == 4
+        assert (await migrate(conn)).roles == report.roles  # unconfigured: the stored prefix
+        with pytest.raises(ValueError, match="cannot change"):
+            await migrate(conn, "another_prefix")
+    finally:
+        await conn.close()
+        cleanup = await asyncpg.connect(empty_db)
+        try:
+            roles = f"{prefix}_ingest, {prefix}_kpi, {prefix}_reader, {prefix}_definer"
+            await cleanup.execute(f"DROP OWNED BY {roles}; DROP ROLE {roles}")
+        finally:
+            await cleanup.close()
+    assert derive_prefix("City-KPI.Prod") == "city_kpi_prod"
+    assert derive_prefix("9lives") == "_9lives"
