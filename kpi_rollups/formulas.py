@@ -865,7 +865,12 @@ class TtiParams(_Params):
 
 @formula("travel_time_index")
 async def travel_time_index_kpi(ctx: FormulaContext) -> list[KpiResult]:
-    """Mean over sensors of free-flow speed / peak-hour mean speed (see catalog.toml)."""
+    """Peak-hour travel time / free-flow travel time (U4SSC), summed over the monitored segments.
+
+    A sensor's peak travel time over its segment is the count-weighted mean of L / v over its peak
+    hours, i.e. L / (harmonic mean speed); free flow is L / free-flow speed. The city's index is
+    Σ peak travel times / Σ free-flow travel times, segments weighted by `street_km` (1 km if unset).
+    """
     p: TtiParams = ctx.params(TtiParams)
     data = ctx.data
     rows = await data.hourly([p.speed_metric, p.count_metric])
@@ -901,6 +906,7 @@ async def travel_time_index_kpi(ctx: FormulaContext) -> list[KpiResult]:
     fact_ff = ctx.registry.facts.get(p.free_flow_fact) if p.free_flow_fact else None
     per_sensor = []
     ttis = []
+    peak_time_h = free_time_h = 0.0
     for i, dk in enumerate(sensors):
         dev = devices.get(dk)
         ff, source = (dev.number("free_flow_kmh") if dev else None), "devices.metadata.free_flow_kmh"
@@ -908,18 +914,23 @@ async def travel_time_index_kpi(ctx: FormulaContext) -> list[KpiResult]:
             ff, source = float(night_agg.p85_speed[i]), "p85 of night-time hourly speeds"
         if ff is None and fact_ff:
             ff, source = fact_ff, f"city fact {p.free_flow_fact}"
-        peak_speed = _finite(float(peak_agg.mean_speed[i]))
+        peak_speed = _finite(float(peak_agg.harmonic_speed[i]))
+        length = (dev.number("street_km") if dev else None) or 1.0
         tti = None
         if ff is not None and peak_speed is not None:
             tti = _finite(float(travel_time_index(peak_speed, ff)))
-        if tti is not None:
+        if tti is not None and ff is not None and peak_speed is not None:
             ttis.append(tti)
+            peak_time_h += length / peak_speed
+            free_time_h += length / ff
         per_sensor.append(
             {
                 "device_id": dev.device_id if dev else str(dk),
+                "segment_km": length,
                 "free_flow_kmh": ff,
                 "free_flow_source": source if ff is not None else None,
                 "peak_speed_kmh": peak_speed,
+                "peak_speed_mean": "harmonic (mean travel time)",
                 "tti": tti,
             }
         )
@@ -947,9 +958,10 @@ async def travel_time_index_kpi(ctx: FormulaContext) -> list[KpiResult]:
                 not_computable=f"no sensor has both {missing}",
             )
         ]
+    details["peak_travel_time_h"], details["free_flow_travel_time_h"] = peak_time_h, free_time_h
     return [
         KpiResult(
-            value=float(np.mean(ttis)),
+            value=peak_time_h / free_time_h,
             n_readings=n_readings,
             n_devices=len(ttis),
             coverage=cov,

@@ -721,7 +721,8 @@ def _weighted_quantile_inplace(x, w, lo, hi, q):
 
 @njit(cache=True)
 def traffic_by_group(group_idx, counts, speeds, n_groups, has_counts, has_speeds, quantile):
-    """Flow (sum of counts, or rows), count-weighted mean speed, weighted nearest-rank speed quantile.
+    """Flow (sum of counts, or rows), count-weighted mean speed, weighted nearest-rank speed quantile,
+    and the count-weighted harmonic mean speed (the speed of the mean travel time; speeds <= 0 skip).
 
     The quantile is the smallest speed whose cumulative weight share reaches `quantile`
     (numpy's 'inverted_cdf'; with integer counts the same as nearest-rank over single vehicles).
@@ -730,6 +731,8 @@ def traffic_by_group(group_idx, counts, speeds, n_groups, has_counts, has_speeds
     flow = np.zeros(n_groups)
     wsum = np.zeros(n_groups)
     wspeed = np.zeros(n_groups)
+    wmoving = np.zeros(n_groups)
+    wpace = np.zeros(n_groups)
     n_speed = np.zeros(n_groups + 1, dtype=np.int64)
     for i in range(n):
         g = group_idx[i]
@@ -742,13 +745,19 @@ def traffic_by_group(group_idx, counts, speeds, n_groups, has_counts, has_speeds
                 wsum[g] += w
                 wspeed[g] += w * sp
                 n_speed[g + 1] += 1
+                if sp > 0.0:
+                    wmoving[g] += w
+                    wpace[g] += w / sp
     mean_speed = np.full(n_groups, np.nan)
     quant = np.full(n_groups, np.nan)
+    harmonic = np.full(n_groups, np.nan)
     if not has_speeds:
-        return flow, mean_speed, quant
+        return flow, mean_speed, quant, harmonic
     for g in range(n_groups):
         if wsum[g] > 0.0:
             mean_speed[g] = wspeed[g] / wsum[g]
+        if wmoving[g] > 0.0:
+            harmonic[g] = wmoving[g] / wpace[g]
         n_speed[g + 1] += n_speed[g]
     # Counting sort of the speed rows by group, then a sort inside each group.
     fill = n_speed[:-1].copy()
@@ -765,7 +774,7 @@ def traffic_by_group(group_idx, counts, speeds, n_groups, has_counts, has_speeds
     for g in range(n_groups):
         if n_speed[g + 1] > n_speed[g]:
             quant[g] = _weighted_quantile_inplace(sp_sorted, w_sorted, n_speed[g], n_speed[g + 1], quantile)
-    return flow, mean_speed, quant
+    return flow, mean_speed, quant, harmonic
 
 
 # --------------------------------------------------------------------------------------------------

@@ -671,11 +671,13 @@ def meter_steps(
 
 @dataclass(frozen=True, slots=True)
 class TrafficAggregates:
-    """Per group: vehicle flow, count-weighted mean speed and 85th-percentile speed (NaN if none)."""
+    """Per group: vehicle flow, count-weighted mean speed, 85th-percentile speed and harmonic mean
+    speed (NaN if none)."""
 
     flow: F64
     mean_speed: F64
     p85_speed: F64
+    harmonic_speed: F64
 
 
 def traffic_hourly(
@@ -690,7 +692,9 @@ def traffic_hourly(
     flow = Σ counts (NaN counts skipped; rows when counts is None). The mean speed is weighted by
     counts. p85 is the count-weighted nearest rank: the smallest speed whose cumulative count
     share reaches 0.85, i.e. numpy.percentile(speeds, 85, weights=counts, method="inverted_cdf"),
-    which with integer counts equals the nearest-rank p85 over the individual vehicles.
+    which with integer counts equals the nearest-rank p85 over the individual vehicles. The
+    harmonic mean speed Σc / Σ(c/v) over moving rows (v > 0) is the speed of the mean travel time
+    over a fixed distance: what a travel time index needs (the arithmetic mean overstates it).
     """
     g = _group_index("group_idx", group_idx, n_groups)
     has_counts = counts is not None
@@ -700,8 +704,10 @@ def traffic_hourly(
     _same_length(group_idx=g, counts=c, speeds=sp)
     if has_counts and np.any(c < 0):
         raise ValueError("counts must be >= 0")
-    flow, mean_speed, p85 = K.traffic_by_group(g, c, sp, int(n_groups), has_counts, has_speeds, 0.85)
-    return TrafficAggregates(flow=flow, mean_speed=mean_speed, p85_speed=p85)
+    flow, mean_speed, p85, harmonic = K.traffic_by_group(
+        g, c, sp, int(n_groups), has_counts, has_speeds, 0.85
+    )
+    return TrafficAggregates(flow=flow, mean_speed=mean_speed, p85_speed=p85, harmonic_speed=harmonic)
 
 
 def travel_time_index(speed_kmh: npt.ArrayLike, free_flow_kmh: npt.ArrayLike) -> F64:

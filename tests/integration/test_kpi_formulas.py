@@ -227,9 +227,11 @@ async def test_every_kpi_matches_the_hand_computed_values(tsdb: str, tmp_path: P
     assert v[("EC:ICT:D:1A", "", "")].value == pytest.approx(0.0)  # drain-1 has no drainage_km
     assert v[("EC:ICT:T:3A", "", "")].value == pytest.approx(0.0)  # ctrl-1 is not an adaptive controller
 
-    # Travel time index: traffic-1 free flow p85(night) 50 / peak 25 = 2.0; traffic-2 60 / 40 = 1.5
+    # Travel time index: traffic-1 (1.5 km) free flow p85(night) 50, peak 25 km/h: 0.06 h against
+    # 0.03 h (2.0); traffic-2 (2 km) 60 and 40 km/h: 0.05 h against 1/30 h (1.5); the city's travel
+    # times: (0.06 + 0.05) / (0.03 + 1/30) = 0.33 / 0.19 = 33/19
     tti = v[("EC:I:T:5A", "", "")]
-    assert tti.value == pytest.approx(1.75)
+    assert tti.value == pytest.approx(33 / 19)
     sensors = {s["device_id"]: s for s in tti.details["sensors"]}
     assert sensors["traffic-1"]["free_flow_kmh"] == pytest.approx(50.0)
     assert sensors["traffic-2"]["free_flow_source"] == "devices.metadata.free_flow_kmh"

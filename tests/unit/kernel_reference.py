@@ -297,15 +297,19 @@ def traffic_ref(group_idx, counts, speeds, n_groups):
     flow = np.array([np.nansum(c[g == k]) for k in range(n_groups)])
     mean = np.full(n_groups, np.nan)
     p85 = np.full(n_groups, np.nan)
+    harmonic = np.full(n_groups, np.nan)
     if speeds is None:
-        return flow, mean, p85
+        return flow, mean, p85, harmonic
     sp = np.asarray(speeds, dtype=float)
     for k in range(n_groups):
         m = (g == k) & ~np.isnan(sp) & ~np.isnan(c) & (c > 0)
         if m.any():
             mean[k] = np.sum(c[m] * sp[m]) / np.sum(c[m])
             p85[k] = np.percentile(sp[m], 85, weights=c[m], method="inverted_cdf")
-    return flow, mean, p85
+        moving = m & (sp > 0)
+        if moving.any():
+            harmonic[k] = np.sum(c[moving]) / np.sum(c[moving] / sp[moving])
+    return flow, mean, p85, harmonic
 
 
 def stuck_ref(series, ts_us, value, min_run) -> np.ndarray:

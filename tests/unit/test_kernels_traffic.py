@@ -21,10 +21,20 @@ def test_matches_reference(seed, with_counts):
     if counts is not None:
         counts[rng.random(n) < 0.02] = np.nan
     got = traffic_hourly(g, counts, speeds, 14)
-    flow, mean, p85 = traffic_ref(g, counts, speeds, 14)
+    flow, mean, p85, harmonic = traffic_ref(g, counts, speeds, 14)
     np.testing.assert_allclose(got.flow, flow, rtol=1e-12)
     np.testing.assert_allclose(got.mean_speed, mean, rtol=1e-12, equal_nan=True)
     np.testing.assert_array_equal(got.p85_speed, p85)
+    np.testing.assert_allclose(got.harmonic_speed, harmonic, rtol=1e-12, equal_nan=True)
+
+
+def test_harmonic_speed_is_the_speed_of_the_mean_travel_time():
+    """10 vehicles at 20 km/h and 10 at 60 km/h over 1 km: 3 and 1 minutes, mean 2 minutes = 30 km/h
+    (the arithmetic mean, 40 km/h, would understate the travel time by a quarter); a standing row
+    (0 km/h) has no finite travel time and is left out."""
+    out = traffic_hourly([0, 0, 0], [10, 10, 5], [20.0, 60.0, 0.0], 1)
+    assert out.harmonic_speed[0] == pytest.approx(30.0)
+    assert out.mean_speed[0] == pytest.approx((200 + 600) / 25)
 
 
 def test_p85_is_nearest_rank_over_vehicles():
