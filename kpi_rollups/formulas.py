@@ -29,7 +29,7 @@ from processors.kernels import (
     EPA_POLLUTANTS,
     EUROPEAN_AQI_POLLUTANTS,
     epa_aqi,
-    european_aqi,
+    european_aqi_band,
     exceedance_days,
     lden_from_hourly_leq,
     rolling_mean_hours,
@@ -308,33 +308,92 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
             if m not in EPA_POLLUTANTS:
                 continue
             epa_in[m] = max8h[m] if m in max8h else day_max1h[m] if m in ("no2", "so2") else day_mean[m]
-        results.append(_aqi_result("aqi_epa", epa_in, days, stations, n_read, "epa", data))
+        results.append(_epa_aqi_result(epa_in, days, stations, n_read))
     if ctx.kpi.has_component("aqi_eu"):
-        eu_in: dict[str, npt.ArrayLike] = {m: day_mean[m] for m in metrics if m in EUROPEAN_AQI_POLLUTANTS}
-        results.append(_aqi_result("aqi_eu", eu_in, days, stations, n_read, "eu", data))
+        results.append(await _european_aqi_hourly(ctx, [m for m in metrics if m in EUROPEAN_AQI_POLLUTANTS]))
     return results
 
 
-def _aqi_result(
-    component: str,
+EEA_RUNNING_24H = ("pm25", "pm10")  # the EEA index takes PM as 24-h running means, the gases hourly
+
+
+async def _european_aqi_hourly(ctx: FormulaContext, pollutants: list[str]) -> KpiResult:
+    """The EEA European Air Quality Index per hour: a station's band is the worst of its pollutants'
+    bands (NO2, O3, SO2 hourly means; PM2.5, PM10 24-h running means of >= 18 valid hours); the
+    city's hour is its worst station. Value: the worst hour of the period."""
+    data, period = ctx.data, ctx.period
+    rows = await data.hourly(pollutants, extend_before=timedelta(hours=23))
+    series: dict[tuple[int, str], tuple[list[int], list[float], int]] = {}
+    for r in rows:
+        ts, vs, n = series.get((r["device_key"], r["metric"]), ([], [], 0))
+        ts.append(to_us(r["bucket"]))
+        vs.append(float(r["mean"]))
+        series[(r["device_key"], r["metric"])] = (
+            ts,
+            vs,
+            n + (int(r["n"]) if r["bucket"] >= data.start else 0),
+        )
+    start_us, end_us = to_us(data.start), to_us(data.end)
+    hour_us: list[npt.NDArray[np.int64]] = []
+    band: list[npt.NDArray[np.int8]] = []
+    station: list[npt.NDArray[np.int64]] = []
+    for (dk, m), (ts, vs, _) in series.items():
+        t = np.array(ts, dtype=np.int64)
+        v = rolling_mean_hours(t, np.array(vs), 24, 18) if m in EEA_RUNNING_24H else np.array(vs)
+        inside = (t >= start_us) & (t < end_us)
+        hour_us.append(t[inside])
+        band.append(european_aqi_band(m, v[inside]))
+        station.append(np.full(int(inside.sum()), dk, dtype=np.int64))
+    hours = np.concatenate(hour_us) if hour_us else np.zeros(0, dtype=np.int64)
+    bands = np.concatenate(band).astype(np.int64) if band else np.zeros(0, dtype=np.int64)
+    uniq, idx = np.unique(hours, return_inverse=True)
+    city_hour = np.zeros(uniq.shape[0], dtype=np.int64)
+    np.maximum.at(city_hour, idx.reshape(-1), bands)  # worst pollutant of the worst station
+    ok = city_hour > 0
+    if not ok.any():
+        return KpiResult(component="aqi_eu", not_computable="no hour with a valid European AQI input yet")
+    contributing = {int(dk) for st, b in zip(station, band, strict=True) for dk in st[b > 0].tolist()}
+    day = _local_days(uniq[ok], period)
+    daily: dict[str, float] = {}
+    for d, b in zip(day.tolist(), city_hour[ok].tolist(), strict=True):
+        key = period.days()[d].isoformat()
+        daily[key] = max(daily.get(key, 0.0), float(b))
+    by_band = {
+        EU_BANDS[b]: int(np.count_nonzero(city_hour[ok] == b)) for b in sorted(set(city_hour[ok].tolist()))
+    }
+    elapsed_h = max(1.0, (period.elapsed_end(data.now) - data.start).total_seconds() / 3600.0)
+    return KpiResult(
+        component="aqi_eu",
+        value=float(city_hour.max()),
+        n_readings=sum(n for (dk, _), (_, _, n) in series.items() if dk in contributing),
+        n_devices=len(contributing),
+        coverage=min(1.0, int(ok.sum()) / (period.seconds / 3600.0)),
+        details={
+            "hours_by_band": by_band,
+            "daily_worst_hour": daily,
+            "bands": EU_BANDS,
+            "city_hour": "worst station",
+            "pollutants": sorted(pollutants),
+            "averaging": "EEA hourly index: NO2, O3, SO2 hourly means; PM2.5, PM10 24-h running means "
+            "(18 of 24 hours)",
+            "coverage_so_far": min(1.0, int(ok.sum()) / elapsed_h),
+        },
+    )
+
+
+def _epa_aqi_result(
     inputs: dict[str, npt.ArrayLike],
     days: list[date],
     stations: list[int],
     n_read: dict[str, npt.NDArray[np.int64]],
-    kind: str,
-    data: CityData,
 ) -> KpiResult:
+    """Daily US EPA AQI per station; the city's day is its worst station, the value its worst day."""
+    component = "aqi_epa"
     if not inputs or not stations:
         return KpiResult(component=component, not_computable="no station data in the period")
-    if kind == "epa":
-        station_day = epa_aqi(inputs)
-        city_day = np.fmax.reduce(station_day, axis=0)
-        ok = np.isfinite(city_day)
-    else:
-        bands = european_aqi(inputs).astype(np.float64)
-        city_day = bands.max(axis=0)
-        ok = city_day > 0
-        station_day = bands
+    station_day = epa_aqi(inputs)
+    city_day = np.fmax.reduce(station_day, axis=0)
+    ok = np.isfinite(city_day)
     contributing = int(np.count_nonzero(np.any(np.isfinite(station_day) & (station_day > 0), axis=1)))
     n_valid = int(np.count_nonzero(ok))
     if n_valid == 0:
@@ -345,30 +404,16 @@ def _aqi_result(
             not_computable=("no day with enough valid hours (75 % of the day's hours) for a daily index yet"),
         )
     daily = {days[i].isoformat(): float(city_day[i]) for i in np.flatnonzero(ok)}
-    if kind == "epa":
-        cats: dict[str, int] = {}
-        for v in daily.values():
-            cats[_epa_category(v)] = cats.get(_epa_category(v), 0) + 1
-        details: dict[str, Any] = {
-            "daily": daily,
-            "days_by_category": cats,
-            "city_day": "worst station",
-            "pollutants": sorted(inputs),
-            "averaging": "24-h PM; daily max 8-h O3 and CO; daily max 1-h NO2 and SO2",
-        }
-    else:
-        counts_by_band: dict[str, int] = {}
-        for v in daily.values():
-            name = EU_BANDS[int(v)]
-            counts_by_band[name] = counts_by_band.get(name, 0) + 1
-        details = {
-            "daily": daily,
-            "days_by_band": counts_by_band,
-            "bands": EU_BANDS,
-            "city_day": "worst station",
-            "pollutants": sorted(inputs),
-            "averaging": "daily means",
-        }
+    cats: dict[str, int] = {}
+    for v in daily.values():
+        cats[_epa_category(v)] = cats.get(_epa_category(v), 0) + 1
+    details: dict[str, Any] = {
+        "daily": daily,
+        "days_by_category": cats,
+        "city_day": "worst station",
+        "pollutants": sorted(inputs),
+        "averaging": "24-h PM; daily max 8-h O3 and CO; daily max 1-h NO2 and SO2",
+    }
     n_readings = int(sum(int(n_read[m].sum()) for m in inputs))
     return KpiResult(
         component=component,

@@ -3,6 +3,7 @@ refresh` -> kpi_values, on a UTC city (local hours = UTC hours) on Wednesday 202
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from tests.integration.test_kpi_meters_e2e import DAY, at, details, registry, replay_and_refresh, senml
@@ -10,6 +11,21 @@ from tests.integration.test_kpi_meters_e2e import DAY, at, details, registry, re
 pytestmark = pytest.mark.integration
 
 TTI = "EC:I:T:5A"
+
+
+async def component(dsn: str, code: str, name: str) -> asyncpg.Record:
+    """The day's kpi_values row of one component."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchrow(
+            "SELECT * FROM kpi_values WHERE city_id = 'm' AND kpi_code = $1 AND component = $2 "
+            "AND period_kind = 'day' AND period_start = $3",
+            code,
+            name,
+            DAY,
+        )
+    finally:
+        await conn.close()
 
 
 async def test_travel_time_index_is_a_ratio_of_travel_times(tsdb, tmp_path) -> None:
@@ -49,3 +65,27 @@ free_flow_kmh = 50
     assert tti["value"] == pytest.approx(1.8125)
     sensors = {s["device_id"]: s for s in details(tti)["sensors"]}
     assert sensors["seg-a"]["tti"] == pytest.approx(2.0) and sensors["seg-b"]["tti"] == pytest.approx(1.5)
+
+
+async def test_european_aqi_is_the_eea_hourly_index(tsdb, tmp_path) -> None:
+    """Item 10, EEA European Air Quality Index: NO2, O3, SO2 from hourly concentrations, PM from
+    24-h running means; a band's upper edge belongs to it (NO2 Fair is 40-100, Moderate 100-200).
+    NO2 is 50 µg/m³ (Fair) in 22 hours, 190 at 12:00 and exactly 200 at 13:00: both Moderate.
+    PM2.5 8 µg/m³ all day: Good once 18 hours are in its running mean, never worse than NO2.
+    The worst hour is Moderate (3): 22 Fair hours and 2 Moderate. (The daily mean of NO2,
+    (22 x 50 + 190 + 200) / 24 = 62.1, would have called the day Fair.)
+    """
+    reg = registry(1000, 1, 1, '\n[[devices]]\ndevice_id = "air-1"\nexpected_interval_s = 3600\n')
+    lines = []
+    for h in range(24):
+        no2 = {12: 190.0, 13: 200.0}.get(h, 50.0)
+        lines.append(senml("air-1", "no2", "ug/m3", at(h), no2))
+        lines.append(senml("air-1", "pm25", "ug/m3", at(h), 8.0))
+    v = await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    assert ("EN:EN:AQ:1C", f"day {DAY}") not in v  # the air KPI has components only
+    eu = await component(tsdb, "EN:EN:AQ:1C", "aqi_eu")
+    assert eu["value"] == 3
+    d = details(eu)
+    assert d["hours_by_band"] == {"Fair": 22, "Moderate": 2}
+    assert d["daily_worst_hour"] == {DAY.isoformat(): 3.0}
+    assert eu["coverage"] == pytest.approx(1.0)
