@@ -50,7 +50,6 @@ __all__ = [
     "daily_means",
     "epa_aqi",
     "epa_aqi_subindex",
-    "european_aqi",
     "european_aqi_band",
     "exceedance_days",
     "hampel_flags",
@@ -491,17 +490,6 @@ def european_aqi_band(pollutant: str, concentration_ugm3: npt.ArrayLike) -> npt.
     return K.band_from_upper_bounds(flat, bounds).reshape(c.shape)
 
 
-def european_aqi(concentrations: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.int8]:
-    """Station European AQI = worst band over the given pollutants; 0 where none is valid."""
-    if not concentrations:
-        raise ValueError("european_aqi needs at least one pollutant")
-    bands = [european_aqi_band(p, c) for p, c in concentrations.items()]
-    out = bands[0]
-    for b in bands[1:]:
-        out = np.maximum(out, b)
-    return np.asarray(out, dtype=np.int8)
-
-
 def rolling_mean_hours(
     hour_start_us: npt.ArrayLike, hourly_values: npt.ArrayLike, window_hours: int = 8, min_valid: int = 6
 ) -> F64:
@@ -795,7 +783,7 @@ def warm_up() -> float:
     leq_by_group(s, v, 2)
     lden_from_hourly_leq(np.arange(24, dtype=np.int64) * HOUR_US, np.full(24, 60.0), "UTC")
     epa_aqi({p: v for p in EPA_POLLUTANTS})
-    european_aqi({p: v for p in EUROPEAN_AQI_POLLUTANTS})
+    european_aqi_band("no2", v)
     rolling_mean_hours(np.arange(4, dtype=np.int64) * HOUR_US, v)
     daily_means(s, v, 2)
     meter_steps(s, t, v, rollover_at=[100.0, np.nan], max_rate_per_h=[10.0, np.nan], tolerance=[0.0, 0.1])
