@@ -100,7 +100,10 @@ class MqttSettings(BaseModel):
     session_expiry_s: int = Field(86400, ge=0)
     qos: Literal[0, 1, 2] = 1
     shared_group: str | None = Field(
-        "citykpi", description="shared subscription group ($share/<group>/…); empty or null to disable"
+        None,
+        description="shared subscription group ($share/<group>/…) to split topics between instances; off "
+        "by default because Mosquitto does not restore shared subscriptions from its persistence file: "
+        "after a broker restart, messages published before this client re-subscribes are lost",
     )
     username: str | None = None
     password: SecretStr | None = None
@@ -111,11 +114,19 @@ class MqttSettings(BaseModel):
         20000,
         ge=1,
         le=65535,
-        description="messages received but not yet acknowledged (MQTT 5 Receive Maximum); keep it above "
+        description="messages received but not yet acknowledged: the service stops reading from the "
+        "broker at this bound (also sent as the MQTT 5 Receive Maximum); keep it above "
         "writer.batch_max_rows, or every batch waits for the delay",
     )
+    max_held_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="payload bytes received but not yet acknowledged: the service stops reading here too",
+    )
     keepalive_s: int = Field(30, ge=5)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_max_s: float = Field(
+        5.0, gt=0, description="cap of the jittered exponential reconnect backoff (first retry within 1 s)"
+    )
     startup_wait_s: float = Field(
         5.0, ge=0, description="start-up waits this long for the first SUBACK, then goes on in the background"
     )

@@ -6,6 +6,7 @@ Each database test gets a fresh database on the real server, migrated; private M
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -169,3 +170,52 @@ def mosquitto() -> Iterator[PrivateMosquitto]:
     broker.up()
     yield broker
     broker.down()
+
+
+class TcpProxy:
+    """A loopback TCP proxy a test can cut (close every connection, refuse new ones) and restore:
+    a server outage for one client, without stopping the server the other tests share."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def url(self, dsn: str) -> str:
+        """`dsn` through the proxy."""
+        host_port = f"{self.target[0]}:{self.target[1]}"
+        assert host_port in dsn, dsn
+        return dsn.replace(host_port, f"127.0.0.1:{self.port}")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
