@@ -35,7 +35,14 @@ class ConfigError(SystemExit):
 class DatabaseSettings(BaseModel):
     url: SecretStr = Field(
         SecretStr("postgresql://postgres@127.0.0.1:15433/citykpi"),
-        description="PostgreSQL/TimescaleDB DSN; a password in it is masked in `config show`.",
+        description="PostgreSQL/TimescaleDB DSN: the schema owner for `citykpi migrate`, an ingest login "
+        "for `citykpi run`; a password in it is masked in `config show`.",
+    )
+    kpi_url: SecretStr | None = Field(
+        None, description="DSN of the KPI login for KPI refreshes (service and `kpi refresh`); default: url"
+    )
+    migrate_on_start: bool = Field(
+        False, description="`citykpi run` migrates first (needs the owner); else run `citykpi migrate` before"
     )
     role_prefix: str | None = Field(
         None,
@@ -61,13 +68,16 @@ class DatabaseSettings(BaseModel):
             raise ValueError("pool_min must be <= pool_max")
         return self
 
-    @field_validator("url")
+    @field_validator("url", "kpi_url")
     @classmethod
-    def _postgres_scheme(cls, v: SecretStr) -> SecretStr:
-        scheme = urlsplit(v.get_secret_value()).scheme
-        if scheme not in ("postgresql", "postgres"):
+    def _postgres_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and urlsplit(v.get_secret_value()).scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/citykpi")
         return v
+
+    def kpi_dsn(self) -> str:
+        """The KPI refresh's DSN: its own login when configured."""
+        return (self.kpi_url or self.url).get_secret_value()
 
 
 class TopicRoute(BaseModel):

@@ -30,6 +30,7 @@ async def wait_for_database(dsn: str, timeout_s: float) -> asyncpg.Connection:
 
 
 async def prepare_database(settings: Settings, run_migrations: bool = True) -> None:
+    """Migrate (as the owner, when asked) and upsert the configured cities (the ingest login may)."""
     conn = await wait_for_database(settings.database.url.get_secret_value(), 60)
     try:
         if run_migrations:

@@ -58,8 +58,8 @@ class Service:
         self._jobs: list[asyncio.Task[None]] = []
         self.warm_up_s = 0.0
 
-    async def start(self, migrate_first: bool = True) -> None:
-        await prepare_database(self.settings, migrate_first)
+    async def start(self) -> None:
+        await prepare_database(self.settings, self.settings.database.migrate_on_start)
         self.warm_up_s = await asyncio.to_thread(warm_up)
         log.info("numba kernels ready in %.2f s", self.warm_up_s)
         await self.writer.start()

@@ -175,7 +175,7 @@ def kpi_refresh(
     async def main() -> int:
         import asyncpg
 
-        conn = await asyncpg.connect(_dsn(settings))
+        conn = await asyncpg.connect(settings.database.kpi_dsn())
         failures = 0
         try:
             for cid in cities:

@@ -289,7 +289,7 @@ async def kpi_refresh_loop(settings: Settings) -> None:
     """Refresh every configured city's KPIs for the current day, month and year every
     `settings.kpi_refresh_interval_s`, cities concurrently (each a tenant); log failures and keep
     going. Runs until cancelled."""
-    dsn = settings.database.url.get_secret_value()
+    dsn = settings.database.kpi_dsn()
     interval = settings.kpi_refresh_interval_s
     last_day: dict[str, date] = {}
     pool: asyncpg.Pool | None = None

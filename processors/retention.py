@@ -12,34 +12,23 @@ import logging
 import asyncpg
 
 from ingest.config import Settings
-from schemas.migrations import detect_features
 
 log = logging.getLogger(__name__)
 
 
-def retention_days(settings: Settings) -> dict[str, tuple[str, int]]:
-    """table -> (time column, days kept)."""
+def retention_days(settings: Settings) -> dict[str, int]:
+    """table -> days kept."""
     db = settings.database
-    return {"readings": ("time", db.raw_retention_days), "rollup_1m": ("bucket", db.rollup_1m_retention_days)}
+    return {"readings": db.raw_retention_days, "rollup_1m": db.rollup_1m_retention_days}
 
 
 async def apply_retention(conn: asyncpg.Connection, settings: Settings) -> dict[str, int]:
-    """Drop data past its retention; returns chunks (or rows) removed per table."""
-    features = await detect_features(conn)
+    """Drop data past its retention; returns chunks (or rows) removed per table. The owner's
+    `citykpi_apply_retention` does it (drop_chunks needs the hypertables' owner; schemas/sql/0008),
+    so the ingest login needs no more than EXECUTE on it."""
     removed: dict[str, int] = {}
-    for table, (column, days) in retention_days(settings).items():
-        if features.hypertables:
-            dropped = await conn.fetch(
-                "SELECT drop_chunks($1::regclass, older_than => now() - make_interval(days => $2))",
-                table,
-                days,
-            )
-            removed[table] = len(dropped)
-        else:
-            status = await conn.execute(
-                f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => $1)", days
-            )
-            removed[table] = int(status.split()[-1])
+    for table, days in retention_days(settings).items():
+        removed[table] = await conn.fetchval("SELECT public.citykpi_apply_retention($1, $2)", table, days)
     return removed
 
 

@@ -219,3 +219,10 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
+
+
+@pytest.fixture
+async def service_logins(any_db: str) -> tuple[str, str]:
+    """(ingest DSN, KPI DSN): logins holding only the deployment's ingest or KPI role."""
+    roles = deployment_of(any_db)
+    return await make_login(any_db, roles.ingest), await make_login(any_db, roles.kpi)

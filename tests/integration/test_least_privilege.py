@@ -1,0 +1,104 @@
+"""The service under least privilege, on both servers: `citykpi run` as an ingest login (no
+migration, no owner), the KPI refresh as the KPI login, and every job doing its work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from ingest.service import Service
+from ingest.simulator import SimMessage
+from processors.writer import TimescaleWriter, WriteBatch
+from tests.conftest import PrivateMosquitto
+from tests.integration.test_mqtt_ingest import publish, senml_messages, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+async def _wait_for(dsn: str, query: str, at_least: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        conn = await asyncpg.connect(dsn)
+        try:
+            n = int(await conn.fetchval(query))
+        finally:
+            await conn.close()
+        if n >= at_least:
+            return n
+        await asyncio.sleep(0.3)
+    return n
+
+
+async def test_service_runs_as_the_ingest_login_and_refreshes_kpis_as_the_kpi_login(
+    any_db: str,
+    service_logins: tuple[str, str],
+    mosquitto: PrivateMosquitto,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Readings, auto-registered devices, dead letters (COPY), retention (the owner's hardened
+    function), quality flags and KPI values all written without the owner, and no job logs a
+    failure."""
+    ingest_dsn, kpi_dsn = service_logins
+    old = datetime.now(UTC) - timedelta(days=30)
+    batch = WriteBatch(source="test")
+    batch.add("demo", "old-1", "pm25", old, 5.0)
+    async with TimescaleWriter(any_db) as w:  # the owner writes a month-old reading
+        await w.write(batch)
+
+    settings = settings_for(ingest_dsn, mosquitto.port)
+    settings.database.kpi_url = type(settings.database.url)(kpi_dsn)
+    settings.database.raw_retention_days = 3
+    settings.database.retention_interval_s = 0.5
+    settings.quality.interval_s, settings.quality.lookback_s = 0.5, 1.0
+    settings.kpi_refresh_interval_s = 0.5
+    assert not settings.database.migrate_on_start
+    caplog.set_level(logging.INFO)
+    service = Service(settings)
+    await service.start()
+    try:
+        await publish(
+            mosquitto.port, [*senml_messages(50), SimMessage("city/demo/senml/air-00", b"{not json")]
+        )
+        assert (
+            await _wait_for(
+                any_db, "SELECT count(*) FROM readings WHERE time > now() - interval '2 days'", 50
+            )
+            == 50
+        )
+        assert await _wait_for(any_db, "SELECT count(*) FROM dead_letters", 1) >= 1
+        assert await _wait_for(any_db, "SELECT count(*) FROM kpi_values WHERE city_id = 'demo'", 1) >= 1
+        assert (
+            await _wait_for(any_db, "SELECT 1 - count(*) FROM readings WHERE value = 5.0", 1) == 1
+        )  # retention
+    finally:
+        await service.stop()
+    owner = await asyncpg.connect(any_db)
+    try:
+        assert await owner.fetchval("SELECT count(*) FROM devices WHERE registered_by = 'auto'") >= 20
+    finally:
+        await owner.close()
+    trouble = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and ("fail" in r.getMessage() or "permission" in r.getMessage())
+    ]
+    assert not trouble
+
+
+async def test_the_ingest_login_cannot_migrate_and_run_does_not_try(
+    any_db: str, service_logins: tuple[str, str]
+) -> None:
+    """`migrate_on_start` is off by default; asked to migrate, the ingest login is refused."""
+    from ingest.database import prepare_database
+
+    ingest_dsn, _ = service_logins
+    settings = settings_for(ingest_dsn, 1)
+    await prepare_database(settings, settings.database.migrate_on_start)  # upserts the cities: allowed
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await prepare_database(settings, run_migrations=True)
