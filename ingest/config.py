@@ -12,8 +12,8 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -317,8 +317,31 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _secret_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Dotted paths (list indexes left out) of every SecretStr field under `model`."""
+    found: set[tuple[str, ...]] = set()
+    for name, field in model.model_fields.items():
+        types = (field.annotation, *get_args(field.annotation))
+        if SecretStr in types:
+            found.add((*prefix, name))
+        for sub in (*types, *(a for t in types for a in get_args(t))):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                found |= _secret_fields(sub, (*prefix, name))
+    return found
+
+
+def _shown_input(loc: tuple[str | int, ...], value: Any) -> str:
+    """What a validation error may echo: never a secret field, never a whole section (it may hold
+    one); just the field's name then."""
+    path = tuple(p for p in loc if isinstance(p, str))
+    if path in SECRET_FIELDS or isinstance(value, dict | list):
+        return "value not shown"
+    return f"got {value!r}"
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings or raise `ConfigError` naming each bad field and its fix."""
+    """Build the settings or raise `ConfigError` naming each bad field and its fix (never echoing
+    a secret)."""
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"configuration file {config_file} does not exist")
@@ -327,27 +350,39 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**overrides)
     except ValidationError as e:
         lines = ["invalid configuration:"]
-        for err in e.errors():
+        for err in e.errors(include_url=False, include_input=True):
             loc = ".".join(str(p) for p in err["loc"])
             env = "CITYKPI_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
             lines.append(
-                f"  {loc or '(root)'}: {err['msg']} (got {err.get('input')!r}; set {env} or fix it "
-                f"in the TOML file)"
+                f"  {loc or '(root)'}: {err['msg']} ({_shown_input(err['loc'], err.get('input'))}; "
+                f"set {env} or fix it in the TOML file)"
             )
         raise ConfigError("\n".join(lines)) from None
 
 
+_QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;])(?:password|sslpassword)=)[^&;]*")
+
+
 def mask_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ***."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The DSN with every password replaced by ***; fails closed: anything that is not a
+    postgresql:// URL is shown as *** whole. The user info ends at the last '@', so a password
+    holding '#', '/', '?' or '@' is masked whole too."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return "***"
+    userinfo, at, hosts = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, every secret masked."""
     data = settings.model_dump(mode="json")
     data["database"]["url"] = mask_dsn(settings.database.url.get_secret_value())
+    if settings.database.kpi_url is not None:
+        data["database"]["kpi_url"] = mask_dsn(settings.database.kpi_url.get_secret_value())
     return data
+
+
+SECRET_FIELDS = _secret_fields(Settings)

@@ -88,6 +88,70 @@ def test_mask_dsn_leaves_passwordless_dsn_alone() -> None:
     assert mask_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://u:pa#ss3cret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:s3/cret@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
+        ("postgresql://u:s3@cret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:s3?cret@h/db", "postgresql://u:***@h/db"),
+        (
+            "postgresql://u@h/db?password=s3cret&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        (
+            "postgres://h/db?sslmode=verify-full&PASSWORD=s3#cret",
+            "postgres://h/db?sslmode=verify-full&PASSWORD=***",
+        ),
+        ("postgresql://h/db?sslpassword=s3cret", "postgresql://h/db?sslpassword=***"),
+        ("host=h user=u password=s3cret dbname=db", "***"),  # not a URL: fails closed
+        ("mysql://u:s3cret@h/db", "***"),
+        ("s3cret", "***"),
+    ],
+)
+def test_mask_dsn_fails_closed(dsn: str, shown: str) -> None:
+    assert mask_dsn(dsn) == shown
+    assert "s3" not in mask_dsn(dsn)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "field"),
+    [
+        ("CITYKPI_DATABASE__URL", "mysql://u:s3cret@h/db", "database.url"),
+        ("CITYKPI_DATABASE__KPI_URL", "http://u:s3cret@h/db", "database.kpi_url"),
+        ("CITYKPI_MQTT__PASSWORD", '{"not": "s3cret"}', "mqtt.password"),
+    ],
+)
+def test_invalid_secret_fields_are_named_not_echoed(
+    env: str, value: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as e:
+        load_settings(mqtt={"password": {"nested": "s3cret"}} if "MQTT" in env else {})
+    assert field in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_a_section_error_does_not_echo_the_section_with_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model-level check (SASL incomplete) gets the whole kafka section as its input."""
+    monkeypatch.setenv("CITYKPI_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("CITYKPI_KAFKA__SASL_PASSWORD", "kafka-s3cret")
+    with pytest.raises(ConfigError, match="SASL needs") as e:
+        load_settings()
+    assert "s3cret" not in str(e.value)
+
+
+def test_non_secret_fields_still_show_the_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_MQTT__PORT", "99999")
+    with pytest.raises(ConfigError, match="got '99999'"):
+        load_settings()
+
+
+def test_config_show_masks_the_kpi_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYKPI_DATABASE__KPI_URL", "postgresql://kpi:s3/cret#x@db/citykpi?password=s3cret")
+    dump = str(masked_dump(load_settings()))
+    assert "s3" not in dump and "postgresql://kpi:***@db/citykpi?password=***" in dump
+
+
 @pytest.mark.parametrize("sample", ["mqtt", "kafka"])
 def test_each_source_sample_config_is_valid(sample: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITYKPI_MQTT__PASSWORD", "x")
