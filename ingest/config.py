@@ -24,6 +24,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.decoders import DECODERS, check_field_map
+
 CONFIG_FILE_ENV = "CITYKPI_CONFIG_FILE"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 
@@ -85,6 +87,10 @@ class TopicRoute(BaseModel):
 
     `filter` is an MQTT filter (`+`/`#`) or a Kafka topic name; `city_level`/`device_level` are
     1-based topic levels (MQTT) to take the city and device from; `city` is a fixed city instead.
+    `identity` says who names the device: "topic" (the default with a `device_level`: a payload id
+    that disagrees with the topic is rejected, never merged) or "payload" (a gateway: each record's
+    SenML `bn`, NGSI entity id, TTN device or JSON device field is its own device). A city named in
+    the payload counts only when `trust_payload_city` is set; otherwise a different one is rejected.
     """
 
     filter: str
@@ -92,7 +98,21 @@ class TopicRoute(BaseModel):
     city: str | None = None
     city_level: int | None = Field(None, ge=1)
     device_level: int | None = Field(None, ge=1)
+    identity: Literal["topic", "payload"] | None = None
+    trust_payload_city: bool = False
     field_map: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_format_and_identity(self) -> TopicRoute:
+        if self.format not in DECODERS:
+            known = ", ".join(sorted(DECODERS))
+            raise ValueError(f"route {self.filter!r}: unknown format {self.format!r}; known formats: {known}")
+        check_field_map(self.field_map)
+        if self.identity is None:
+            self.identity = "topic" if self.device_level is not None else "payload"
+        elif self.identity == "topic" and self.device_level is None:
+            raise ValueError(f"route {self.filter!r}: identity 'topic' needs a device_level")
+        return self
 
 
 class MqttSettings(BaseModel):
@@ -214,6 +234,9 @@ class ValidationSettings(BaseModel):
     max_future_s: float = Field(300.0, ge=0)
     min_time: datetime = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
     unknown_device: Literal["register", "reject"] = "register"
+    naive_times: Literal["city", "UTC"] = Field(
+        "city", description="payload times without a zone are read in the city's time zone, or in UTC"
+    )
     dead_letter_payload_bytes: int = Field(
         256 * 1024,
         ge=0,

@@ -13,14 +13,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from ingest import telemetry
 from ingest.config import Settings
-from ingest.routing import Router
+from ingest.routing import IdentityMismatch, Router
 from ingest.validation import Rejected, Validator, bad_text
 from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
@@ -85,6 +86,12 @@ class Pipeline:
         self._publish_dead_letters = publish_dead_letters
         self.writer = writer
         self.validator = Validator(settings.validation)
+        # zone-less payload times are read in their city's zone (validation.naive_times = "city")
+        self._zones: dict[str, tzinfo] = (
+            {c.city_id: ZoneInfo(c.timezone) for c in settings.cities}
+            if settings.validation.naive_times == "city"
+            else {}
+        )
         self.stats = PipelineStats()
         self._on_write = on_write
         self._inbound: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
@@ -172,6 +179,7 @@ class Pipeline:
         canonical = self.validator.canonical
         reject = partial(self._reject, batch)
         cap = settings.dead_letter_payload_bytes
+        zones = self._zones
         for m in d.messages:
             origin = MessageOrigin(
                 d.source,
@@ -204,12 +212,13 @@ class Pipeline:
                 received_at=m.received_at,
                 topic=m.topic,
                 headers=m.headers or NO_HEADERS,
-                device_id=route.device,
+                device_id=route.device or None,
                 city=route.city,
                 field_map=route.field_map,
+                timezone=zones.get(route.city) if route.city else None,
             )
             try:
-                readings = decoder(m.payload, ctx)
+                decoded = decoder(m.payload, ctx)
             except DecodeError as e:
                 reject(origin, e.reason, e.detail, route.city, route.device)
                 continue
@@ -217,19 +226,20 @@ class Pipeline:
                 log.exception("decoder %s crashed on %s", route.format, m.topic)
                 reject(origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
                 continue
-            for r in readings:
-                city = r.city or route.city
-                if not city:
-                    reject(
-                        origin, "no_city", "neither the payload nor the route names a city", None, r.device_id
-                    )
+            for part in decoded.rejected:
+                reject(origin, part.reason, part.describe(), route.city, part.device_id or route.device)
+            for r in decoded:
+                try:
+                    city, device = route.city_of(r.city), route.device_of(r.device_id)
+                except IdentityMismatch as e:
+                    reject(origin, e.reason, f"{r.metric}: {e.detail}", r.city or route.city, r.device_id)
                     continue
                 try:
                     value = canonical(r, now)
                 except Rejected as e:
-                    reject(origin, e.reason, e.detail, city, r.device_id)
+                    reject(origin, e.reason, e.detail, city, device)
                     continue
-                batch.add(city, r.device_id, r.metric, r.time, value, 0, o)
+                batch.add(city, device, r.metric, r.time, value, 0, o)
         telemetry.MESSAGES_RECEIVED.labels(d.source).inc(len(d.messages))
         telemetry.READINGS_RECEIVED.labels(d.source).inc(len(batch) - n_before)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from ingest.config import Settings
 from ingest.validation import Rejected, Validator
@@ -47,7 +48,9 @@ def formats() -> list[str]:
     return [*ROW_FORMATS, *(f"jsonl:{name}" for name in DECODERS)]
 
 
-def _items(path: Path, fmt: str, device: str | None) -> Iterator[tuple[int | None, Reading | DecodeError]]:
+def _items(
+    path: Path, fmt: str, device: str | None, zone: tzinfo | None
+) -> Iterator[tuple[int | None, Reading | DecodeError]]:
     """(line number where known, reading or error) for every reading in the file."""
     with path.open(encoding="utf-8", errors="replace") as f:
         if fmt in ROW_FORMATS:
@@ -60,12 +63,18 @@ def _items(path: Path, fmt: str, device: str | None) -> Iterator[tuple[int | Non
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            ctx = DecodeContext(received_at=datetime.now(UTC), topic=path.name, device_id=device)
+            ctx = DecodeContext(
+                received_at=datetime.now(UTC), topic=path.name, device_id=device, timezone=zone
+            )
             try:
-                for r in decoder(line.encode(), ctx):
-                    yield lineno, r
+                decoded = decoder(line.encode(), ctx)
             except DecodeError as e:
                 yield lineno, e
+                continue
+            for part in decoded.rejected:
+                yield lineno, DecodeError(part.reason, part.describe())
+            for r in decoded:
+                yield lineno, r
 
 
 async def replay_file(
@@ -86,7 +95,10 @@ async def replay_file(
     ) as writer:
         batch = WriteBatch(source=source, position={"file": str(path)})
         now = datetime.now(UTC)
-        for lineno, item in _items(path, fmt, device):
+        zone = next((ZoneInfo(c.timezone) for c in settings.cities if c.city_id == city), None)
+        if settings.validation.naive_times != "city":
+            zone = None
+        for lineno, item in _items(path, fmt, device, zone):
             result.items += 1
             if progress is not None:
                 progress(1)

@@ -1,4 +1,8 @@
-"""Topic -> (payload format, city, device): MQTT filters with `+`/`#`, or exact Kafka topic names."""
+"""Topic -> (payload format, city, device): MQTT filters with `+`/`#`, or exact Kafka topic names.
+
+A route also says whose word counts for identity (`TopicRoute.identity`, `trust_payload_city`);
+`RouteMatch.device_of` and `RouteMatch.city_of` apply it to each decoded reading.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,51 @@ from functools import lru_cache
 
 from ingest.config import TopicRoute
 
+NGSI_URN_PREFIX = "urn:ngsi-ld:"
+
+
+class IdentityMismatch(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
     format: str
     city: str | None
-    device: str | None
+    device: str | None  # the topic's device on a topic-identity route, else None
     field_map: Mapping[str, str]  # shared by every message of the route: never mutated
+    trust_payload_city: bool = False
+
+    def device_of(self, payload_device: str) -> str:
+        """The device a reading is stored under: on a topic route, the payload may only name the
+        topic's device (as is, or as an NGSI URN `urn:ngsi-ld:<Type>:<device>`, kept as spelled)."""
+        topic = self.device
+        if topic is None or payload_device == topic:
+            return payload_device
+        if payload_device.startswith(NGSI_URN_PREFIX) and payload_device.rpartition(":")[2] == topic:
+            return payload_device
+        raise IdentityMismatch(
+            "device_mismatch",
+            f"payload names device {payload_device[:100]!r}, the topic {topic[:100]!r}; "
+            'a gateway route (identity = "payload") stores each payload device',
+        )
+
+    def city_of(self, payload_city: str | None) -> str:
+        """The city a reading is stored under: the route's, or the payload's where the route trusts it."""
+        if payload_city is not None and payload_city != self.city:
+            if self.trust_payload_city:
+                return payload_city
+            raise IdentityMismatch(
+                "city_mismatch",
+                f"payload names city {payload_city[:100]!r}, the route {self.city!r}; "
+                "set trust_payload_city on the route to let payloads choose",
+            )
+        if not self.city:
+            raise IdentityMismatch("no_city", "neither the route nor a trusted payload names a city")
+        return self.city
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
@@ -43,6 +85,8 @@ class Router:
             city = r.city
             if r.city_level is not None and r.city_level <= len(levels):
                 city = levels[r.city_level - 1]
-            device = levels[r.device_level - 1] if r.device_level and r.device_level <= len(levels) else None
-            return RouteMatch(r.format, city, device, r.field_map)
+            device = None
+            if r.identity == "topic" and r.device_level and r.device_level <= len(levels):
+                device = levels[r.device_level - 1]  # "" is no device: every payload id disagrees
+            return RouteMatch(r.format, city, device, r.field_map, r.trust_payload_city)
         return None

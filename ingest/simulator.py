@@ -219,8 +219,7 @@ class CitySimulator:
 
     def _weather(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         temp = 11 + 6 * math.sin((h - 9) / 24 * 2 * math.pi) + self.rng.gauss(0, 0.3)
-        payload = {
-            "esp8266id": d.device_id,
+        payload = {  # no esp8266id: the topic (MQTT) or the X-Sensor header (Kafka) names the station
             "software_version": "NRZ-2020-129",
             "sensordatavalues": [
                 {"value_type": "temperature", "value": f"{temp:.2f}"},

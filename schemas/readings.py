@@ -1,15 +1,17 @@
 """The reading: what every decoder produces and every sink consumes.
 
-A decoder turns one payload into a list of `Reading` (or raises `DecodeError` with a reason).
+A decoder turns one payload into `Decoded`: the readings it could read and a `RejectedPart` for each
+part it could not (the valid neighbours of a bad value are kept). A payload it cannot read at all
+raises `DecodeError` with a reason.
 Units are still the payload's own at that point; `schemas.units.normalize` turns them into the
 metric's canonical unit before validation and storage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 
 class DecodeError(ValueError):
@@ -38,9 +40,42 @@ class DecodeContext:
     received_at: datetime
     topic: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    device_id: str | None = None
+    device_id: str | None = None  # the topic's device: used where the payload names none
     city: str | None = None
     field_map: Mapping[str, str] = field(default_factory=dict)
+    timezone: tzinfo | None = None  # zone-less payload times are read in it (the city's); None = UTC
 
 
-Decoder = Callable[[bytes, DecodeContext], list[Reading]]
+@dataclass(slots=True)
+class RejectedPart:
+    """One part of a payload that could not be read; `path` locates it (e.g. `data[1].pm25`)."""
+
+    reason: str
+    detail: str
+    path: str
+    device_id: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.detail}" if self.path else self.detail
+
+
+class Decoded(list[Reading]):
+    """The readings of one payload, plus `rejected`: the parts that could not be read."""
+
+    __slots__ = ("rejected",)
+
+    def __init__(self, readings: Iterable[Reading] = (), rejected: Iterable[RejectedPart] = ()) -> None:
+        super().__init__(readings)
+        self.rejected: list[RejectedPart] = list(rejected)
+
+    def reject(self, error: DecodeError, path: str, device_id: str | None = None) -> None:
+        self.rejected.append(RejectedPart(error.reason, error.detail, path, device_id))
+
+    def or_raise(self, reason: str, detail: str) -> Decoded:
+        """Itself, unless nothing was read nor rejected: then `DecodeError(reason, detail)`."""
+        if not self and not self.rejected:
+            raise DecodeError(reason, detail)
+        return self
+
+
+Decoder = Callable[[bytes, DecodeContext], Decoded]

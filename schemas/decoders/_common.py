@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from schemas.metrics import METRICS
@@ -16,32 +16,50 @@ _US_ABOVE = 1e14
 _NS_ABOVE = 1e17
 
 
+_UNICODE_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8, UTF-16/32 LE, UTF-16/32 BE
+
+
 def load_json(payload: bytes) -> Any:
-    """Parse JSON bytes (UTF-8/16/32); NaN and Infinity literals pass through as floats."""
+    """Parse JSON bytes (UTF-8, or UTF-16/32 with a BOM); NaN and Infinity pass through as floats.
+
+    Bytes that are not UTF-8 and carry no BOM are `binary_payload` (a raw LoRaWAN frame, CBOR, a
+    protobuf...), not a misleading codec error.
+    """
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise DecodeError("bad_payload", f"expected bytes, got {type(payload).__name__}")
+    payload = bytes(payload) if isinstance(payload, memoryview) else payload
+    if not payload.startswith(_UNICODE_BOMS):
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            head = payload[:16].hex(" ")
+            detail = f"{len(payload)} bytes, not UTF-8 text (starts {head})"
+            raise DecodeError("binary_payload", detail) from None
     try:
-        return json.loads(bytes(payload) if isinstance(payload, memoryview) else payload)
+        return json.loads(payload)
     except RecursionError:
         raise DecodeError("too_deep", "JSON nesting exceeds the recursion limit") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
         raise DecodeError("bad_json", str(exc)[:200]) from None
 
 
-def as_utc(dt: datetime) -> datetime:
-    """Naive datetimes are UTC; aware ones are converted to UTC."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+def as_utc(dt: datetime, zone: tzinfo | None = None) -> datetime:
+    """Aware datetimes converted to UTC; naive ones read in `zone` (the city's), else UTC."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone or UTC)
+    return dt.astimezone(UTC)
 
 
-def parse_iso(text: str) -> datetime:
-    """ISO 8601 date-time with "Z", an offset or no zone (= UTC); an interval "A/B" gives B.
+def parse_iso(text: str, zone: tzinfo | None = None) -> datetime:
+    """ISO 8601 date-time with "Z" or an offset, or without (read in `zone`, else UTC); an interval
+    "A/B" gives B.
 
     Interval-valued observations are stamped at their end, the moment the value became known.
     """
     if "/" in text:
         text = text.rpartition("/")[2]
     try:
-        return as_utc(datetime.fromisoformat(text.strip()))
+        return as_utc(datetime.fromisoformat(text.strip()), zone)
     except (ValueError, OverflowError) as exc:
         raise DecodeError("bad_time", f"{text[:64]!r}: {exc}") from None
 
@@ -61,10 +79,10 @@ def from_epoch(number: float) -> datetime:
         raise DecodeError("bad_time", f"{number!r}: {exc}") from None
 
 
-def parse_time(raw: object) -> datetime:
-    """A payload time: ISO 8601 string or epoch number."""
+def parse_time(raw: object, zone: tzinfo | None = None) -> datetime:
+    """A payload time: ISO 8601 string (zone-less: in `zone`) or epoch number."""
     if isinstance(raw, str):
-        return parse_iso(raw)
+        return parse_iso(raw, zone)
     if type(raw) is int or type(raw) is float:
         return from_epoch(raw)
     raise DecodeError("bad_time", f"expected an ISO string or epoch number, got {type(raw).__name__}")
@@ -95,15 +113,21 @@ def number_from_text(raw: object, what: str) -> float | None:
     return as_number(raw, what)
 
 
+def numeric_value(metric: str, raw: object, what: str, text: bool = False) -> float | None:
+    """`raw` as the metric's value: a 0/1 state from a bool or number, else a number (`text`: also
+    a number written as text, "" = missing). None for a missing value."""
+    if raw is None:
+        return None
+    if METRICS[metric].aggregation == "state":
+        return state_value(raw, what)
+    return number_from_text(raw, what) if text else as_number(raw, what)
+
+
 def state_value(raw: object, what: str) -> float:
     """A 0/1 state from a JSON bool or number."""
     if type(raw) is bool:
         return 1.0 if raw else 0.0
     return as_number(raw, what)
-
-
-def is_state(metric: str) -> bool:
-    return METRICS[metric].aggregation == "state"
 
 
 def text_field(doc: Mapping[str, Any], key: str) -> str | None:
@@ -119,3 +143,20 @@ def text_field(doc: Mapping[str, Any], key: str) -> str | None:
 def units_from_field_map(field_map: Mapping[str, str]) -> dict[str, str]:
     """The "unit:<metric>" = "<unit>" entries of a field map, keyed by metric."""
     return {k[5:]: v for k, v in field_map.items() if k.startswith("unit:") and isinstance(v, str)}
+
+
+def check_field_map(field_map: Mapping[str, str]) -> None:
+    """`DecodeError("bad_field_map")` unless every "metric:"/"unit:" key names a known metric."""
+    for key in field_map:
+        kind, sep, metric = key.partition(":")
+        if sep and kind in ("metric", "unit") and metric not in METRICS:
+            raise DecodeError("bad_field_map", f"{key!r}: {metric!r} is not a known metric")
+
+
+def metric_fields(field_map: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The field map's "metric:<canonical>" = "<field>" entries; an unknown metric is `bad_field_map`."""
+    explicit = [(k[7:], v) for k, v in field_map.items() if k.startswith("metric:")]
+    for metric, _field in explicit:
+        if metric not in METRICS:
+            raise DecodeError("bad_field_map", f"unknown metric {metric!r} in field map")
+    return explicit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from schemas.readings import DecodeContext, DecodeError, Decoder, Reading
+from schemas.readings import DecodeContext, Decoded, DecodeError, Decoder
 
 DECODERS: dict[str, Decoder] = {}
 
@@ -19,7 +19,7 @@ def register(*names: str) -> Callable[[Decoder], Decoder]:
 
     def wrap(fn: Decoder) -> Decoder:
         @functools.wraps(fn)
-        def guarded(payload: bytes, ctx: DecodeContext) -> list[Reading]:
+        def guarded(payload: bytes, ctx: DecodeContext) -> Decoded:
             try:
                 return fn(payload, ctx)
             except DecodeError:

@@ -1,69 +1,131 @@
-"""Flat JSON objects described by `ctx.field_map`.
+"""Flat JSON described by `ctx.field_map`: wide objects, long-format records, or arrays of either.
 
-Field map keys: "device", "time", "city" name the fields holding the device id, the time (ISO 8601
-or epoch s/ms/µs/ns by magnitude) and the city; "metric:<canonical>" = "<field>" picks the readings;
-"unit:<canonical>" = "<unit>" gives a unit. Without any "metric:" entry, every top-level field whose
-name is a known metric alias becomes a reading. Defaults: device from the "device" field, else
-`ctx.device_id`, else a "device_id" field; time from the "time" field, else a "time" or "timestamp"
-field, else `ctx.received_at`; city from the "city" field, else `ctx.city`.
+* Wide: `{"device_id": "d1", "time": ..., "pm25": 12.1, "temp": 21.5}`. Field map "metric:<canonical>"
+  = "<field>" picks the readings; without any, every top-level field whose name is a known metric
+  alias is one. A bad value is a rejected part `<field>` (`[i].<field>` in an array); the others
+  are read.
+* Long (Node-RED flows, many gateways): `{"time": ..., "metric": "pm25", "value": 12.1, "unit":
+  "ug/m3"}`, one object or an array of them; `metric` goes through the alias table (or a
+  "metric:<canonical>" = "<name>" entry), `unit` is the reading's unit. A bad record is a rejected
+  part `[i]`.
+
+Field map keys "device", "time", "city" name the fields holding the device id, the time and the
+city; "unit:<canonical>" = "<unit>" gives a unit. Defaults: device from the "device" field (or
+"device_id", "device"), else `ctx.device_id`; time from the "time" field (or "time", "timestamp"),
+ISO 8601 or epoch s/ms/µs/ns by magnitude, zone-less times in `ctx.timezone` (the city's), else
+`ctx.received_at`; city from the "city" field (the pipeline uses it only on a route that trusts the
+payload's city).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from schemas.decoders._common import (
-    as_number,
     as_utc,
     load_json,
+    metric_fields,
+    numeric_value,
     parse_time,
-    state_value,
     text_field,
     units_from_field_map,
 )
 from schemas.decoders._registry import register
-from schemas.metrics import METRICS, canonical_metric_name
-from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.metrics import canonical_metric_name
+from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
+
+LONG_FORMAT_KEYS = ("metric", "value")
 
 
-def _metric_fields(doc: dict[str, Any], field_map: Mapping[str, str]) -> Iterator[tuple[str, str]]:
-    """(metric, field) pairs: the explicit "metric:" mappings, else every known alias in the object."""
-    explicit = [(k[7:], v) for k, v in field_map.items() if k.startswith("metric:")]
-    for metric, _field in explicit:
-        if metric not in METRICS:
-            raise DecodeError("bad_field_map", f"unknown metric {metric!r} in field map")
-    if explicit:
-        yield from explicit
-        return
-    for key in doc:
-        if (alias := canonical_metric_name(key)) is not None:
-            yield alias, key
+class _Fields:
+    """The field map read once per payload."""
+
+    def __init__(self, fm: Mapping[str, str]) -> None:
+        self.device = fm.get("device")
+        self.time = fm.get("time")
+        self.city = fm.get("city")
+        self.units = units_from_field_map(fm)
+        self.explicit = metric_fields(fm)
+        self.by_name = {name: metric for metric, name in self.explicit}
+
+    def device_of(self, doc: dict[str, Any], ctx: DecodeContext) -> str:
+        if self.device:
+            device = text_field(doc, self.device)
+        else:
+            device = text_field(doc, "device_id") or text_field(doc, "device")
+        device = device or ctx.device_id
+        if not device:
+            raise DecodeError(
+                "missing_device", f"no device in field {self.device or 'device_id'!r} nor topic"
+            )
+        return device
+
+    def time_of(self, doc: dict[str, Any], ctx: DecodeContext) -> Any:
+        stamp = doc.get(self.time or ("time" if "time" in doc else "timestamp"))
+        return parse_time(stamp, ctx.timezone) if stamp is not None else as_utc(ctx.received_at)
+
+    def city_of(self, doc: dict[str, Any], ctx: DecodeContext) -> str | None:
+        return text_field(doc, self.city or "city") or ctx.city
+
+    def wide(self, doc: dict[str, Any]) -> list[tuple[str, str]]:
+        """(metric, field) pairs of a wide object."""
+        if self.explicit:
+            return self.explicit
+        return [(alias, key) for key in doc if (alias := canonical_metric_name(key)) is not None]
+
+
+def _long(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: Decoded) -> None:
+    device = f.device_of(doc, ctx)
+    try:
+        name = doc["metric"]
+        if not isinstance(name, str):
+            raise DecodeError("wrong_type", "metric must be a string")
+        metric = f.by_name.get(name) or canonical_metric_name(name)
+        if metric is None:
+            raise DecodeError("unknown_metric", f"{name[:64]!r} is not a known metric")
+        unit = doc.get("unit")
+        if unit is not None and not isinstance(unit, str):
+            raise DecodeError("wrong_type", "unit must be a string")
+        value = numeric_value(metric, doc["value"], f"{name} value")
+        if value is not None:
+            unit = unit or f.units.get(metric)
+            out.append(Reading(device, metric, f.time_of(doc, ctx), value, unit, f.city_of(doc, ctx)))
+    except DecodeError as e:
+        out.reject(e, path or "value", device)
+
+
+def _wide(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: Decoded) -> None:
+    device = f.device_of(doc, ctx)
+    time = f.time_of(doc, ctx)
+    city = f.city_of(doc, ctx)
+    for metric, field in f.wide(doc):
+        try:
+            value = numeric_value(metric, doc.get(field), f"field {field!r}")
+        except DecodeError as e:
+            out.reject(e, f"{path}.{field}" if path else field, device)
+            continue
+        if value is not None:
+            out.append(Reading(device, metric, time, value, f.units.get(metric), city))
 
 
 @register("json")
-def decode(payload: bytes, ctx: DecodeContext) -> list[Reading]:
+def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     doc = load_json(payload)
-    if not isinstance(doc, dict):
-        raise DecodeError("bad_structure", "expected a JSON object")
-    fm = ctx.field_map
-    device_field = fm.get("device")
-    device = (text_field(doc, device_field) if device_field else None) or ctx.device_id
-    device = device or text_field(doc, "device_id")
-    if not device:
-        raise DecodeError("missing_device", f"no device in field {device_field or 'device_id'!r} nor topic")
-    stamp = doc.get(fm.get("time") or ("time" if "time" in doc else "timestamp"))
-    time = parse_time(stamp) if stamp is not None else as_utc(ctx.received_at)
-    city = text_field(doc, fm["city"]) if "city" in fm else None
-    units = units_from_field_map(fm)
-    readings: list[Reading] = []
-    for metric, field in _metric_fields(doc, fm):
-        raw = doc.get(field)
-        if raw is None:
-            continue
-        what = f"field {field!r}"
-        value = state_value(raw, what) if METRICS[metric].aggregation == "state" else as_number(raw, what)
-        readings.append(Reading(device, metric, time, value, units.get(metric), city or ctx.city))
-    if not readings:
-        raise DecodeError("no_known_metrics", "no field maps to a known metric")
-    return readings
+    f = _Fields(ctx.field_map)
+    records = (
+        [("", doc)] if isinstance(doc, dict) else list(enumerate(doc)) if isinstance(doc, list) else None
+    )
+    if not records:
+        raise DecodeError("bad_structure", "expected a JSON object or a non-empty array of objects")
+    out = Decoded()
+    for i, record in records:
+        path = f"[{i}]" if isinstance(i, int) else ""
+        try:
+            if not isinstance(record, dict):
+                raise DecodeError("bad_structure", "expected an object")
+            shape = _long if all(k in record for k in LONG_FORMAT_KEYS) else _wide
+            shape(record, f, ctx, path, out)
+        except DecodeError as e:
+            out.reject(e, path or "(object)")
+    return out.or_raise("no_known_metrics", "no field maps to a known metric")

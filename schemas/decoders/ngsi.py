@@ -17,6 +17,10 @@ One lenient decoder serves both names: it accepts an entity, a list of entities 
 * Noise: LAeq -> laeq, LAmax -> lamax, LAmin -> lamin; LAS (slow-weighted level at one instant) is
   used as laeq only when the entity has no LAeq. LAeq_d (a day indicator) is not a reading.
 * ParkingSpot status free/occupied -> parking_occupied 0/1; closed/unknown are skipped.
+* WaterQualityObserved temperature is `water_temperature`, never air `temperature`.
+* Numbers may come as text ("21.4", as IoT Agents send them); other text for a number is a rejected
+  part `data[i].<attr>`, and the entity's other attributes are still read. An entity without an id
+  or with a bad time is a rejected part `data[i]`. An empty notification yields nothing (no error).
 """
 
 from __future__ import annotations
@@ -25,16 +29,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from schemas.decoders._common import as_number, as_utc, load_json, parse_time, state_value
+from schemas.decoders._common import as_utc, load_json, numeric_value, parse_time
 from schemas.decoders._registry import register
 from schemas.metrics import canonical_metric_name
-from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
 # Attributes whose meaning depends on the entity type, and those the generic alias table must not guess.
 _MODEL_ATTRS: dict[str, dict[str, str]] = {
     "TrafficFlowObserved": {"intensity": "vehicle_count", "averageVehicleSpeed": "vehicle_speed"},
     "NoiseLevelObserved": {"LAeq": "laeq", "LAmax": "lamax", "LAmin": "lamin"},
     "ParkingSpot": {"status": "parking_occupied"},
+    "WaterQualityObserved": {"temperature": "water_temperature"},
 }
 # Smart Data Models define these as fractions 0..1 whatever the entity type.
 _DEFAULT_UNITS: dict[str, str] = {"relativeHumidity": "1", "occupancy": "1", "fillingLevel": "1"}
@@ -44,16 +49,17 @@ _METADATA_TIMES = ("TimeInstant", "timestamp", "observedAt")
 _SKIP_KEYS = frozenset({"id", "type", "@context", "location", "address"})
 
 
-def _entities(doc: Any) -> list[Any]:
+def _entities(doc: Any) -> tuple[str, list[Any]]:
+    """(path prefix, entities): a notification's `data`, a list, or one entity."""
     if isinstance(doc, list):
-        return doc
+        return "[{}]", doc
     if isinstance(doc, dict):
         if "data" in doc and ("subscriptionId" in doc or doc.get("type") == "Notification"):
             data = doc["data"]
             if not isinstance(data, list):
                 raise DecodeError("bad_structure", "notification data must be an array")
-            return data
-        return [doc]
+            return "data[{}]", data
+        return "", [doc]
     raise DecodeError("bad_structure", "expected an entity, an array of entities or a notification")
 
 
@@ -93,27 +99,29 @@ def _entity_time(entity: dict[str, Any], ctx: DecodeContext) -> datetime:
     for key in _ENTITY_TIMES:
         for value, _unit, _own in _instances(entity.get(key)):
             if value is not None:
-                return parse_time(value)
+                try:
+                    return parse_time(value, ctx.timezone)
+                except DecodeError as e:
+                    raise DecodeError(e.reason, f"{key}: {e.detail}") from None
     return as_utc(ctx.received_at)
 
 
 def _value(metric: str, raw: Any, what: str) -> float | None:
-    if raw is None:
-        return None
-    if metric != "parking_occupied":
-        return as_number(raw, what)
-    if not isinstance(raw, str):
-        return state_value(raw, what)
-    if raw not in _PARKING_STATES:
-        raise DecodeError("bad_value", f"{what}: expected one of {sorted(_PARKING_STATES)}")
-    return _PARKING_STATES[raw]
+    """Numbers, also as text ("21.4", as IoT Agents send them); ParkingSpot states by name."""
+    if metric == "parking_occupied" and isinstance(raw, str):
+        if raw not in _PARKING_STATES:
+            raise DecodeError("bad_value", f"{what}: expected one of {sorted(_PARKING_STATES)}")
+        return _PARKING_STATES[raw]
+    return numeric_value(metric, raw, what, text=True)
 
 
 def _metric(attr: str, model: dict[str, str]) -> str | None:
     return model.get(attr) or canonical_metric_name(attr)
 
 
-def _decode_entity(entity: Any, ctx: DecodeContext) -> list[Reading]:
+def _decode_entity(entity: Any, ctx: DecodeContext, path: str, out: Decoded) -> None:
+    """The entity's readings into `out`; a bad attribute is a rejected part `<path>.<attr>`."""
+    where = path + "." if path else ""
     if not isinstance(entity, dict):
         raise DecodeError("bad_structure", "entity must be an object")
     device = entity.get("id")
@@ -123,30 +131,38 @@ def _decode_entity(entity: Any, ctx: DecodeContext) -> list[Reading]:
     model = _MODEL_ATTRS.get(etype, {}) if isinstance(etype, str) else {}
     las_is_laeq = "LAS" in entity and all(_metric(k, model) != "laeq" for k in entity if k != "LAS")
     entity_time: datetime | None = None
-    readings: list[Reading] = []
     for attr, raw in entity.items():
         if attr in _SKIP_KEYS:
             continue
         metric = _metric(attr, model) or ("laeq" if attr == "LAS" and las_is_laeq else None)
         if metric is None:
             continue
-        for raw_value, unit, own_time in _instances(raw):
-            value = _value(metric, raw_value, f"{device} {attr}")
-            if value is None:
-                continue
-            if own_time is not None:
-                time = parse_time(own_time)
-            else:
-                entity_time = entity_time or _entity_time(entity, ctx)
-                time = entity_time
-            unit = unit or _DEFAULT_UNITS.get(attr)
-            readings.append(Reading(device, metric, time, value, unit, ctx.city))
-    return readings
+        try:
+            for raw_value, unit, own_time in _instances(raw):
+                value = _value(metric, raw_value, f"{device} {attr}")
+                if value is None:
+                    continue
+                if own_time is not None:
+                    time = parse_time(own_time, ctx.timezone)
+                else:
+                    entity_time = entity_time or _entity_time(entity, ctx)
+                    time = entity_time
+                unit = unit or _DEFAULT_UNITS.get(attr)
+                out.append(Reading(device, metric, time, value, unit, ctx.city))
+        except DecodeError as e:
+            out.reject(e, where + attr, device)
 
 
 @register("ngsi-v2", "ngsi-ld")
-def decode(payload: bytes, ctx: DecodeContext) -> list[Reading]:
-    readings = [r for entity in _entities(load_json(payload)) for r in _decode_entity(entity, ctx)]
-    if not readings:
-        raise DecodeError("no_known_metrics", "no entity attribute is a known metric")
-    return readings
+def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
+    pattern, entities = _entities(load_json(payload))
+    out = Decoded()
+    for i, entity in enumerate(entities):
+        path = pattern.format(i)
+        try:
+            _decode_entity(entity, ctx, path, out)
+        except DecodeError as e:
+            out.reject(e, path or "entity", entity.get("id") if isinstance(entity, dict) else None)
+    if not entities:
+        return out  # an empty notification (e.g. the initial one of a subscription): nothing to store
+    return out.or_raise("no_known_metrics", "no entity attribute is a known metric")

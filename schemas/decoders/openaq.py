@@ -15,7 +15,7 @@ from typing import Any
 from schemas.decoders._common import as_number, load_json, number_from_text, parse_iso, parse_time, text_field
 from schemas.decoders._registry import register
 from schemas.metrics import canonical_metric_name
-from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
 DEVICE_PREFIX = "openaq-"
 _CSV_COLUMNS = ("sensors_id", "datetime", "parameter", "units", "value")
@@ -61,15 +61,19 @@ def _decode_result(result: Any, ctx: DecodeContext) -> Reading | None:
 
 
 @register("openaq")
-def decode(payload: bytes, ctx: DecodeContext) -> list[Reading]:
+def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     doc = load_json(payload)
     results = doc.get("results") if isinstance(doc, dict) else doc
     if not isinstance(results, list):
         raise DecodeError("bad_structure", "expected an OpenAQ response with a results array")
-    readings = [r for result in results if (r := _decode_result(result, ctx)) is not None]
-    if not readings:
-        raise DecodeError("no_known_metrics", "no OpenAQ result has a known parameter and a value")
-    return readings
+    out = Decoded()
+    for i, result in enumerate(results):
+        try:
+            if (r := _decode_result(result, ctx)) is not None:
+                out.append(r)
+        except DecodeError as e:
+            out.reject(e, f"results[{i}]")
+    return out.or_raise("no_known_metrics", "no OpenAQ result has a known parameter and a value")
 
 
 def iter_openaq_csv(lines: Iterable[str]) -> Iterator[Reading | DecodeError]:

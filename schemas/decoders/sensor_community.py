@@ -2,7 +2,16 @@
 
 The vocabulary is the project's own: P1 = PM10, P2 = PM2.5, P0 = PM1, noise_LA_min/max, and pressure
 in pascal (BME280/BMP firmware). Firmware posts to custom APIs prefix names with the sensor ("SDS_P1",
-"BME280_pressure"); the prefix is dropped. Values travel as strings; an empty string is missing.
+"BME280_pressure"); the prefix is dropped. Values travel as strings; an empty string is missing,
+any other text that is not a number is a rejected part `sensordatavalues[i]`.
+
+One post may carry a quantity twice (a DHT22 `temperature` and a `BME280_temperature`). The value of
+the more accurate sensor is stored, whatever the payload order (`SENSOR_PRECEDENCE`: SDS011, SPS30,
+PMS, HPM, NPM for particles; BME280, SHT3x, HTU21D, BMP280, BMP180, DS18B20 for weather; a bare
+`temperature`/`humidity` is the firmware's DHT22, ranked last); the other is not stored.
+
+Device: `X-Sensor` header, `esp8266-<esp8266id>`, `sensor-community-<sensor.id>`, else the topic's.
+`timestamp` (API format) is UTC, as the Sensor.Community API writes it.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from typing import Any
 
 from schemas.decoders._common import as_utc, load_json, number_from_text, parse_iso, parse_time, text_field
 from schemas.decoders._registry import register
-from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
 # value_type -> (canonical metric, unit when not canonical)
 VALUE_TYPES: dict[str, tuple[str, str | None]] = {
@@ -28,6 +37,33 @@ VALUE_TYPES: dict[str, tuple[str, str | None]] = {
     "noise_LA_max": ("lamax", None),
 }
 CSV_DEVICE_PREFIX = "sensor-community-"
+
+
+# Sensor prefixes, most accurate first, for a quantity carried twice in one post.
+SENSOR_PRECEDENCE = (
+    "SDS",
+    "SPS30",
+    "PMS",
+    "HPM",
+    "NPM",
+    "BME280",
+    "SHT3X",
+    "SHT31",
+    "SHT35",
+    "HTU21D",
+    "BMP280",
+    "BMP",
+    "DS18B20",
+)
+_PARTICLES = frozenset({"P0", "P1", "P2"})
+
+
+def _rank(name: str) -> int:
+    """Precedence of a value_type's sensor: a bare P0/P1/P2 is the SDS011, any other bare name the DHT22."""
+    if name in VALUE_TYPES:
+        return 0 if name in _PARTICLES else len(SENSOR_PRECEDENCE)
+    prefix = name.partition("_")[0]
+    return SENSOR_PRECEDENCE.index(prefix) if prefix in SENSOR_PRECEDENCE else len(SENSOR_PRECEDENCE) + 1
 
 
 def value_type(name: str) -> tuple[str, str | None] | None:
@@ -54,32 +90,45 @@ def _device(entry: dict[str, Any], ctx: DecodeContext) -> str:
     raise DecodeError("missing_device", "no X-Sensor header, esp8266id or sensor.id")
 
 
-def _decode_entry(entry: Any, ctx: DecodeContext) -> list[Reading]:
+def _decode_entry(entry: Any, ctx: DecodeContext, path: str, out: Decoded) -> None:
     if not isinstance(entry, dict) or not isinstance(entry.get("sensordatavalues"), list):
         raise DecodeError("bad_structure", "expected an object with a sensordatavalues array")
     device = _device(entry, ctx)
     stamp = entry.get("timestamp")
     time = parse_time(stamp) if stamp is not None else as_utc(ctx.received_at)
-    readings: list[Reading] = []
-    for item in entry["sensordatavalues"]:
+    best: dict[str, tuple[int, Reading]] = {}
+    for i, item in enumerate(entry["sensordatavalues"]):
+        where = f"{path}sensordatavalues[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("value_type"), str):
-            raise DecodeError("bad_structure", "sensordatavalues item without a value_type string")
-        known = value_type(item["value_type"])
-        if known is None:
+            out.reject(DecodeError("bad_structure", "item without a value_type string"), where, device)
             continue
-        value = number_from_text(item.get("value"), item["value_type"])
-        if value is not None:
-            readings.append(Reading(device, known[0], time, value, known[1], ctx.city))
-    return readings
+        name = item["value_type"]
+        if (known := value_type(name)) is None:
+            continue
+        try:
+            value = number_from_text(item.get("value"), name)
+        except DecodeError as e:
+            out.reject(e, where, device)
+            continue
+        rank = _rank(name)
+        if value is not None and (known[0] not in best or rank < best[known[0]][0]):
+            best[known[0]] = (rank, Reading(device, known[0], time, value, known[1], ctx.city))
+    out.extend(r for _rank, r in best.values())
 
 
 @register("sensor-community")
-def decode(payload: bytes, ctx: DecodeContext) -> list[Reading]:
+def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     doc = load_json(payload)
-    readings = [r for entry in (doc if isinstance(doc, list) else [doc]) for r in _decode_entry(entry, ctx)]
-    if not readings:
-        raise DecodeError("no_known_metrics", "no sensordatavalues entry is a known metric")
-    return readings
+    out = Decoded()
+    if isinstance(doc, list):
+        for i, entry in enumerate(doc):
+            try:
+                _decode_entry(entry, ctx, f"[{i}].", out)
+            except DecodeError as e:
+                out.reject(e, f"[{i}]")
+    else:
+        _decode_entry(doc, ctx, "", out)
+    return out.or_raise("no_known_metrics", "no sensordatavalues entry is a known metric")
 
 
 def iter_sensor_community_csv(lines: Iterable[str]) -> Iterator[Reading | DecodeError]:

@@ -11,12 +11,13 @@ import asyncpg
 import pytest
 
 from ingest.config import Settings
+from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 from ingest.service import Service
 from ingest.simulator import SimMessage
 from processors.writer import MAX_ID_CHARS, MAX_TOPIC_CHARS, MessageOrigin, TimescaleWriter, WriteBatch
-from tests.conftest import PrivateMosquitto
+from tests.conftest import REPO, PrivateMosquitto
 from tests.integration.test_cli import run
 from tests.integration.test_mqtt_ingest import publish, settings_for
 
@@ -161,16 +162,17 @@ async def test_writer_made_dead_letters_keep_their_message(tsdb: str) -> None:
     first = json.dumps([{"bn": "air-1:", "bt": 1_760_000_000, "n": "pm25", "v": 5.0}]).encode()
     clash = json.dumps([{"bn": "air-1:", "bt": 1_760_000_000, "n": "pm25", "v": 6.0}]).encode()
     await through_pipeline(tsdb, ("city/demo/senml/air-1", first))
+    unknown = first.replace(b"air-1", b"new-1")
     await through_pipeline(
         tsdb,
         ("city/demo/senml/air-1", clash),
-        ("city/demo/senml/new-1", first),
+        ("city/demo/senml/new-1", unknown),
         validation={"unknown_device": "reject"},
     )
     rows = await fetch(tsdb, "SELECT reason, topic, payload, message_id FROM dead_letters ORDER BY reason")
     assert [(r["reason"], r["topic"], bytes(r["payload"])) for r in rows] == [
         ("conflicting_duplicate", "city/demo/senml/air-1", clash),
-        ("unknown_device", "city/demo/senml/new-1", first),
+        ("unknown_device", "city/demo/senml/new-1", unknown),
     ]
     assert None not in {r["message_id"] for r in rows}
 
@@ -193,3 +195,80 @@ def test_dead_letter_rows_cut_hostile_topics_and_ids() -> None:
     assert isinstance(topic, str) and len(topic) == MAX_TOPIC_CHARS and topic.endswith("…")
     assert isinstance(city, str) and isinstance(device, str) and len(city) == len(device) == MAX_ID_CHARS
     assert isinstance(detail, str) and len(detail) <= 2000
+
+
+GATEWAY_PACK = [
+    {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": 1_760_000_000, "n": "temp", "u": "Cel", "v": 21.0},
+    {"bn": "urn:dev:mac:0024befffe804ff2:", "n": "temp", "u": "Cel", "v": 25.0},
+]
+
+
+async def test_a_gateway_pack_on_a_topic_route_is_never_merged_into_the_topic_device(tsdb: str) -> None:
+    topic = "city/demo/senml/urn:dev:mac:0024befffe804ff1"
+    await through_pipeline(tsdb, (topic, json.dumps(GATEWAY_PACK).encode()))
+    assert [r[1:3] + r[4:] for r in await readings(tsdb)] == [
+        ("urn:dev:mac:0024befffe804ff1", "temperature", 21.0)
+    ]
+    (dead,) = await fetch(tsdb, "SELECT reason, device_id, topic, detail, payload FROM dead_letters")
+    assert (dead["reason"], dead["device_id"], dead["topic"]) == (
+        "device_mismatch",
+        "urn:dev:mac:0024befffe804ff2",
+        topic,
+    )
+    assert json.loads(dead["payload"]) == GATEWAY_PACK
+
+
+async def test_a_gateway_route_stores_each_payload_device(tsdb: str) -> None:
+    routes = [{"filter": "gw/+/senml", "format": "senml", "city_level": 2}]
+    await through_pipeline(
+        tsdb, ("gw/demo/senml", json.dumps(GATEWAY_PACK).encode()), mqtt={"routes": routes}
+    )
+    assert [r[1:3] + r[4:] for r in await readings(tsdb)] == [
+        ("urn:dev:mac:0024befffe804ff1", "temperature", 21.0),
+        ("urn:dev:mac:0024befffe804ff2", "temperature", 25.0),
+    ]
+
+
+async def test_a_bad_entity_value_is_dead_lettered_with_its_path_and_requeue_stores_nothing_twice(
+    tsdb: str,
+) -> None:
+    notification = {
+        "subscriptionId": "urn:ngsi-ld:Subscription:air",
+        "data": [
+            {"id": "a-1", "type": "AirQualityObserved", "pm25": {"type": "Property", "value": 12.0}},
+            {"id": "a-2", "type": "AirQualityObserved", "pm25": {"type": "Property", "value": "n/a"},
+             "no2": {"type": "Property", "value": "40"}},
+        ],
+    }  # fmt: skip
+    routes = [{"filter": "ngsi/+", "format": "ngsi-ld", "city_level": 2}]
+    await through_pipeline(tsdb, ("ngsi/demo", json.dumps(notification).encode()), mqtt={"routes": routes})
+    first = await readings(tsdb)
+    assert sorted((r[1], r[2], r[4]) for r in first) == [("a-1", "pm25", 12.0), ("a-2", "no2", 40.0)]
+    (dead,) = await fetch(tsdb, "SELECT reason, device_id, detail FROM dead_letters")
+    assert (dead["reason"], dead["device_id"]) == ("wrong_type", "a-2")
+    assert dead["detail"].startswith("data[1].pm25: ")
+
+    settings = Settings(database={"url": tsdb}, mqtt={"routes": routes})  # type: ignore[arg-type]
+    for _ in range(2):
+        result = await requeue_dead_letters(settings, DeadLetterFilter(reasons=("wrong_type",)))
+        assert (result.messages, result.stored, result.already_stored, result.still_rejected) == (1, 0, 2, 1)
+    assert await readings(tsdb) == first
+
+
+async def test_a_payload_city_on_an_untrusted_route_is_dead_lettered_not_stored_elsewhere(tsdb: str) -> None:
+    routes = [{"filter": "json/+/+", "format": "json", "city_level": 2, "device_level": 3}]
+    doc = {"device_id": "d1", "city": "atlantis", "pm25": 5}
+    await through_pipeline(tsdb, ("json/demo/d1", json.dumps(doc).encode()), mqtt={"routes": routes})
+    assert await readings(tsdb) == []
+    (dead,) = await fetch(tsdb, "SELECT reason, city_id, detail FROM dead_letters")
+    assert dead["reason"] == "city_mismatch" and "trust_payload_city" in dead["detail"]
+
+
+async def test_water_quality_is_stored_as_water_temperature_on_a_water_device(tsdb: str) -> None:
+    sample = (REPO / "tests/data/samples/ngsi-v2/WaterQualityObserved-normalized.json").read_bytes()
+    routes = [{"filter": "ngsi/+", "format": "ngsi-v2", "city_level": 2}]
+    await through_pipeline(tsdb, ("ngsi/demo", sample), mqtt={"routes": routes})
+    (r,) = await readings(tsdb)
+    assert (r[1], r[2], r[4]) == ("waterqualityobserved:Sevilla:D1", "water_temperature", 24.4)
+    (kind,) = await fetch(tsdb, "SELECT kind FROM devices")
+    assert kind["kind"] == "water"

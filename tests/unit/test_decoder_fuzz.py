@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.decoders import DECODERS, iter_openaq_csv, iter_sensor_community_csv
-from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 CTX = DecodeContext(
@@ -71,7 +71,10 @@ def check(name: str, payload: bytes) -> None:
     except DecodeError as exc:
         assert exc.reason != "internal_error", f"{name}: {exc} on {payload[:300]!r}"
         return
-    assert isinstance(readings, list) and readings
+    assert isinstance(readings, Decoded)
+    assert readings or readings.rejected or name.startswith("ngsi")  # only an empty notification is empty
+    for part in readings.rejected:
+        assert part.reason and part.reason != "internal_error" and isinstance(part.path, str)
     for r in readings:
         assert isinstance(r, Reading)
         assert isinstance(r.value, float) and isinstance(r.device_id, str) and r.device_id

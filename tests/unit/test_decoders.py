@@ -36,10 +36,14 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second:
 
 
 def decode_error(name: str, payload: bytes | str, context: DecodeContext | None = None) -> str:
+    """The reason the payload, or its only part, was rejected (nothing may be read from it)."""
     data = payload.encode() if isinstance(payload, str) else payload
-    with pytest.raises(DecodeError) as info:
-        DECODERS[name](data, context or ctx())
-    return info.value.reason
+    try:
+        decoded = DECODERS[name](data, context or ctx())
+    except DecodeError as e:
+        return e.reason
+    assert not decoded and len(decoded.rejected) == 1, decoded.rejected
+    return decoded.rejected[0].reason
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -242,7 +246,7 @@ def test_ngsi_ld_multi_attribute() -> None:
 @pytest.mark.parametrize(
     ("entity", "reason"),
     [
-        ({"id": "a", "type": "AirQualityObserved", "NO2": {"value": "69"}}, "wrong_type"),
+        ({"id": "a", "type": "AirQualityObserved", "NO2": {"value": "n/a"}}, "wrong_type"),
         ({"id": "a", "type": "AirQualityObserved", "NO2": True}, "wrong_type"),
         ({"id": "a", "NO2": {"value": 1, "unitCode": 5}}, "wrong_type"),
         ({"type": "AirQualityObserved", "NO2": 1}, "missing_device"),
@@ -295,7 +299,7 @@ def test_ttn_bare_uplink_and_field_map_units() -> None:
     [
         (
             {"end_device_ids": {"device_id": "d"}, "uplink_message": {"frm_payload": "AQ=="}},
-            "no_known_metrics",
+            "no_decoded_payload",
         ),
         (
             {"end_device_ids": {"device_id": "d"}, "uplink_message": {"decoded_payload": {"temp": "6"}}},
@@ -315,8 +319,9 @@ def test_ttn_device_fallbacks() -> None:
         "uplink_message": {"decoded_payload": {"temp": 1}},
     }
     payload = json.dumps(doc).encode()
-    assert DECODERS["ttn"](payload, ctx(device_id="from-topic"))[0].device_id == "from-topic"
-    assert DECODERS["ttn"](payload, ctx())[0].device_id == "70B3D57ED0000001"
+    assert DECODERS["ttn"](payload, ctx(device_id="from-topic"))[0].device_id == "70B3D57ED0000001"
+    del doc["end_device_ids"]
+    assert DECODERS["ttn"](json.dumps(doc).encode(), ctx(device_id="from-topic"))[0].device_id == "from-topic"
 
 
 # --- Sensor.Community ---------------------------------------------------------------------------
@@ -430,7 +435,9 @@ def test_openaq_api_v3_measurements() -> None:
 
 
 def test_openaq_needs_a_device() -> None:
-    assert decode_error("openaq", sample("openaq/measurements-api-v3.json")) == "missing_device"
+    decoded = DECODERS["openaq"](sample("openaq/measurements-api-v3.json"), ctx())
+    assert not decoded and {p.reason for p in decoded.rejected} == {"missing_device"}
+    assert [p.path for p in decoded.rejected] == ["results[0]", "results[1]"]
 
 
 def test_openaq_latest_shape() -> None:
@@ -497,7 +504,8 @@ def test_json_device_from_topic_and_received_time() -> None:
         ('{"device_id": "d", "battery": 3}', {}, "no_known_metrics"),
         ('{"device_id": "d", "x": 3}', {"metric:pm2.5": "x"}, "bad_field_map"),
         ('{"device_id": "d", "x": 3, "time": [1]}', {"metric:pm25": "x"}, "bad_time"),
-        ("[1, 2]", {}, "bad_structure"),
+        ("[]", {}, "bad_structure"),
+        ("5", {}, "bad_structure"),
     ],
 )
 def test_json_errors(payload: str, field_map: dict[str, str], reason: str) -> None:
@@ -566,9 +574,10 @@ def test_senml_pack_of_many_records() -> None:
     assert len(readings) == 500 and readings[-1].value == 59.0
 
 
-def test_senml_device_from_context_wins() -> None:
+def test_senml_device_from_the_name_else_the_topic() -> None:
+    """The decoder reports the payload's device; the route decides whether it may differ."""
     (r,) = senml([{"bn": "urn:dev:ow:1:", "n": "temp", "v": 1}], ctx(device_id="topic-device"))
-    assert r.device_id == "topic-device"
+    assert r.device_id == "urn:dev:ow:1"
     (r,) = senml([{"n": "temp", "v": 1}], ctx(device_id="topic-device"))
     assert r.device_id == "topic-device"
 

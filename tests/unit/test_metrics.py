@@ -12,7 +12,8 @@ EXPECTED_UNITS = {
     "no": "µg/m³", "nox": "µg/m³", "co": "mg/m³", "co2": "ppm", "temperature": "°C", "humidity": "%",
     "pressure": "hPa", "wind_speed": "m/s", "precipitation": "mm", "laeq": "dB", "lamax": "dB",
     "lamin": "dB", "vehicle_count": "veh", "vehicle_speed": "km/h", "occupancy": "%", "travel_time": "s",
-    "water_volume_total": "m³", "water_flow": "m³/h", "energy_total": "kWh", "power": "kW",
+    "water_volume_total": "m³", "water_flow": "m³/h", "water_temperature": "°C", "energy_total": "kWh",
+    "power": "kW",
     "parking_occupied": "1", "fill_level": "%", "methane": "ppm", "water_level": "m",
 }  # fmt: skip
 

@@ -30,6 +30,7 @@ def decode_all(sim: CitySimulator, hours: int) -> tuple[Counter[str], Counter[st
             )
             try:
                 for r in DECODERS[route.format](m.payload, ctx):
+                    route.device_of(r.device_id), route.city_of(r.city)  # the route's identity rules
                     validator.canonical(r, t)
                     metrics[r.metric] += 1
                     if r.metric == "no2":
