@@ -230,14 +230,14 @@ class Pipeline:
                 reject(origin, part.reason, part.describe(), route.city, part.device_id or route.device)
             for r in decoded:
                 try:
+                    value = canonical(r, now)
+                except Rejected as e:
+                    reject(origin, e.reason, e.detail, r.city or route.city, r.device_id)
+                    continue
+                try:  # the route decides whose word counts for city and device
                     city, device = route.city_of(r.city), route.device_of(r.device_id)
                 except IdentityMismatch as e:
                     reject(origin, e.reason, f"{r.metric}: {e.detail}", r.city or route.city, r.device_id)
-                    continue
-                try:
-                    value = canonical(r, now)
-                except Rejected as e:
-                    reject(origin, e.reason, e.detail, city, device)
                     continue
                 batch.add(city, device, r.metric, r.time, value, 0, o)
         telemetry.MESSAGES_RECEIVED.labels(d.source).inc(len(d.messages))
