@@ -184,6 +184,15 @@ async def test_every_kpi_matches_the_hand_computed_values(tsdb: str, tmp_path: P
     assert aqi.value == pytest.approx(round(49 / 26.3 * (20.0 - 9.1) + 51), abs=0.5)
     assert aqi.details["days_by_category"] == {"Moderate": 1}
     assert aqi.target is None and aqi.score is None
+    # O3 and SO2 are scored on the statistics WHO defines targets for, not on their means:
+    # O3: mean of the daily max 8-h means (60 at air-1, 80 at air-2) = 70 against the peak-season
+    # guideline 60 -> 60/70; SO2: 99th percentile of daily means at the worst station (15) against 40
+    assert v[("EN:EN:AQ:1C", "o3", "")].target is None and v[("EN:EN:AQ:1C", "so2", "")].score is None
+    o3 = v[("EN:EN:AQ:1C", "o3_peak_season", "")]
+    assert (o3.value, o3.target) == (pytest.approx(70.0), 60.0)
+    assert o3.score == pytest.approx(60 / 70 * 100)
+    so2 = v[("EN:EN:AQ:1C", "so2_24h_p99", "")]
+    assert (so2.value, so2.target, so2.score) == (pytest.approx(15.0), 40.0, 100.0)
     # European AQI: air-2 PM10 40 µg/m³ is Moderate (35-50), the worst band of any pollutant
     assert v[("EN:EN:AQ:1C", "aqi_eu", "")].value == 3
 
@@ -341,7 +350,7 @@ async def test_refresh_is_idempotent_and_updates_computed_at(tsdb: str, tmp_path
         second = [tuple(r) for r in await conn.fetch(sql)]
         t2 = await conn.fetchval("SELECT min(computed_at) FROM kpi_values")
         assert first == second
-        assert len(first) == 7 + 3 + 9  # air components, noise (2 areas + headline), 9 single-valued KPIs
+        assert len(first) == 9 + 3 + 9  # air components, noise (2 areas + headline), 9 single-valued KPIs
         assert t2 > t1
         # an area removed from the registry disappears on the next refresh (no stale rows)
         await conn.execute("UPDATE devices SET area_id = NULL WHERE device_id = 'noise-2'")

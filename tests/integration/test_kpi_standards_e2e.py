@@ -13,15 +13,16 @@ pytestmark = pytest.mark.integration
 TTI = "EC:I:T:5A"
 
 
-async def component(dsn: str, code: str, name: str) -> asyncpg.Record:
-    """The day's kpi_values row of one component."""
+async def area_row(dsn: str, code: str, name: str, area: str = "") -> asyncpg.Record:
+    """The day's kpi_values row of one component (and area)."""
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetchrow(
             "SELECT * FROM kpi_values WHERE city_id = 'm' AND kpi_code = $1 AND component = $2 "
-            "AND period_kind = 'day' AND period_start = $3",
+            "AND area_id = $3 AND period_kind = 'day' AND period_start = $4",
             code,
             name,
+            area,
             DAY,
         )
     finally:
@@ -83,9 +84,47 @@ async def test_european_aqi_is_the_eea_hourly_index(tsdb, tmp_path) -> None:
         lines.append(senml("air-1", "pm25", "ug/m3", at(h), 8.0))
     v = await replay_and_refresh(tsdb, tmp_path, reg, lines)
     assert ("EN:EN:AQ:1C", f"day {DAY}") not in v  # the air KPI has components only
-    eu = await component(tsdb, "EN:EN:AQ:1C", "aqi_eu")
+    eu = await area_row(tsdb, "EN:EN:AQ:1C", "aqi_eu")
     assert eu["value"] == 3
     d = details(eu)
     assert d["hours_by_band"] == {"Fair": 22, "Moderate": 2}
     assert d["daily_worst_hour"] == {DAY.isoformat(): 3.0}
     assert eu["coverage"] == pytest.approx(1.0)
+
+
+async def test_an_area_at_exactly_lden_55_is_not_exposed_above_55(tsdb, tmp_path) -> None:
+    """Minor item, EU END practice: exposed means Lden > 55 dB. Area z (100 inhabitants) has
+    Ld = 55 (07-19), Le = 50 (19-23), Ln = 45 (23-07): Lden = 10 log10((12 x 10^5.5 + 4 x 10^((50+5)/10)
+    + 8 x 10^((45+10)/10)) / 24) = 10 log10(10^5.5) = 55.0 exactly, so 0 % exposed (the energy sums
+    gave 55.00000000000001 and counted all 100 inhabitants); area y at 56 dB throughout (Lden 62.4)
+    is exposed: 100 of 200 inhabitants, 50 %."""
+    reg = (
+        registry(200, 1, 1, "")
+        + """
+[[areas]]
+area_id = "z"
+population = 100
+[[areas]]
+area_id = "y"
+population = 100
+[[devices]]
+device_id = "noise-z"
+area_id = "z"
+expected_interval_s = 3600
+[[devices]]
+device_id = "noise-y"
+area_id = "y"
+expected_interval_s = 3600
+"""
+    )
+    lines = []
+    for h in range(24):
+        level = 55.0 if 7 <= h < 19 else 50.0 if 19 <= h < 23 else 45.0
+        lines.append(senml("noise-z", "laeq", "dB", at(h), level))
+        lines.append(senml("noise-y", "laeq", "dB", at(h), 56.0))
+    v = await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    exposure = v[("EN:EN:EQ:2A", f"day {DAY}")]
+    assert exposure["value"] == pytest.approx(50.0)
+    assert details(exposure)["exposed_areas"] == ["y"]
+    lden_z = await area_row(tsdb, "EN:EN:EQ:2A", "lden", "z")
+    assert lden_z["value"] == pytest.approx(55.0, abs=1e-9)
