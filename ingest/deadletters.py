@@ -22,7 +22,7 @@ import asyncpg
 from ingest.config import Settings
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
-from processors.writer import TimescaleWriter
+from processors.writer import MAX_TOPIC_CHARS, TimescaleWriter
 
 LEGACY_REQUEUE_PREFIX = "requeue:"  # older releases prefixed the source on each requeue
 
@@ -176,6 +176,8 @@ def _unreplayable(msg: asyncpg.Record) -> str | None:
         return "no payload kept"
     if not msg["topic"]:
         return "no topic"
+    if len(msg["topic"]) >= MAX_TOPIC_CHARS and msg["topic"].endswith("…"):
+        return "topic cut"
     if len(msg["payload"]) < msg["payload_size"]:
         return "payload cut"
     return None

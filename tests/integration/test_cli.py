@@ -60,3 +60,15 @@ def test_migrate_against_the_real_database(tsdb: str) -> None:
     out = run("migrate", env={"CITYKPI_DATABASE__URL": tsdb})
     assert out.returncode == 0, out.stderr
     assert "hypertables on" in out.stderr
+
+
+def test_a_route_format_typo_stops_the_start_with_exit_2_naming_the_route(tmp_path: Path) -> None:
+    config = tmp_path / "citykpi.toml"
+    config.write_text(
+        '[[mqtt.routes]]\nfilter = "city/+/sc/+"\nformat = "sensor.community"\ndevice_level = 4\n'
+    )
+    out = run("config", "show", "--config", str(config))
+    assert out.returncode == 2
+    message = " ".join(out.stderr.split())  # the console wraps long lines
+    assert "route 'city/+/sc/+': unknown format 'sensor.community'" in message
+    assert "known formats: json, ngsi-ld, ngsi-v2, openaq, senml, sensor-community, ttn" in message
