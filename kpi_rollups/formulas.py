@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -884,21 +884,40 @@ class ShareParams(_Params):
     device_kinds: list[str] = []
     weight_key: str | None = None
     segment_key: str | None = None
+    # "installed": also the registry's devices of `installed_kinds` installed by the period's end
+    # (U4SSC counts smart meters installed, not those that happened to report)
+    count: Literal["reporting", "installed"] = "reporting"
+    installed_kinds: list[str] = []
+
+
+def _installed(d: DeviceInfo, kinds: list[str], last_day: date) -> bool:
+    return (
+        d.registered_by == "registry"
+        and d.kind in kinds
+        and (d.installed_on is None or d.installed_on <= last_day)
+    )
 
 
 @formula("ict_share")
 async def ict_share(ctx: FormulaContext) -> list[KpiResult]:
-    """Reporting devices (or the km they cover) / registry total x 100.
+    """Reporting (or installed) devices, or the km they cover, / registry total x 100.
 
-    A device counts when it has readings of one of `metrics` (any metric if empty) in the period
-    and passes the role/kind filters; with `weight_key` it contributes that metadata number (km),
-    with `segment_key` devices sharing a segment count once (the largest weight).
+    A device counts when it has readings of one of `metrics` (any metric if empty) in the period,
+    or with `count = "installed"` when the registry lists it as installed, and it passes the
+    role/kind filters; with `weight_key` it contributes that metadata number (km), with
+    `segment_key` devices sharing a segment count once (the largest weight).
     """
     p: ShareParams = ctx.params(ShareParams)
     devices = await ctx.data.devices()
     reporting = await ctx.data.reporting(p.metrics)
+    candidates = dict.fromkeys(reporting)
+    if p.count == "installed":
+        last_day = ctx.period.days()[-1]
+        candidates |= dict.fromkeys(
+            dk for dk, d in devices.items() if _installed(d, p.installed_kinds, last_day)
+        )
     chosen: list[DeviceInfo] = []
-    for dk in reporting:
+    for dk in candidates:
         d = devices.get(dk)
         if d is None:
             continue
@@ -929,12 +948,13 @@ async def ict_share(ctx: FormulaContext) -> list[KpiResult]:
         "numerator_unit": p.weight_key or "devices",
         "registry_total": total,
         "registry_total_fact": p.total_fact,
-        "reporting_devices": sorted(d.device_id for d in chosen)[:500],
+        "counted": p.count,
+        "reporting_devices": sorted(d.device_id for d in chosen if d.device_key in reporting)[:500],
         "segments": len(segments),
     }
     if unweighted:
         details["devices_without_" + (p.weight_key or "weight")] = sorted(unweighted)[:500]
-    n_readings = sum(reporting[d.device_key] for d in chosen)
+    n_readings = sum(reporting.get(d.device_key, 0) for d in chosen)
     if not total:
         return [
             KpiResult(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -68,6 +68,8 @@ class DeviceInfo:
     area_id: str | None
     expected_interval_s: float | None
     metadata: dict[str, Any]
+    registered_by: str = "registry"
+    installed_on: date | None = None
 
     @property
     def role(self) -> str | None:
@@ -133,7 +135,8 @@ class CityData:
     async def devices(self) -> dict[int, DeviceInfo]:
         if self._devices is None:
             rows = await self.conn.fetch(
-                """SELECT device_key, device_id, kind, area_id, expected_interval_s, metadata
+                """SELECT device_key, device_id, kind, area_id, expected_interval_s, metadata,
+                          registered_by, installed_on
                    FROM devices WHERE city_id = $1""",
                 self.city_id,
             )
@@ -147,6 +150,8 @@ class CityData:
                     json.loads(r["metadata"])
                     if isinstance(r["metadata"], str)
                     else dict(r["metadata"] or {}),
+                    r["registered_by"],
+                    r["installed_on"],
                 )
                 for r in rows
             }

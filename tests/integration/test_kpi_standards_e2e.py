@@ -128,3 +128,30 @@ expected_interval_s = 3600
     assert details(exposure)["exposed_areas"] == ["y"]
     lden_z = await area_row(tsdb, "EN:EN:EQ:2A", "lden", "z")
     assert lden_z["value"] == pytest.approx(55.0, abs=1e-9)
+
+
+async def test_smart_meter_share_counts_installed_meters(tsdb, tmp_path) -> None:
+    """Minor item, U4SSC EC:ICT:WS:1C: smart water meters installed / all water meters. The registry
+    lists 10 water meters in all and three smart ones: w-a reports, w-b is installed but silent that
+    day (still installed), w-c is installed on 1 July (not yet). 2 of 10 = 20 % (counting the meters
+    that reported gave 10 %)."""
+    reg = registry(
+        1000,
+        10,
+        1,
+        """
+[[devices]]
+device_ids = ["w-a", "w-b"]
+kind = "water"
+expected_interval_s = 3600
+[[devices]]
+device_id = "w-c"
+kind = "water"
+installed_on = 2025-07-01
+""",
+    )
+    lines = [senml("w-a", "water_volume_total", "m3", at(h), 10 + 0.01 * h) for h in range(24)]
+    v = await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    share = v[("EC:ICT:WS:1C", f"day {DAY}")]
+    assert share["value"] == pytest.approx(20.0)
+    assert details(share)["reporting_devices"] == ["w-a"]
