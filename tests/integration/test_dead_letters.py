@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import asyncpg
 import pytest
 
 from ingest.config import Settings
-from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
+from ingest.deadletters import DeadLetterFilter, requeue_dead_letters, topic_filter_regex
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 from ingest.service import Service
@@ -107,6 +108,13 @@ async def test_unknown_city_then_add_the_city_then_requeue_stores_each_reading_o
     shown = cli(tsdb, "show", str(lost[-1]["id"]))  # the row without the payload shows its message's
     assert json.loads(shown.split(" bytes):\n", 1)[1]) == TWO_GOOD
     assert "topic: city/atlantis/sensor-community/esp8266-4711" in shown
+
+    city_topic = cli(tsdb, "list", "--city", "demo", "--topic", "city/+/sensor-community/#")
+    assert "not_finite" in city_topic and "unknown_city" not in city_topic
+    assert "unknown_city" not in cli(tsdb, "list", "--topic", "city/atlantis/senml/+")
+    assert "would requeue 0 messages" in cli(tsdb, "requeue", "--since", "2999-01-01", "--dry-run")
+    by_id = cli(tsdb, "requeue", "--id", str(lost[0]["id"]), "--dry-run")  # brings its message's siblings
+    assert "would requeue 1 messages (2 dead letters: unknown_city 2)" in by_id
 
     no_filter = run("deadletters", "requeue", env={"CITYKPI_DATABASE__URL": tsdb})
     assert no_filter.returncode == 2 and "--all" in no_filter.stderr
@@ -272,3 +280,40 @@ async def test_water_quality_is_stored_as_water_temperature_on_a_water_device(ts
     assert (r[1], r[2], r[4]) == ("waterqualityobserved:Sevilla:D1", "water_temperature", 24.4)
     (kind,) = await fetch(tsdb, "SELECT kind FROM devices")
     assert kind["kind"] == "water"
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "matches", "misses"),
+    [
+        (
+            "city/+/senml/+",
+            ["city/demo/senml/a-1"],
+            ["city/demo/senml", "city/demo/senml/a/b", "cityXdemo/senml/a"],
+        ),
+        ("city/demo/#", ["city/demo", "city/demo/x/y"], ["city/demolition/x"]),
+        ("citykpi.senml", ["citykpi.senml"], ["citykpiXsenml", "citykpi.senml.x"]),
+    ],
+)
+def test_topic_filters_select_what_the_mqtt_filter_matches(
+    topic_filter: str, matches: list[str], misses: list[str]
+) -> None:
+    regex = re.compile(topic_filter_regex(topic_filter))
+    assert all(regex.search(t) for t in matches) and not any(regex.search(t) for t in misses)
+
+
+async def test_show_prints_binary_as_hex_and_says_when_a_payload_was_cut(tsdb: str) -> None:
+    frame = bytes.fromhex("016700e1026850") + b"\xff" * 10
+    long_pack = json.dumps([{"bn": "air-1:", "n": "pm25", "v": 5.0, "bt": 10**12}] * 20).encode()
+    await through_pipeline(
+        tsdb,
+        ("city/demo/senml/air-1", frame),
+        ("city/demo/senml/air-1", long_pack),
+        validation={"dead_letter_payload_bytes": 64},
+    )
+    rows = await fetch(tsdb, "SELECT id, reason FROM dead_letters WHERE payload IS NOT NULL ORDER BY id")
+    binary, cut = rows[0]["id"], rows[1]["id"]
+    assert rows[0]["reason"] == "binary_payload"
+    assert "01 67 00 e1 02 68 50 ff" in cli(tsdb, "show", str(binary))
+    assert f"cut: kept 64 of {len(long_pack)} bytes" in cli(tsdb, "show", str(cut))
+    dry = cli(tsdb, "requeue", "--id", str(cut), "--dry-run")
+    assert "would requeue 0 messages" in dry and "1 payload cut" in dry
