@@ -60,6 +60,24 @@ def window_segments(start: datetime, end: datetime) -> list[tuple[str, datetime,
     return out
 
 
+# Expected slots (one per expected interval) holding a reading, from the hourly rollups: for
+# intervals of an hour or more the distinct slots of the hours with readings; below an hour, per
+# hour at most its number of slots (near-duplicate readings fill no extra slot).
+FILLED_SLOTS = """
+SELECT u.device_key, u.metric,
+       CASE WHEN u.interval_s >= 3600 THEN count(DISTINCT floor(extract(epoch FROM r.bucket) / u.interval_s))
+            ELSE sum(least(r.n, ceil(3600.0 / u.interval_s))) END::int8 AS filled
+FROM unnest($1::int4[], $2::text[], $3::float8[]) AS u(device_key, metric, interval_s)
+JOIN metrics m ON m.name = u.metric
+JOIN rollup_1h r ON r.device_key = u.device_key AND r.metric_id = m.metric_id
+WHERE r.bucket >= $4 AND r.bucket < $5 AND r.n > 0
+GROUP BY u.device_key, u.metric, u.interval_s
+"""
+# An hourly value needs 75 % of the hour's expected readings (Directive 2008/50/EC, Annex VII):
+# one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown) needs one.
+VALID_HOUR = "r.n >= ceil(0.75 * 3600.0 / least(coalesce(d.expected_interval_s, 3600.0), 3600.0))"
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     device_key: int
@@ -86,13 +104,15 @@ class DeviceInfo:
 
 @dataclass
 class SeriesCount:
-    """Readings of one (device, metric) in the window and the interval they are expected at."""
+    """Readings of one (device, metric) in the window, the interval they are expected at and the
+    expected slots (one per interval) that hold a reading."""
 
     device_key: int
     metric: str
     n: int
     interval_s: float | None
     interval_source: str
+    filled_slots: int = 0
 
 
 @dataclass
@@ -160,13 +180,14 @@ class CityData:
     async def hourly(
         self, metrics: list[str], *, extend_before: timedelta = timedelta(0)
     ) -> list[asyncpg.Record]:
-        """Hourly rollups (device_key, metric, bucket, n, mean, energy) of the city in the window."""
+        """Valid hourly rollups (device_key, metric, bucket, n, mean, energy) of the city in the
+        window (`VALID_HOUR`)."""
         return await self.conn.fetch(
-            """SELECT r.device_key, m.name AS metric, r.bucket, r.n, r.sum / r.n AS mean, r.energy
+            f"""SELECT r.device_key, m.name AS metric, r.bucket, r.n, r.sum / r.n AS mean, r.energy
                FROM rollup_1h r JOIN devices d ON d.device_key = r.device_key
                JOIN metrics m ON m.metric_id = r.metric_id
                WHERE d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4
-                 AND r.n > 0
+                 AND {VALID_HOUR}
                ORDER BY r.device_key, m.name, r.bucket""",
             self.city_id,
             metrics,
@@ -181,7 +202,7 @@ class CityData:
         number of hours above `hourly_limits[metric]`."""
         limits = hourly_limits or {}
         return await self.conn.fetch(
-            """SELECT r.device_key, m.name AS metric, (r.bucket AT TIME ZONE $5)::date AS day,
+            f"""SELECT r.device_key, m.name AS metric, (r.bucket AT TIME ZONE $5)::date AS day,
                       avg(r.sum / r.n) AS mean, max(r.sum / r.n) AS max_hourly,
                       count(*) AS hours, sum(r.n) AS n,
                       count(*) FILTER (WHERE r.sum / r.n > lim.value) AS hours_above
@@ -189,7 +210,7 @@ class CityData:
                JOIN metrics m ON m.metric_id = r.metric_id
                LEFT JOIN unnest($6::text[], $7::float8[]) AS lim(metric, value) ON lim.metric = m.name
                WHERE d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4
-                 AND r.n > 0
+                 AND {VALID_HOUR}
                GROUP BY 1, 2, 3""",
             self.city_id,
             metrics,
@@ -254,15 +275,26 @@ class CityData:
             else:
                 interval, source = None, "unknown (a single reading)"
             out[key] = SeriesCount(r["device_key"], r["metric"], int(r["n"]), interval, source)
+        known = [sc for sc in out.values() if sc.interval_s]
+        for r in await self.conn.fetch(
+            FILLED_SLOTS,
+            [sc.device_key for sc in known],
+            [sc.metric for sc in known],
+            [sc.interval_s for sc in known],
+            self.start,
+            self.end,
+        ):
+            out[(r["device_key"], r["metric"])].filled_slots = int(r["filled"])
         return out
 
     def capture(self, sc: SeriesCount) -> tuple[float, float]:
-        """(coverage of the whole period, coverage of its elapsed part), each in [0, 1]."""
+        """(coverage of the whole period, coverage of its elapsed part), each in [0, 1]: filled
+        expected slots / expected slots."""
         if not sc.interval_s:
             return 0.0, 0.0
         elapsed = (self.period.elapsed_end(self.now) - self.start).total_seconds()
-        full = min(1.0, sc.n * sc.interval_s / self.period.seconds)
-        so_far = min(1.0, sc.n * sc.interval_s / elapsed) if elapsed > 0 else 0.0
+        full = min(1.0, sc.filled_slots * sc.interval_s / self.period.seconds)
+        so_far = min(1.0, sc.filled_slots * sc.interval_s / elapsed) if elapsed > 0 else 0.0
         return full, so_far
 
     async def meter_usage(self, metric: str) -> dict[int, MeterUsage]:

@@ -155,3 +155,35 @@ installed_on = 2025-07-01
     share = v[("EC:ICT:WS:1C", f"day {DAY}")]
     assert share["value"] == pytest.approx(20.0)
     assert details(share)["reporting_devices"] == ["w-a"]
+
+
+async def test_coverage_counts_filled_expected_slots_not_readings(tsdb, tmp_path) -> None:
+    """Item 9: coverage = filled expected slots / expected slots. An hourly PM2.5 sensor
+    (expected_interval_s = 3600: 24 slots a day) reports in 21 hours, three of them twice (30 s
+    apart): 24 readings but 21 filled slots, 21/24 = 87.5 % (counting readings said 100 %)."""
+    reg = registry(1000, 1, 1, '\n[[devices]]\ndevice_id = "air-1"\nexpected_interval_s = 3600\n')
+    lines = []
+    for h in range(21):
+        lines.append(senml("air-1", "pm25", "ug/m3", at(h), 10.0))
+        if h in (3, 9, 15):
+            lines.append(senml("air-1", "pm25", "ug/m3", at(h + 30 / 3600), 10.0))
+    await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    pm25 = await area_row(tsdb, "EN:EN:AQ:1C", "pm25")
+    assert pm25["n_readings"] == 24
+    assert pm25["coverage"] == pytest.approx(21 / 24)
+
+
+async def test_an_hour_needs_75_percent_of_its_readings_for_the_18_hour_rule(tsdb, tmp_path) -> None:
+    """Minor item, Directive 2008/50/EC Annex VII: an hourly value needs 75 % of the hour's data and
+    a daily value 18 valid hours. A sensor expected every 10 min (6 a hour, so 5 needed) reports
+    PM2.5 30 µg/m³ fully in 17 hours and once in an 18th: 17 valid hours, no valid day, so no WHO
+    24-h exceedance (15 µg/m³) is counted; counting the single-reading hour made 18 hours, a valid
+    day and an exceedance."""
+    reg = registry(1000, 1, 1, '\n[[devices]]\ndevice_id = "air-1"\nexpected_interval_s = 600\n')
+    lines = [senml("air-1", "pm25", "ug/m3", at(h + k / 6), 30.0) for h in range(17) for k in range(6)] + [
+        senml("air-1", "pm25", "ug/m3", at(20), 30.0)
+    ]
+    await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    pm25 = details(await area_row(tsdb, "EN:EN:AQ:1C", "pm25"))
+    assert pm25["stations"][0]["valid_days"] == 0
+    assert pm25["who_exceedance_days_worst_station"] == 0
