@@ -310,6 +310,10 @@ async def fill_demo_city(dsn: str, hours: int = 96, step_min: int = 10) -> datet
     await writer.stop()
     conn = await asyncpg.connect(dsn)
     try:
+        # the registry expects the live simulator's 10 s; these readings come every step_min minutes
+        await conn.execute(
+            "UPDATE devices SET expected_interval_s = $1 WHERE city_id = 'demo'", step_min * 60.0
+        )
         tz = await conn.fetchval("SELECT timezone FROM cities WHERE city_id = 'demo'")
         from zoneinfo import ZoneInfo
 
