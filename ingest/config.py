@@ -273,6 +273,9 @@ class QualitySettings(BaseModel):
     stuck_min_run: int = Field(30, ge=2, description="identical consecutive values that make a stuck run")
     hampel_half_window: int = Field(5, ge=1, description="readings on each side in the Hampel window")
     hampel_sigmas: float = Field(5.0, gt=0, description="robust sigmas (1.4826·MAD) from the median")
+    exclude_flagged_from_kpis: bool = Field(
+        True, description="rebuild the rollups without stuck and spike readings (KPIs count them as missing)"
+    )
 
     @model_validator(mode="after")
     def _window_covers_the_gap(self) -> QualitySettings:

@@ -3,7 +3,10 @@
 A job, not the write path: both rules need neighbours on each side (a spike is only a spike once
 the next readings arrived), so the service re-examines a trailing window every few minutes.
 Recomputing a window gives the same flags, so the job is idempotent; it only touches the two bits
-it owns (FLAG_STUCK, FLAG_SPIKE) and only rows whose flags change.
+it owns (FLAG_STUCK, FLAG_SPIKE) and only rows whose flags change. With
+`quality.exclude_flagged_from_kpis` (default) the rollup buckets of those rows are rebuilt from the
+unflagged readings in the same transaction, so KPIs never see flagged values and count a bucket left
+empty as missing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from ingest.config import QualitySettings, Settings
 from processors.kernels import FLAG_SPIKE, FLAG_STUCK, hampel_flags, stuck_value_flags
-from processors.rollups import series_of
+from processors.rollups import rebuild_rollups, series_of
 from schemas import statements as sql
 
 log = logging.getLogger(__name__)
@@ -42,13 +45,18 @@ async def flag_quality(conn: asyncpg.Connection, start: datetime, end: datetime,
     new = (old & ~QUALITY_BITS) | found
     changed = np.flatnonzero(new != old)
     if changed.size:
-        await conn.execute(
-            sql.UPDATE_READING_FLAGS,
-            device_key[changed].tolist(),
-            metric_id[changed].tolist(),
-            ts_us[changed].tolist(),
-            new[changed].tolist(),
-        )
+        async with conn.transaction():
+            await conn.execute(
+                sql.UPDATE_READING_FLAGS,
+                device_key[changed].tolist(),
+                metric_id[changed].tolist(),
+                ts_us[changed].tolist(),
+                new[changed].tolist(),
+            )
+            if q.exclude_flagged_from_kpis:
+                await rebuild_rollups(
+                    conn, device_key[changed], metric_id[changed], ts_us[changed], QUALITY_BITS
+                )
     return int(changed.size)
 
 

@@ -75,3 +75,49 @@ async def merge_rollups(
         n += len(agg)
     await merge_meter_steps(conn, batch, keys, cumulative_metric_ids, ROLLUP_TABLES)
     return n
+
+
+async def rebuild_rollups(
+    conn: asyncpg.Connection,
+    device_key: npt.NDArray[np.int64],
+    metric_id: npt.NDArray[np.int64],
+    ts_us: npt.NDArray[np.int64],
+    excluded_flags: int,
+) -> int:
+    """Recompute, from the stored readings without `excluded_flags`, every rollup bucket holding one
+    of the given readings (a bucket left without readings is deleted: it counts as missing).
+
+    Run in the caller's transaction after the flags changed. The bucket rows are locked first, so a
+    concurrent writer's merge lands either before (and is read back here) or after (and adds to
+    the rebuilt row). Meter columns are left alone (the quality bits only concern averaged metrics).
+    Returns rows rewritten or deleted.
+    """
+    if device_key.size == 0:
+        return 0
+    series, keys = series_of(device_key, metric_id)
+    decibel_ids = {r["metric_id"] for r in await conn.fetch(sql.DECIBEL_METRICS)}
+    decibel = np.isin(keys & 0xFFFF, np.array(sorted(decibel_ids), dtype=np.int64))
+    n = 0
+    for table, bucket_us in ROLLUP_TABLES.items():
+        pairs = np.unique(np.stack([keys[series], (ts_us // bucket_us) * bucket_us]), axis=1)
+        dk, mid, start = (pairs[0] >> 16).tolist(), (pairs[0] & 0xFFFF).tolist(), pairs[1].tolist()
+        await conn.execute(sql.LOCK_ROLLUP_BUCKETS.format(table=table), dk, mid, start)
+        rows = await conn.fetch(sql.READINGS_IN_BUCKETS, dk, mid, start, bucket_us, excluded_flags)
+        kept_key = np.fromiter(((r[0] << 16) | r[1] for r in rows), np.int64, len(rows))
+        kept = ReadingBatch.from_columns(
+            np.searchsorted(keys, kept_key),
+            np.fromiter((r[2] for r in rows), np.int64, len(rows)),
+            np.fromiter((r[3] for r in rows), np.float64, len(rows)),
+        )
+        agg = partial_aggregates(kept.series, kept.ts_us, kept.value, bucket_us, decibel)
+        await conn.execute(sql.REPLACE_ROLLUP.format(table=table), *rollup_columns(agg, keys))
+        filled = set(zip(keys[agg.series].tolist(), agg.bucket_start_us.tolist(), strict=True))
+        empty = [i for i, k in enumerate(pairs[0].tolist()) if (k, start[i]) not in filled]
+        await conn.execute(
+            sql.DELETE_ROLLUP_BUCKETS.format(table=table),
+            [dk[i] for i in empty],
+            [mid[i] for i in empty],
+            [start[i] for i in empty],
+        )
+        n += len(agg) + len(empty)
+    return n

@@ -36,6 +36,7 @@ INGEST_GRANTS = (
     "SELECT, INSERT ON readings",
     "UPDATE (flags) ON readings",
     "SELECT, INSERT, UPDATE ON rollup_1m, rollup_1h, rollup_1d",
+    "DELETE ON rollup_1m, rollup_1h, rollup_1d",  # the quality job drops buckets left without readings
     "SELECT, INSERT, UPDATE ON meter_state",
     "INSERT ON ingest_batches",
     "SELECT (batch_id), UPDATE (stored, committed_at) ON ingest_batches",

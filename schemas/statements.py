@@ -50,6 +50,35 @@ ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
     energy = t.energy + EXCLUDED.energy
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 
+# Rebuilding rollup buckets from their readings (processors/rollups.py rebuild_rollups, for the
+# quality job): lock the bucket rows, read the kept readings, replace the rows, drop empty ones.
+LOCK_ROLLUP_BUCKETS = """
+SELECT 1 FROM {table} t JOIN unnest($1::int4[], $2::int2[], $3::int8[]) AS u(d, m, b)
+  ON t.device_key = u.d AND t.metric_id = u.m AND t.bucket = {EPOCH} + u.b * {US}
+ORDER BY t.device_key, t.metric_id, t.bucket
+FOR UPDATE OF t
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+READINGS_IN_BUCKETS = """
+SELECT r.device_key, r.metric_id, (extract(epoch FROM r.time) * 1000000)::int8 AS ts_us, r.value
+FROM readings r JOIN unnest($1::int4[], $2::int2[], $3::int8[]) AS u(d, m, b)
+  ON r.device_key = u.d AND r.metric_id = u.m
+ AND r.time >= {EPOCH} + u.b * {US} AND r.time < {EPOCH} + (u.b + $4::int8) * {US}
+WHERE r.flags & $5::int2 = 0
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+REPLACE_ROLLUP = (
+    MERGE_ROLLUP.split("ON CONFLICT")[0]
+    + """ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
+    n = EXCLUDED.n, sum = EXCLUDED.sum, sumsq = EXCLUDED.sumsq, min = EXCLUDED.min, max = EXCLUDED.max,
+    first_time = EXCLUDED.first_time, first_value = EXCLUDED.first_value,
+    last_time = EXCLUDED.last_time, last_value = EXCLUDED.last_value, energy = EXCLUDED.energy
+"""
+)
+DELETE_ROLLUP_BUCKETS = """
+DELETE FROM {table} t USING unnest($1::int4[], $2::int2[], $3::int8[]) AS u(d, m, b)
+WHERE t.device_key = u.d AND t.metric_id = u.m AND t.bucket = {EPOCH} + u.b * {US}
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+DECIBEL_METRICS = "SELECT metric_id FROM metrics WHERE aggregation = 'decibel'"
+
 INSERT_INGEST_BATCH = """
 INSERT INTO ingest_batches (source, position, received, stored) VALUES ($1, $2::jsonb, $3, 0)
 RETURNING batch_id

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from tests.conftest import deployment_of, make_login
+from tests.integration.test_cli import run
 from tests.integration.test_kpi_meters_e2e import DAY, at, details, registry, replay_and_refresh, senml
 
 pytestmark = pytest.mark.integration
@@ -187,3 +189,52 @@ async def test_an_hour_needs_75_percent_of_its_readings_for_the_18_hour_rule(tsd
     pm25 = details(await area_row(tsdb, "EN:EN:AQ:1C", "pm25"))
     assert pm25["stations"][0]["valid_days"] == 0
     assert pm25["who_exceedance_days_worst_station"] == 0
+
+
+async def test_spike_flagged_readings_are_excluded_and_counted_missing(tsdb, tmp_path) -> None:
+    """Quality flags honoured: a NO2 sensor every 10 min (6 a hour, 5 needed for a valid hour) reads
+    18, 20, 22, 19, 21, 20 each hour (mean 20). At 12:30 the 19 is a 900 spike; at 13:00-13:40 only
+    five readings come, the 22 of them a 900 spike. The quality job flags both spikes (Hampel); the
+    rollups are rebuilt without them: 12:00 keeps 18, 20, 22, 21, 20 (mean 20.2), 13:00 keeps 4 of
+    6 readings, below 75 %, so it is missing. NO2 day mean = (22 x 20 + 20.2) / 23 = 20.0087
+    (with the spikes: 26.96); the EEA hourly index stays Good (the 12:00 spike hour was Moderate).
+    """
+    from ingest.config import QualitySettings
+    from processors.quality import flag_quality
+
+    reg = registry(1000, 1, 1, '\n[[devices]]\ndevice_id = "no2-1"\nexpected_interval_s = 600\n')
+    cycle = (18.0, 20.0, 22.0, 19.0, 21.0, 20.0)
+    lines = []
+    for h in range(24):
+        for k, value in enumerate(cycle[: 5 if h == 13 else 6]):
+            if (h, k) in ((12, 3), (13, 2)):
+                value = 900.0
+            lines.append(senml("no2-1", "no2", "ug/m3", at(h + k / 6), value))
+    await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    conn = await asyncpg.connect(await make_login(tsdb, deployment_of(tsdb).ingest))  # as the service
+    try:
+        changed = await flag_quality(conn, at(0), at(24), QualitySettings())
+        # 13:00 keeps its row (4 readings: invalid, not empty); the spike's own minute is deleted
+        hour13 = await conn.fetchval("SELECT n FROM rollup_1h WHERE bucket = $1", at(13))
+        minute = await conn.fetchval("SELECT count(*) FROM rollup_1m WHERE bucket = $1", at(12.5))
+    finally:
+        await conn.close()
+    assert (changed, hour13, minute) == (2, 4, 0)
+    out = run(
+        "kpi",
+        "refresh",
+        "--city",
+        "m",
+        "--period",
+        DAY.isoformat(),
+        "--kind",
+        "day",
+        env={"CITYKPI_DATABASE__URL": tsdb},
+    )
+    assert out.returncode == 0, out.stderr
+    no2 = await area_row(tsdb, "EN:EN:AQ:1C", "no2")
+    assert no2["value"] == pytest.approx((22 * 20 + 20.2) / 23)
+    assert no2["n_readings"] == 22 * 6 + 5  # the readings of the valid hours
+    assert no2["coverage"] == pytest.approx((22 * 6 + 5 + 4) / 144)
+    eu = await area_row(tsdb, "EN:EN:AQ:1C", "aqi_eu")
+    assert eu["value"] == 1
