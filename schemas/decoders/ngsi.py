@@ -162,7 +162,8 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
         try:
             _decode_entity(entity, ctx, path, out)
         except DecodeError as e:
-            out.reject(e, path or "entity", entity.get("id") if isinstance(entity, dict) else None)
+            entity_id = entity.get("id") if isinstance(entity, dict) else None
+            out.reject(e, path or "entity", entity_id if isinstance(entity_id, str) else None)
     if not entities:
         return out  # an empty notification (e.g. the initial one of a subscription): nothing to store
     return out.or_raise("no_known_metrics", "no entity attribute is a known metric")

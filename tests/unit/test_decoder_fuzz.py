@@ -37,7 +37,18 @@ SEEDS: dict[str, list[bytes]] = {
     ],
     "ngsi-v2": [p.read_bytes() for p in sorted((SAMPLES / "ngsi-v2").iterdir())],
     "ngsi-ld": [p.read_bytes() for p in sorted((SAMPLES / "ngsi-ld").iterdir())],
-    "ttn": [(SAMPLES / "ttn" / "uplink-aws-iot-docs.json").read_bytes()],
+    "ttn": [
+        (SAMPLES / "ttn" / "uplink-aws-iot-docs.json").read_bytes(),
+        json.dumps(
+            {
+                "end_device_ids": {"device_id": "lpp-1"},
+                "uplink_message": {
+                    "received_at": "2025-03-01T00:00:00Z",
+                    "decoded_payload": {"temperature_1": 21.5, "temperature_2": 22.0, "analog_in_4": 1.2},
+                },
+            }
+        ).encode(),
+    ],
     "sensor-community": [
         json.dumps(
             {
@@ -51,7 +62,21 @@ SEEDS: dict[str, list[bytes]] = {
         ).encode()
     ],
     "openaq": [(SAMPLES / "openaq" / "measurements-api-v3.json").read_bytes()],
-    "json": [json.dumps({"device_id": "d", "time": 1718000000, "pm25": 3.5}).encode()],
+    "json": [
+        json.dumps({"device_id": "d", "time": 1718000000, "pm25": 3.5}).encode(),
+        json.dumps(
+            [
+                {
+                    "device_id": "d",
+                    "time": "2025-03-01T10:00:00",
+                    "metric": "pm25",
+                    "value": 3.5,
+                    "unit": "ug/m3",
+                },
+                {"device_id": "d", "time": 1718000000, "metric": "no2", "value": 21},
+            ]
+        ).encode(),
+    ],
 }
 assert set(SEEDS) == set(DECODERS)
 
