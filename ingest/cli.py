@@ -35,7 +35,9 @@ app.add_typer(dl_app, name="deadletters")
 app.add_typer(registry_app, name="registry")
 app.add_typer(kpi_app, name="kpi")
 app.command("report")(report)
-roles_app = typer.Typer(help="Database roles: per-city read-only logins for Grafana.", no_args_is_help=True)
+roles_app = typer.Typer(
+    help="Database logins: the service's (ingest, KPI) and readers of one city or all.", no_args_is_help=True
+)
 app.add_typer(roles_app, name="roles")
 console = Console(stderr=True)
 log = logging.getLogger("citykpi")
@@ -456,6 +458,22 @@ def roles_grant_reader(
     settings = _settings(config, "WARNING")
     password = password_file.read_text().strip() if password_file else None
     _report_access_change(settings, "SELECT citykpi_grant_reader($1, $2, $3)", role, city, password)
+
+
+@roles_app.command("grant-service")
+def roles_grant_service(
+    role: Annotated[str, typer.Argument(help="login role to create or extend")],
+    service: Annotated[str, typer.Option(help="ingest (citykpi run) or kpi (the KPI refresh)")],
+    password_file: Annotated[
+        Path | None, typer.Option(help="file holding the role's password (a new role needs one)", exists=True)
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create or extend the service's login for ingestion or the KPI refresh (run as the owner);
+    prints each change and what else the role still holds."""
+    settings = _settings(config, "WARNING")
+    password = password_file.read_text().strip() if password_file else None
+    _report_access_change(settings, "SELECT citykpi_grant_service($1, $2, $3)", role, service, password)
 
 
 @roles_app.command("revoke-reader")

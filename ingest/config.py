@@ -231,11 +231,22 @@ class WriterSettings(BaseModel):
 
 class ValidationSettings(BaseModel):
     max_payload_bytes: int = Field(256 * 1024, ge=64)
-    max_future_s: float = Field(300.0, ge=0)
+    max_future_s: float = Field(
+        30.0,
+        ge=0,
+        description="readings stamped further ahead are rejected (a spoofed value sent early "
+        "would win the 'first value wins' race)",
+    )
     min_time: datetime = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
     unknown_device: Literal["register", "reject"] = "register"
     naive_times: Literal["city", "UTC"] = Field(
         "city", description="payload times without a zone are read in the city's time zone, or in UTC"
+    )
+    max_new_devices_per_message: int = Field(
+        10, ge=0, description="devices one message may auto-register; the rest are dead-lettered"
+    )
+    max_new_devices_per_city_minute: int = Field(
+        5000, ge=0, description="devices a city may auto-register per minute; the rest are dead-lettered"
     )
     dead_letter_payload_bytes: int = Field(
         256 * 1024,

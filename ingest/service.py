@@ -19,6 +19,7 @@ from ingest.database import prepare_database
 from ingest.kafka.dead_letters import DeadLetterTopic
 from ingest.pipeline import Pipeline
 from processors.kernels import warm_up
+from processors.registration import RegistrationBudget
 from processors.writer import TimescaleWriter, WriteResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class Service:
         self.writer = TimescaleWriter(
             settings.database.url.get_secret_value(),
             unknown_device=settings.validation.unknown_device,
+            registration=RegistrationBudget(
+                settings.validation.max_new_devices_per_message,
+                settings.validation.max_new_devices_per_city_minute,
+            ),
             max_backoff_s=settings.writer.retry_max_backoff_s,
             connect_timeout_s=settings.database.connect_timeout_s,
             command_timeout_s=settings.database.command_timeout_s,

@@ -44,3 +44,15 @@ OLDEST_UNACKED_SECONDS = Gauge(
     "citykpi_oldest_unacked_seconds", "Age of the oldest message not yet acknowledged", ["source"]
 )
 TASK_RESTARTS = Counter("citykpi_task_restarts_total", "Supervised tasks restarted after a crash", ["task"])
+# Security-relevant: values that lost to another value already stored for the same device, metric
+# and second (a device spoofed ahead of time, or a clock gone wrong), and devices not auto-registered.
+CONFLICTING_VALUES = Counter(
+    "citykpi_conflicting_values_total",
+    "Readings rejected because another value was stored first for the same device, metric and time",
+    ["city"],
+)
+REGISTRATIONS_REFUSED = Counter(
+    "citykpi_device_registrations_refused_total",
+    "Unknown devices not auto-registered: over validation.max_new_devices_per_message or _per_city_minute",
+    ["limit"],
+)

@@ -38,6 +38,7 @@ import numpy as np
 from ingest import telemetry
 from processors import errors
 from processors.batch import ReadingBatch
+from processors.registration import RegistrationBudget
 from processors.rollups import merge_rollups, series_of
 from schemas import statements as sql
 from schemas.metrics import METRICS
@@ -244,6 +245,7 @@ class TimescaleWriter:
         dsn: str,
         *,
         unknown_device: str = "register",
+        registration: RegistrationBudget | None = None,
         max_backoff_s: float = 30.0,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float | None = None,
@@ -252,6 +254,7 @@ class TimescaleWriter:
     ) -> None:
         self._dsn = dsn
         self._unknown_device = unknown_device
+        self._registration = registration  # None: register every unknown device
         self._max_backoff_s = max_backoff_s
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
@@ -456,14 +459,22 @@ class TimescaleWriter:
     async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
         cache = self._devices
         missing: dict[tuple[str, str], str] = {}
-        for c, d, m in zip(batch.city, batch.device, batch.metric, strict=True):
+        origin_of: dict[tuple[str, str], int] = {}
+        for c, d, m, o in zip(batch.city, batch.device, batch.metric, batch.origin, strict=True):
             if (c, d) not in cache and METRICS[missing.get((c, d), m)].kind in ("weather", METRICS[m].kind):
                 missing[(c, d)] = m  # a bin's temperature must not make it a weather station
+                origin_of.setdefault((c, d), o)
         if missing:
             cities, devices = [m[0] for m in missing], [m[1] for m in missing]
             if self._unknown_device == "register":  # the kind of an auto-registered device: its metric's
-                kinds = [METRICS[m].kind for m in missing.values()]
-                await conn.execute(sql.REGISTER_DEVICES, cities, devices, kinds)
+                new = list(missing)
+                if self._registration is not None:  # only devices the database lacks count
+                    for r in await conn.fetch(sql.LOOKUP_DEVICES, cities, devices):
+                        cache[(r["city_id"], r["device_id"])] = r["device_key"]
+                    candidates = [(c, d, origin_of[(c, d)]) for c, d in new if (c, d) not in cache]
+                    new = self._registration.admit(k for k in candidates if k[0] in self._cities)
+                kinds = [METRICS[missing[k]].kind for k in new]
+                await conn.execute(sql.REGISTER_DEVICES, [k[0] for k in new], [k[1] for k in new], kinds)
             for r in await conn.fetch(sql.LOOKUP_DEVICES, cities, devices):
                 cache[(r["city_id"], r["device_id"])] = r["device_key"]
             if any(c not in self._cities for c in cities):
@@ -483,6 +494,7 @@ class TimescaleWriter:
             )
             row = row_of[(r["device_key"], r["metric_id"], r["time"], r["value"])]
             out.append(batch.dead_letter(row, "conflicting_duplicate", detail))
+            telemetry.CONFLICTING_VALUES.labels(batch.city[row]).inc()
         return out
 
     async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:

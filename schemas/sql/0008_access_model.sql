@@ -75,25 +75,14 @@ END
 $$;
 REVOKE ALL ON FUNCTION public.citykpi_apply_retention(text, integer) FROM PUBLIC;
 
--- Make or extend a reader login (the owner runs it; `citykpi roles grant-reader`). reader_city
--- NULL reads every city. Returns one line per change, then what else the role still holds.
-CREATE OR REPLACE FUNCTION public.citykpi_grant_reader(login_role text, reader_city text, new_password text)
+-- Create a login, or change an existing one's password (NULL: keep it); one line per change.
+CREATE OR REPLACE FUNCTION public.citykpi_ensure_login(login_role text, new_password text)
 RETURNS SETOF text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
-    reader_group text := (SELECT d.prefix || '_reader' FROM public.deployment_roles d);
-    group_oid oid := (SELECT g.oid FROM pg_catalog.pg_roles g WHERE g.rolname = reader_group);
-    login_oid oid;
     r record;
-    n bigint;
 BEGIN
-    IF reader_group IS NULL THEN
-        RAISE EXCEPTION 'run citykpi migrate first (no deployment roles)';
-    END IF;
-    IF reader_city IS NOT NULL AND NOT EXISTS (SELECT 1 FROM public.cities c WHERE c.city_id = reader_city) THEN
-        RAISE EXCEPTION 'unknown city %', reader_city USING ERRCODE = 'foreign_key_violation';
-    END IF;
     SELECT * INTO r FROM pg_catalog.pg_roles WHERE rolname = login_role;
     IF NOT FOUND THEN
         IF new_password IS NULL THEN
@@ -101,23 +90,71 @@ BEGIN
         END IF;
         EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', login_role, new_password);
         RETURN NEXT format('created login role %s', login_role);
-        SELECT * INTO r FROM pg_catalog.pg_roles WHERE rolname = login_role;
-    ELSE
-        IF new_password IS NOT NULL THEN
-            EXECUTE format('ALTER ROLE %I PASSWORD %L', login_role, new_password);
-            RETURN NEXT 'password changed';
-        END IF;
-        IF NOT r.rolcanlogin THEN
-            EXECUTE format('ALTER ROLE %I LOGIN', login_role);
-            RETURN NEXT 'may now log in';
-        END IF;
+        RETURN;
     END IF;
-    login_oid := r.oid;
+    IF new_password IS NOT NULL THEN
+        EXECUTE format('ALTER ROLE %I PASSWORD %L', login_role, new_password);
+        RETURN NEXT 'password changed';
+    END IF;
+    IF NOT r.rolcanlogin THEN
+        EXECUTE format('ALTER ROLE %I LOGIN', login_role);
+        RETURN NEXT 'may now log in';
+    END IF;
+END
+$$;
+
+-- Put a login in one of the deployment's groups (`<prefix>_<what>`), then report every other
+-- membership, attribute and table privilege it holds: reported, never silently kept.
+CREATE OR REPLACE FUNCTION public.citykpi_join_group(login_role text, what text)
+RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    group_name text := (SELECT d.prefix || '_' || what FROM public.deployment_roles d);
+    group_oid oid := (SELECT g.oid FROM pg_catalog.pg_roles g WHERE g.rolname = group_name);
+    login_oid oid := (SELECT l.oid FROM pg_catalog.pg_roles l WHERE l.rolname = login_role);
+BEGIN
+    IF group_oid IS NULL THEN
+        RAISE EXCEPTION 'run citykpi migrate first (no role %)', coalesce(group_name, what);
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
                    WHERE m.roleid = group_oid AND m.member = login_oid) THEN
-        EXECUTE format('GRANT %I TO %I', reader_group, login_role);
-        RETURN NEXT format('added to %s', reader_group);
+        EXECUTE format('GRANT %I TO %I', group_name, login_role);
+        RETURN NEXT format('added to %s', group_name);
     END IF;
+    RETURN QUERY
+        SELECT 'still a member of ' || m.roleid::regrole::text || ' (not changed)'
+        FROM pg_catalog.pg_auth_members m
+        WHERE m.member = login_oid AND m.roleid <> group_oid
+        UNION ALL
+        SELECT 'WARNING: ' || x.rolname || ' is ' || a.attr || ' (not changed)'
+        FROM pg_catalog.pg_roles x,
+             LATERAL (VALUES ('a superuser', x.rolsuper), ('BYPASSRLS', x.rolbypassrls),
+                             ('CREATEROLE', x.rolcreaterole), ('CREATEDB', x.rolcreatedb)) AS a(attr, held)
+        WHERE x.oid = login_oid AND a.held
+        UNION ALL
+        SELECT 'still holds privileges on ' || c.oid::regclass::text || ' (not changed)'
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
+        WHERE s.nspname NOT IN ('pg_catalog', 'information_schema', 'reader') AND c.relkind IN ('r', 'p', 'v', 'm')
+          AND EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = login_oid);
+END
+$$;
+
+-- Make or extend a reader login (the owner runs it; `citykpi roles grant-reader`). reader_city
+-- NULL reads every city. Returns one line per change, then what else the role still holds.
+CREATE OR REPLACE FUNCTION public.citykpi_grant_reader(login_role text, reader_city text, new_password text)
+RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    login_oid oid;
+    n bigint;
+BEGIN
+    IF reader_city IS NOT NULL AND NOT EXISTS (SELECT 1 FROM public.cities c WHERE c.city_id = reader_city) THEN
+        RAISE EXCEPTION 'unknown city %', reader_city USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN QUERY SELECT public.citykpi_ensure_login(login_role, new_password);
+    login_oid := (SELECT l.oid FROM pg_catalog.pg_roles l WHERE l.rolname = login_role);
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
                    WHERE d.datname = current_database() AND s.setrole = login_oid
                      AND s.setconfig @> ARRAY['search_path=reader, public', 'default_transaction_read_only=on']) THEN
@@ -134,32 +171,31 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN NEXT CASE WHEN n > 0 THEN 'may now read ' ELSE 'already reads ' END
                 || coalesce('city ' || reader_city, 'every city');
-    -- what this role holds besides: reported, never silently kept
     RETURN QUERY
         SELECT 'also reads city ' || c.city_id FROM public.city_readers c
         WHERE c.role_name = login_role AND c.city_id IS DISTINCT FROM reader_city
         UNION ALL
         SELECT 'also reads every city' FROM public.platform_readers p
-        WHERE p.role_name = login_role AND reader_city IS NOT NULL
-        UNION ALL
-        SELECT 'still a member of ' || m.roleid::regrole::text || ' (not changed)'
-        FROM pg_catalog.pg_auth_members m
-        WHERE m.member = login_oid AND m.roleid <> group_oid
-        UNION ALL
-        SELECT 'WARNING: ' || x.rolname || ' is ' || a.attr || ' (not changed)'
-        FROM pg_catalog.pg_roles x,
-             LATERAL (VALUES ('a superuser', x.rolsuper), ('BYPASSRLS', x.rolbypassrls),
-                             ('CREATEROLE', x.rolcreaterole), ('CREATEDB', x.rolcreatedb)) AS a(attr, held)
-        WHERE x.oid = login_oid AND a.held
-        UNION ALL
-        SELECT 'still holds privileges on ' || c.oid::regclass::text || ' (not changed)'
-        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
-        WHERE s.nspname NOT IN ('pg_catalog', 'information_schema', 'reader') AND c.relkind IN ('r', 'p', 'v', 'm')
-          AND EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a
-                      WHERE a.grantee = login_oid);
+        WHERE p.role_name = login_role AND reader_city IS NOT NULL;
+    RETURN QUERY SELECT public.citykpi_join_group(login_role, 'reader');
 END
 $$;
-REVOKE ALL ON FUNCTION public.citykpi_grant_reader(text, text, text) FROM PUBLIC;
+
+-- Make or extend the service's logins (`citykpi roles grant-service`): service 'ingest' or 'kpi'.
+CREATE OR REPLACE FUNCTION public.citykpi_grant_service(login_role text, service text, new_password text)
+RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    IF service IS NULL OR service NOT IN ('ingest', 'kpi') THEN
+        RAISE EXCEPTION 'service must be ingest or kpi, not %', service USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY SELECT public.citykpi_ensure_login(login_role, new_password);
+    RETURN QUERY SELECT public.citykpi_join_group(login_role, service);
+END
+$$;
+REVOKE ALL ON FUNCTION public.citykpi_ensure_login(text, text), public.citykpi_join_group(text, text),
+    public.citykpi_grant_reader(text, text, text), public.citykpi_grant_service(text, text, text) FROM PUBLIC;
 
 -- Take a city (reader_city NULL: every grant) back from a reader login; once it reads nothing it
 -- leaves the reader group. The login itself stays (DROP ROLE is the operator's call).

@@ -587,6 +587,11 @@ def test_mosquitto_tls_passwords_acl_and_healthcheck(compose_secrets: Path) -> N
     if not shutil.which("mosquitto"):
         pytest.skip("mosquitto is not installed")
     tls_port, plain_port = free_port(), free_port()
+    passwd = compose_secrets / "mosquitto" / "passwd"
+    before = passwd.stat()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "demo/air-1", "device-pw"], check=True)
+    os.chown(passwd, before.st_uid, before.st_gid)
+    passwd.chmod(before.st_mode)
     run_dir = compose_secrets.parent / f"run-{uuid.uuid4().hex[:8]}"
     run_dir.mkdir(mode=0o755)
     conf = _mosquitto_conf(run_dir, compose_secrets, tls_port, plain_port)
@@ -643,12 +648,21 @@ def test_mosquitto_tls_passwords_acl_and_healthcheck(compose_secrets: Path) -> N
             assert time.monotonic() < deadline, "no SUBACK"
             time.sleep(0.02)
         writer.publish("city/demo/senml/dev-1", b'[{"n":"x","v":1}]', qos=1).wait_for_publish(5)
+        # a device user <city>/<device> publishes its own topic only: not in another city, not as
+        # another device (QoS 0: Mosquitto drops a denied publish silently)
+        device, dstate = client("demo/air-1", "device-pw", tls=True)
+        assert not dstate["rc"].is_failure, dstate["rc"]
+        for topic in ("city/demo/senml/air-1", "city/other/senml/air-1", "city/demo/senml/air-2"):
+            device.publish(topic, topic.encode(), qos=0).wait_for_publish(5)
         reader.publish("city/demo/senml/dev-1", b"not allowed", qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 5
-        while not rstate["got"] and time.monotonic() < deadline:
+        while len(rstate["got"]) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.3)
-        assert rstate["got"] == [("city/demo/senml/dev-1", b'[{"n":"x","v":1}]')], rstate["got"]
+        assert rstate["got"] == [
+            ("city/demo/senml/dev-1", b'[{"n":"x","v":1}]'),
+            ("city/demo/senml/air-1", b"city/demo/senml/air-1"),
+        ], rstate["got"]
         assert wstate["got"] == [], "the simulator user could read"
 
         # the compose healthcheck command itself, with the paths and port of this broker

@@ -423,3 +423,67 @@ async def test_two_deployments_on_one_cluster_share_no_role(any_db: str, server_
         from tests.conftest import _drop_database
 
         await _drop_database(server_url, other_db)
+
+
+async def test_a_hostile_device_cannot_flood_a_city_or_win_the_first_value_race_unseen(any_db: str) -> None:
+    """One message naming 50 devices registers only validation.max_new_devices_per_message of them
+    (the rest are replayable unknown_device dead letters of that message, the refusals counted); a
+    reading stamped a minute ahead is rejected by the default future tolerance; a value that loses
+    to an earlier one for the same key is dead-lettered and counted per city."""
+    from datetime import datetime as dt
+
+    from ingest.config import Settings
+    from ingest.telemetry import CONFLICTING_VALUES, REGISTRATIONS_REFUSED
+    from ingest.validation import Rejected, Validator
+    from processors.registration import RegistrationBudget
+    from processors.writer import MessageOrigin
+    from schemas.readings import Reading
+
+    settings = Settings()  # type: ignore[call-arg]
+    v = settings.validation
+    refused = REGISTRATIONS_REFUSED.labels("per_message")._value.get()
+    batch = WriteBatch(source="mqtt")
+    batch.origins.append(
+        MessageOrigin(
+            "mqtt", "city/demo/ngsi-ld/x", None, None, dt.now(UTC), b"{...}", v.dead_letter_payload_bytes
+        )
+    )
+    for i in range(50):
+        batch.add("demo", f"entity-{i:02d}", "pm25", T0, 1.0, origin=0)
+    budget = RegistrationBudget(v.max_new_devices_per_message, v.max_new_devices_per_city_minute)
+    async with TimescaleWriter(any_db, registration=budget) as w:
+        result = await w.write(batch)
+    assert (result.stored, result.dead_letters) == (
+        v.max_new_devices_per_message,
+        50 - v.max_new_devices_per_message,
+    )
+    assert REGISTRATIONS_REFUSED.labels("per_message")._value.get() - refused == 40
+    owner = await asyncpg.connect(any_db)
+    try:
+        assert await owner.fetchval("SELECT count(*) FROM devices WHERE device_id LIKE 'entity-%'") == 10
+        rows = await owner.fetch("SELECT DISTINCT reason, message_id FROM dead_letters")
+        assert len(rows) == 1 and rows[0]["reason"] == "unknown_device" and rows[0]["message_id"] is not None
+    finally:
+        await owner.close()
+
+    assert v.max_future_s <= 60
+    now = dt.now(UTC)
+    ahead = Reading(
+        city="demo",
+        device_id="air-1",
+        metric="pm25",
+        time=now + timedelta(seconds=90),
+        value=5.0,
+        unit="ug/m3",
+    )
+    with pytest.raises(Rejected, match="time_in_future"):
+        Validator(v).canonical(ahead, now)
+
+    conflicts = CONFLICTING_VALUES.labels("demo")._value.get()
+    first, spoofed = WriteBatch(source="mqtt"), WriteBatch(source="mqtt")
+    first.add("demo", "air-9", "pm25", T0, 12.0)
+    spoofed.add("demo", "air-9", "pm25", T0, 99.0)
+    async with TimescaleWriter(any_db) as w:
+        await w.write(first)
+        assert (await w.write(spoofed)).dead_letters == 1
+    assert CONFLICTING_VALUES.labels("demo")._value.get() - conflicts == 1

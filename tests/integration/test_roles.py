@@ -130,3 +130,40 @@ async def test_role_prefix_is_configurable_and_fixed_by_the_first_migrate(empty_
             await cleanup.close()
     assert derive_prefix("City-KPI.Prod") == "city_kpi_prod"
     assert derive_prefix("9lives") == "_9lives"
+
+
+def test_roles_cli_grants_service_logins_reports_changes_and_revokes_readers(tsdb: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """grant-service makes an ingest login; grant-reader on an existing role says what changed and
+    what else it still holds; revoke-reader takes the city back and the reader group with it."""
+    import asyncio
+
+    from tests.integration.test_cli import run
+
+    env = {"CITYKPI_DATABASE__URL": tsdb}
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-pw\n")
+    svc = f"svc_{uuid.uuid4().hex[:6]}"
+    out = run("roles", "grant-service", svc, "--service", "ingest", "--password-file", str(secret), env=env)
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"created login role {svc}" in out.stdout and f"added to {deployment_of(tsdb).ingest}" in out.stdout
+    )
+    out = run("roles", "grant-reader", svc, "--city", "demo", env=env)  # an existing role, not only a reader
+    assert out.returncode == 0, out.stderr
+    assert "password changed" not in out.stdout and "may now read city demo" in out.stdout
+    assert f"still a member of {deployment_of(tsdb).ingest} (not changed)" in out.stdout
+    assert "s3cret" not in out.stdout + out.stderr
+    out = run("roles", "revoke-reader", svc, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "no longer reads city demo" in out.stdout and "removed from" in out.stdout
+
+    async def can_read() -> bool:
+        conn = await asyncpg.connect(_as(tsdb, svc, "s3cret-pw"))
+        try:
+            return bool(await conn.fetchval("SELECT has_schema_privilege('reader', 'USAGE')"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(can_read()) is False
+    out = run("roles", "grant-service", svc, "--service", "superuser", env=env)
+    assert out.returncode == 1 and "ingest or kpi" in out.stderr
