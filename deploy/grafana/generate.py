@@ -10,9 +10,9 @@ dashboards follow the catalog (the test fails until they are regenerated). Every
 against a real database by tests/integration/test_grafana_dashboards.py.
 
 Conventions of the SQL below:
-- `'$city'` is a single-value variable (Grafana doubles its quotes); `$area`, `$kind`, `$device` are
+- `${city:sqlstring}` is a single-value variable (Grafana doubles its quotes); `$area`, `$kind`, `$device` are
   multi-value with include-All, whose custom all value `'__all__'` keeps devices without an area
-  and works when a list is empty: `('__all__' IN ($area) OR d.area_id IN ($area))`;
+  and works when a list is empty: `('__all__' IN (${area:sqlstring}) OR d.area_id IN (${area:sqlstring}))`;
 - time series return a column "time", optionally a text column "metric" (one series per value),
   numeric values, sorted by time; hourly panels read rollup_1h with a 1 h minimum interval;
 - `$__interval_ms` turns per-bucket sums into rates (veh/h, readings/s, m³/h).
@@ -101,10 +101,10 @@ def num(x: float) -> str:
 # --------------------------------------------------------------------------------------------------
 
 DEVICE_FILTER = (
-    "d.city_id = '$city'\n"
-    f"  AND ({ALL} IN ($area) OR d.area_id IN ($area))\n"
-    f"  AND ({ALL} IN ($kind) OR d.kind IN ($kind))\n"
-    f"  AND ({ALL} IN ($device) OR d.device_id IN ($device))"
+    "d.city_id = ${city:sqlstring}\n"
+    f"  AND ({ALL} IN (${{area:sqlstring}}) OR d.area_id IN (${{area:sqlstring}}))\n"
+    f"  AND ({ALL} IN (${{kind:sqlstring}}) OR d.kind IN (${{kind:sqlstring}}))\n"
+    f"  AND ({ALL} IN (${{device:sqlstring}}) OR d.device_id IN (${{device:sqlstring}}))"
 )
 ROLLUP_1H = (
     "FROM rollup_1h r\n"
@@ -114,9 +114,9 @@ ROLLUP_1H = (
 # the last local day of the dashboard's range in the city's time zone
 PERIOD_END = (
     "(SELECT ($__timeTo()::timestamptz AT TIME ZONE c.timezone)::date "
-    "FROM cities c WHERE c.city_id = '$city')"
+    "FROM cities c WHERE c.city_id = ${city:sqlstring})"
 )
-KPI_AREA_FILTER = f"(k.area_id = '' OR {ALL} IN ($area) OR k.area_id IN ($area))"
+KPI_AREA_FILTER = f"(k.area_id = '' OR {ALL} IN (${{area:sqlstring}}) OR k.area_id IN (${{area:sqlstring}}))"
 AREA = "coalesce(d.area_id, '(no area)')"
 
 
@@ -156,7 +156,7 @@ def kpi_latest(codes: Iterable[str] | None = None) -> str:
     return (
         "SELECT DISTINCT ON (k.kpi_code, k.component, k.area_id) k.*\n"
         "FROM kpi_values k\n"
-        "WHERE k.city_id = '$city' AND k.period_kind = '$period'\n"
+        "WHERE k.city_id = ${city:sqlstring} AND k.period_kind = ${period:sqlstring}\n"
         f"  AND k.period_start <= {PERIOD_END}\n"
         f"  AND {KPI_AREA_FILTER}{code_filter}\n"
         "ORDER BY k.kpi_code, k.component, k.area_id, k.value IS NULL, k.period_start DESC"
@@ -182,8 +182,9 @@ def kpi_value(code: str, component: str, label: str) -> str:
     return (
         f'SELECT k.value AS "{label}"\n'
         "FROM kpi_values k\n"
-        f"WHERE k.city_id = '$city' AND k.kpi_code = {lit(code)} AND k.component = {lit(component)}\n"
-        "  AND k.area_id = '' AND k.period_kind = '$period'\n"
+        f"WHERE k.city_id = ${{city:sqlstring}} AND k.kpi_code = {lit(code)}\n"
+        f"  AND k.component = {lit(component)}\n"
+        "  AND k.area_id = '' AND k.period_kind = ${period:sqlstring}\n"
         f"  AND k.period_start <= {PERIOD_END}\n"
         "ORDER BY k.value IS NULL, k.period_start DESC\n"
         "LIMIT 1"
@@ -478,9 +479,9 @@ def variables(*, period: bool) -> list[dict[str, Any]]:
         _query_variable(
             "area",
             "Area",
-            "SELECT area_id FROM areas WHERE city_id = '$city'\n"
+            "SELECT area_id FROM areas WHERE city_id = ${city:sqlstring}\n"
             "UNION\n"
-            "SELECT area_id FROM devices WHERE city_id = '$city' AND area_id IS NOT NULL\n"
+            "SELECT area_id FROM devices WHERE city_id = ${city:sqlstring} AND area_id IS NOT NULL\n"
             "ORDER BY 1",
             multi=True,
             default=None,
@@ -488,7 +489,8 @@ def variables(*, period: bool) -> list[dict[str, Any]]:
         _query_variable(
             "kind",
             "Device kind",
-            "SELECT DISTINCT kind FROM devices WHERE city_id = '$city' AND kind IS NOT NULL ORDER BY 1",
+            "SELECT DISTINCT kind FROM devices\n"
+            "WHERE city_id = ${city:sqlstring} AND kind IS NOT NULL ORDER BY 1",
             multi=True,
             default=None,
         ),
@@ -496,9 +498,9 @@ def variables(*, period: bool) -> list[dict[str, Any]]:
             "device",
             "Device",
             "SELECT device_id FROM devices d\n"
-            "WHERE d.city_id = '$city'\n"
-            f"  AND ({ALL} IN ($kind) OR d.kind IN ($kind))\n"
-            f"  AND ({ALL} IN ($area) OR d.area_id IN ($area))\n"
+            "WHERE d.city_id = ${city:sqlstring}\n"
+            f"  AND ({ALL} IN (${{kind:sqlstring}}) OR d.kind IN (${{kind:sqlstring}}))\n"
+            f"  AND ({ALL} IN (${{area:sqlstring}}) OR d.area_id IN (${{area:sqlstring}}))\n"
             "ORDER BY 1",
             multi=True,
             default=None,
@@ -609,7 +611,7 @@ def overview() -> Dashboard:
         '  k.score AS "score %"\n'
         "FROM kpi_values k\n"
         "JOIN cities c ON c.city_id = k.city_id\n"
-        "WHERE k.city_id = '$city' AND k.period_kind = 'day' AND $__timeFilter(k.period_start)\n"
+        "WHERE k.city_id = ${city:sqlstring} AND k.period_kind = 'day' AND $__timeFilter(k.period_start)\n"
         f"  AND k.score IS NOT NULL AND {KPI_AREA_FILTER}\n"
         "ORDER BY 1, 2"
     )
@@ -643,15 +645,15 @@ def overview() -> Dashboard:
         '     WHERE d.city_id = a.city_id AND d.area_id = a.area_id) AS "devices",\n'
         '  a.valid_from AS "valid from"\n'
         "FROM areas a\n"
-        f"WHERE a.city_id = '$city' AND a.valid_from <= {PERIOD_END}\n"
-        f"  AND ({ALL} IN ($area) OR a.area_id IN ($area))\n"
+        f"WHERE a.city_id = ${{city:sqlstring}} AND a.valid_from <= {PERIOD_END}\n"
+        f"  AND ({ALL} IN (${{area:sqlstring}}) OR a.area_id IN (${{area:sqlstring}}))\n"
         "ORDER BY a.area_id, a.valid_from DESC"
     )
     facts = (
         'SELECT DISTINCT ON (f.key) f.key AS "fact", f.value AS "value", f.unit AS "unit",\n'
         '  f.source AS "source", f.valid_from AS "valid from"\n'
         "FROM city_facts f\n"
-        f"WHERE f.city_id = '$city' AND f.valid_from <= {PERIOD_END}\n"
+        f"WHERE f.city_id = ${{city:sqlstring}} AND f.valid_from <= {PERIOD_END}\n"
         "ORDER BY f.key, f.valid_from DESC"
     )
     return Dashboard(
@@ -1037,8 +1039,9 @@ def noise() -> Dashboard:
         '  k.target AS "target dB", k.band AS "band", 100 * k.coverage AS "coverage %",\n'
         '  k.quality_label AS "data quality"\n'
         "FROM kpi_values k\n"
-        f"WHERE k.city_id = '$city' AND k.kpi_code = {lit(NOISE['code'])} AND k.component = 'lden'\n"
-        f"  AND k.period_kind = '$period' AND k.period_start <= {PERIOD_END}\n"
+        f"WHERE k.city_id = ${{city:sqlstring}} AND k.kpi_code = {lit(NOISE['code'])}\n"
+        "  AND k.component = 'lden'\n"
+        f"  AND k.period_kind = ${{period:sqlstring}} AND k.period_start <= {PERIOD_END}\n"
         f"  AND {KPI_AREA_FILTER}\n"
         "ORDER BY k.area_id, k.value IS NULL, k.period_start DESC"
     )
@@ -1218,7 +1221,7 @@ def water_energy() -> Dashboard:
         "LEFT JOIN rep ON rep.metric = x.metric\n"
         "LEFT JOIN LATERAL (\n"
         "  SELECT cf.value FROM city_facts cf\n"
-        f"  WHERE cf.city_id = '$city' AND cf.key = x.fact AND cf.valid_from <= {PERIOD_END}\n"
+        f"  WHERE cf.city_id = ${{city:sqlstring}} AND cf.key = x.fact AND cf.valid_from <= {PERIOD_END}\n"
         "  ORDER BY cf.valid_from DESC LIMIT 1\n"
         ") f ON true\n"
         "ORDER BY 1"
@@ -1355,7 +1358,7 @@ def traffic() -> Dashboard:
     ff = (
         "WITH ff AS (\n"
         "  SELECT f.value FROM city_facts f\n"
-        f"  WHERE f.city_id = '$city' AND f.key = {lit(tp['free_flow_fact'])}\n"
+        f"  WHERE f.city_id = ${{city:sqlstring}} AND f.key = {lit(tp['free_flow_fact'])}\n"
         "  ORDER BY f.valid_from DESC LIMIT 1\n"
         "), s AS (\n"
     )
@@ -1742,7 +1745,8 @@ ENV = {
     "CITYKPI_GRAFANA_DB_HOST": "host:port of the database (local stack: 127.0.0.1:15433)",
     "CITYKPI_GRAFANA_DB_USER": "database role Grafana connects as (a read-only role)",
     "CITYKPI_GRAFANA_DB_PASSWORD": "its password",
-    "CITYKPI_GRAFANA_DB_SSLMODE": "disable | require | verify-ca | verify-full",
+    "CITYKPI_GRAFANA_DB_SSLMODE": "disable | require | verify-ca | verify-full (verify-full off the host)",
+    "CITYKPI_GRAFANA_DB_SSLROOTCERT": "CA file of the database's certificate (verify-ca / verify-full)",
     "CITYKPI_GRAFANA_DASHBOARDS_DIR": "absolute path of deploy/grafana/dashboards (or where it is mounted)",
 }
 
@@ -1766,6 +1770,8 @@ datasources:
     jsonData:
       database: citykpi
       sslmode: ${{CITYKPI_GRAFANA_DB_SSLMODE}}
+      tlsConfigurationMethod: file-path
+      sslRootCertFile: ${{CITYKPI_GRAFANA_DB_SSLROOTCERT}}
       postgresVersion: 1500
       timescaledb: true
       timeInterval: 1m

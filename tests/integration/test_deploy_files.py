@@ -47,7 +47,7 @@ ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 K8S = REPO / "deploy" / "k8s"
 SYSTEMD = REPO / "deploy" / "systemd"
 MASKED = "**********"  # how pydantic prints a SecretStr
-CITYKPI_SERVICES = ("migrate", "citykpi", "simulator")  # compose services running the citykpi image
+CITYKPI_SERVICES = ("migrate", "logins", "citykpi", "simulator")  # compose services running the citykpi image
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -172,7 +172,7 @@ def with_secret_tokens(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
         if key.endswith("PASSWORD"):
             out[key] = token = f"pw{uuid.uuid4().hex}"
             tokens.append(token)
-        elif key == "CITYKPI_DATABASE__URL":
+        elif key in ("CITYKPI_DATABASE__URL", "CITYKPI_DATABASE__KPI_URL"):
             parts = urlsplit(value)
             assert parts.password, f"{key} has no password (placeholder expected): {value}"
             token = f"pw{uuid.uuid4().hex}"
@@ -218,7 +218,7 @@ def assert_applied_and_masked(env: dict[str, str], tokens: list[str], shown: dic
             node = node[part]
         if key.endswith("PASSWORD"):
             assert node == MASKED, f"{key} is not masked: {node!r}"
-        elif key == "CITYKPI_DATABASE__URL":
+        elif key in ("CITYKPI_DATABASE__URL", "CITYKPI_DATABASE__KPI_URL"):
             assert node == mask_dsn(value) and ":***@" in node, node
         else:
             assert _same(node, value), f"{key}={value!r} but config show has {node!r}"
@@ -377,8 +377,8 @@ def test_compose_parses_with_the_services_and_their_order() -> None:
     assert set(services) >= expected
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"], "KRaft"
-    assert services["timescaledb"]["image"] == "timescale/timescaledb:latest-pg17"
-    assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
+    assert services["timescaledb"]["image"] == "timescale/timescaledb:2.19.3-pg17"
+    assert services["mosquitto"]["image"] == "eclipse-mosquitto:2.0.21"
     assert services["grafana"]["image"].startswith("grafana/grafana")
     assert services["simulator"]["profiles"] == ["simulator"]
     assert all("profiles" not in s for name, s in services.items() if name != "simulator")
@@ -390,7 +390,11 @@ def test_compose_parses_with_the_services_and_their_order() -> None:
         assert (COMPOSE_DIR / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
 
     deps = services["citykpi"]["depends_on"]
-    assert deps["migrate"]["condition"] == "service_completed_successfully"
+    # migrate (as the owner), then the logins citykpi and Grafana use, then the service
+    assert deps["logins"]["condition"] == "service_completed_successfully"
+    assert services["logins"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["grafana"]["depends_on"]["logins"]["condition"] == "service_completed_successfully"
+    assert "POSTGRES_USER" not in services["citykpi"]["environment"]["CITYKPI_DATABASE__URL"]
     for name in ("timescaledb", "kafka", "mosquitto"):
         assert deps[name]["condition"] == "service_healthy"
     assert services["migrate"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
@@ -873,3 +877,23 @@ def test_systemd_analyze_verify_when_available(tmp_path: Path) -> None:
             if line.strip() and "is not executable" not in line and "/opt/citykpi/venv" not in line
         ]
         assert not problems, "\n".join(problems)
+
+
+def test_compose_services_are_hardened_and_pinned() -> None:
+    """Every container: no new privileges, every capability dropped (some added back by name), a
+    process limit; long-running ones a memory and CPU limit; images pinned to a version."""
+    services = load_compose()["services"]
+    for name, service in services.items():
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert service.get("pids_limit"), name
+        added = set(service.get("cap_add", []))
+        assert added <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}, name
+        image = service["image"]
+        if name not in CITYKPI_SERVICES:  # citykpi's own image is built here, tagged by CITYKPI_IMAGE
+            assert re.search(r":[^:]*\d", image) and "latest" not in image, f"{name}: {image} is not pinned"
+        if service.get("restart") == "unless-stopped" and "profiles" not in service:
+            limits = service["deploy"]["resources"]["limits"]
+            assert limits["memory"] and limits["cpus"], name
+    for name in ("citykpi", "migrate", "logins", "simulator", "grafana", "mosquitto"):
+        assert services[name].get("read_only") is True, name

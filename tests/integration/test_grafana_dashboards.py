@@ -524,3 +524,26 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
     ingestion = next(d for d in boards if d["uid"] == "citykpi-ingestion")
     assert checked == len(passes) * sum(len(query_panels(d)) for d in boards) - len(query_panels(ingestion))
     assert time.perf_counter() - started < 60
+
+
+def test_every_query_inserts_variables_as_sqlstring() -> None:
+    """Template variables go in as `${var:sqlstring}` (quoted, quotes doubled), never as a bare
+    `$var` inside hand-written quotes that relies on standard_conforming_strings."""
+    loose: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("rawSql", "query", "definition") and isinstance(value, str):
+                    for m in re.finditer(r"\$\{?(\w+)(?::(\w+))?\}?|\[\[\w+", value):
+                        if m.group(1) and (m.group(1).startswith("__") or m.group(2) == "sqlstring"):
+                            continue
+                        loose.append(f"{where}: {m.group(0)}")
+                walk(value, where)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    for d in dashboards():
+        walk(d, d["uid"])
+    assert not loose
