@@ -152,13 +152,15 @@ class RequeueResult:
     reasons: Counter[str] = field(default_factory=Counter)  # of the dead letters requeued
 
 
-# Every unrequeued dead letter of the messages behind the matching ones (older rows without a
-# message id are their own message).
+# One page of matching dead letters, in id order, up to the last id that existed when the requeue began
+# (the rows it adds come after it). Parameters after the filter's: last id seen, top id, page size.
+_PAGE = """
+SELECT id, message_id FROM dead_letters WHERE ({cond}) AND id > ${n1} AND id <= ${n2} ORDER BY id LIMIT ${n3}
+"""
+# Every unrequeued dead letter of those messages (rows older than message ids are their own message).
 _MEMBERS = """
 SELECT id, message_id, reason FROM dead_letters
-WHERE requeued_at IS NULL
-  AND (message_id IN (SELECT message_id FROM dead_letters WHERE {cond})
-       OR id IN (SELECT id FROM dead_letters WHERE ({cond}) AND message_id IS NULL))
+WHERE requeued_at IS NULL AND id <= $3 AND (message_id = ANY($1::uuid[]) OR id = ANY($2::bigint[]))
 ORDER BY id
 """
 # The message itself: from its row that kept the payload.
@@ -196,56 +198,87 @@ def _message(msg: asyncpg.Record, message_id: UUID | None) -> Message:
     )
 
 
+REQUEUE_PAGE = 2000  # messages decoded, written and marked at a time: memory stays flat
+
+
 async def requeue_dead_letters(
-    settings: Settings, where: DeadLetterFilter, dry_run: bool = False
+    settings: Settings, where: DeadLetterFilter, dry_run: bool = False, page_size: int = REQUEUE_PAGE
 ) -> RequeueResult:
-    """Decode the messages behind the matching dead letters again, with their original receive time."""
+    """Decode the messages behind the matching dead letters again, with their original receive time.
+
+    Page by page: each page's messages are written, then their dead letters marked requeued; a crash
+    between the two replays the page again, which stores no reading twice.
+    """
     cond, args = where.where()
+    n = len(args)
+    page_query = _PAGE.format(cond=cond, n1=n + 1, n2=n + 2, n3=n + 3)
     dsn = settings.database.url.get_secret_value()
-    routers = {"mqtt": Router(settings.mqtt.routes), "kafka": Router(settings.kafka.topics)}
     result = RequeueResult()
     conn = await asyncpg.connect(dsn)
     try:
-        members: dict[UUID | int, list[asyncpg.Record]] = {}
-        for r in await conn.fetch(_MEMBERS.format(cond=cond), *args):
-            members.setdefault(r["message_id"] or r["id"], []).append(r)
-        stored = {
-            r["message_id"]: r
-            for r in await conn.fetch(_MESSAGES, [k for k in members if isinstance(k, UUID)])
-        }
-        stored.update(
-            (r["id"], r)
-            for r in await conn.fetch(_LEGACY_MESSAGES, [k for k in members if isinstance(k, int)])
-        )
-        replay: list[tuple[Message, str, list[int]]] = []
-        for key, rows in members.items():
-            msg = stored[key]
-            if (why := _unreplayable(msg)) is not None:
-                result.skipped[why] += 1
-                continue
-            source = msg["source"].removeprefix(LEGACY_REQUEUE_PREFIX)
-            replay.append(
-                (_message(msg, key if isinstance(key, UUID) else None), source, [r["id"] for r in rows])
-            )
-            result.reasons.update(r["reason"] for r in rows)
-        result.messages = len(replay)
-        result.dead_letters = sum(len(ids) for _m, _s, ids in replay)
-        if dry_run or not replay:
-            return result
+        top = await conn.fetchval("SELECT max(id) FROM dead_letters")
+        last, seen = 0, set[UUID | int]()  # seen: messages left unmarked (skipped, or a dry run)
         async with TimescaleWriter(dsn, unknown_device=settings.validation.unknown_device) as writer:
-            pipeline = Pipeline(settings, writer)
-            await pipeline.start()
-            for message, source, ids in replay:
-                router = routers.get(source, routers["mqtt"])
-                await pipeline.submit(Delivery(source, router, [message], position={"requeued": ids}))
-            await pipeline.drain_and_stop()
-        result.stored = pipeline.stats.stored
-        result.already_stored = pipeline.stats.duplicates
-        result.still_rejected = pipeline.stats.dead_letters
-        await conn.execute(
-            "UPDATE dead_letters SET requeued_at = now() WHERE id = ANY($1::bigint[])",
-            [i for _m, _s, ids in replay for i in ids],
-        )
+            while top is not None:
+                page = await conn.fetch(page_query, *args, last, top, page_size)
+                if not page:
+                    break
+                last = page[-1]["id"]
+                keys = {r["message_id"] or r["id"] for r in page} - seen
+                replay = await _messages(conn, keys, top, result)
+                seen.update(keys if dry_run else keys - {k for k, _m, _s, _ids in replay})
+                if dry_run or not replay:
+                    continue
+                await _replay(settings, writer, replay, result)
+                await conn.execute(
+                    "UPDATE dead_letters SET requeued_at = now() WHERE id = ANY($1::bigint[])",
+                    [i for _k, _m, _s, ids in replay for i in ids],
+                )
     finally:
         await conn.close()
     return result
+
+
+async def _messages(
+    conn: asyncpg.Connection, keys: set[UUID | int], top: int, result: RequeueResult
+) -> list[tuple[UUID | int, Message, str, list[int]]]:
+    """(key, message, source, ids of its dead letters) of each replayable message; counts the rest."""
+    message_ids = [k for k in keys if isinstance(k, UUID)]
+    legacy_ids = [k for k in keys if isinstance(k, int)]
+    members: dict[UUID | int, list[asyncpg.Record]] = {}
+    for r in await conn.fetch(_MEMBERS, message_ids, legacy_ids, top):
+        members.setdefault(r["message_id"] or r["id"], []).append(r)
+    stored = {r["message_id"]: r for r in await conn.fetch(_MESSAGES, message_ids)}
+    stored.update((r["id"], r) for r in await conn.fetch(_LEGACY_MESSAGES, legacy_ids))
+    replay = []
+    for key, rows in members.items():
+        msg = stored[key]
+        if (why := _unreplayable(msg)) is not None:
+            result.skipped[why] += 1
+            continue
+        source = msg["source"].removeprefix(LEGACY_REQUEUE_PREFIX)
+        message = _message(msg, key if isinstance(key, UUID) else None)
+        replay.append((key, message, source, [r["id"] for r in rows]))
+        result.reasons.update(r["reason"] for r in rows)
+        result.messages += 1
+        result.dead_letters += len(rows)
+    return replay
+
+
+async def _replay(
+    settings: Settings,
+    writer: TimescaleWriter,
+    replay: list[tuple[UUID | int, Message, str, list[int]]],
+    result: RequeueResult,
+) -> None:
+    """Decode, validate and write the messages through the live pipeline, and count the outcome."""
+    routers = {"mqtt": Router(settings.mqtt.routes), "kafka": Router(settings.kafka.topics)}
+    pipeline = Pipeline(settings, writer)
+    await pipeline.start()
+    for _key, message, source, ids in replay:
+        router = routers.get(source, routers["mqtt"])
+        await pipeline.submit(Delivery(source, router, [message], position={"requeued": ids}))
+    await pipeline.drain_and_stop()
+    result.stored += pipeline.stats.stored
+    result.already_stored += pipeline.stats.duplicates
+    result.still_rejected += pipeline.stats.dead_letters

@@ -317,3 +317,25 @@ async def test_show_prints_binary_as_hex_and_says_when_a_payload_was_cut(tsdb: s
     assert f"cut: kept 64 of {len(long_pack)} bytes" in cli(tsdb, "show", str(cut))
     dry = cli(tsdb, "requeue", "--id", str(cut), "--dry-run")
     assert "would requeue 0 messages" in dry and "1 payload cut" in dry
+
+
+async def test_requeue_pages_through_messages_whose_dead_letters_span_pages(tsdb: str) -> None:
+    packs = [
+        [
+            {"bn": f"air-{i}:", "bt": 1_760_000_000, "n": "pm25", "v": 5.0},
+            {"n": "pm10", "vs": "high"},
+            {"n": "no2", "vs": "low"},
+        ]
+        for i in range(3)
+    ]
+    await through_pipeline(
+        tsdb, *((f"city/demo/senml/air-{i}", json.dumps(p).encode()) for i, p in enumerate(packs))
+    )
+    settings = Settings(database={"url": tsdb})  # type: ignore[arg-type]
+    everything = DeadLetterFilter(reasons=("wrong_type",))
+    dry = await requeue_dead_letters(settings, everything, dry_run=True, page_size=1)
+    assert (dry.messages, dry.dead_letters, dry.stored) == (3, 6, 0)
+    done = await requeue_dead_letters(settings, everything, page_size=1)
+    assert (done.messages, done.dead_letters, done.already_stored, done.still_rejected) == (3, 6, 3, 6)
+    waiting = await fetch(tsdb, "SELECT count(*) AS n FROM dead_letters WHERE requeued_at IS NULL")
+    assert waiting[0]["n"] == 6 and len(await readings(tsdb)) == 3
