@@ -897,3 +897,36 @@ def test_compose_services_are_hardened_and_pinned() -> None:
             assert limits["memory"] and limits["cpus"], name
     for name in ("citykpi", "migrate", "logins", "simulator", "grafana", "mosquitto"):
         assert services[name].get("read_only") is True, name
+
+
+def test_k8s_network_policy_admits_only_prometheus_to_the_metrics_port() -> None:
+    docs = load_k8s()
+    assert "networkpolicy.yaml" in docs["kustomization.yaml"][0]["resources"]
+    (policy,) = docs["networkpolicy.yaml"]
+    pod_labels = docs["statefulset.yaml"][0]["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9464}]
+    assert rule["from"] and all(peer.get("podSelector") for peer in rule["from"])
+
+
+def test_systemd_units_have_memory_and_task_limits() -> None:
+    unit = (REPO / "deploy" / "systemd" / "citykpi.service").read_text()
+    for setting in ("MemoryMax=", "MemoryHigh=", "CPUQuota=", "TasksMax="):
+        assert f"\n{setting}" in unit, setting
+    assert "\nMemoryMax=" in (REPO / "deploy" / "systemd" / "citykpi-migrate.service").read_text()
+
+
+def test_service_configs_use_separate_ingest_and_kpi_logins() -> None:
+    """The service's URL is never the owner's, and the KPI refresh has a login of its own."""
+    (k8s,) = [
+        d["stringData"] for d in load_k8s()["secret.example.yaml"] if d["metadata"]["name"] == "citykpi-env"
+    ]
+    systemd = read_env_file(REPO / "deploy" / "systemd" / "citykpi.env.example")
+    compose = env_mapping(load_compose()["services"]["citykpi"]["environment"])
+    for env in (k8s, systemd, compose):
+        url, kpi_url = env["CITYKPI_DATABASE__URL"], env["CITYKPI_DATABASE__KPI_URL"]
+        assert url.split("://")[1].split(":")[0] != kpi_url.split("://")[1].split(":")[0]
+        assert "owner" not in url and "POSTGRES_USER" not in url
