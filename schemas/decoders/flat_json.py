@@ -3,7 +3,8 @@
 * Wide: `{"device_id": "d1", "time": ..., "pm25": 12.1, "temp": 21.5}`. Field map "metric:<canonical>"
   = "<field>" picks the readings; without any, every top-level field whose name is a known metric
   alias is one. A bad value is a rejected part `<field>` (`[i].<field>` in an array); the others
-  are read.
+  are read. Two fields for one metric (`temp`, `temperature`): the first is read, the other is a
+  rejected part `same_quantity`.
 * Long (Node-RED flows, many gateways): `{"time": ..., "metric": "pm25", "value": 12.1, "unit":
   "ug/m3"}`, one object or an array of them; `metric` goes through the alias table (or a
   "metric:<canonical>" = "<name>" entry), `unit` is the reading's unit. A bad record is a rejected
@@ -99,13 +100,22 @@ def _wide(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: D
     device = f.device_of(doc, ctx)
     time = f.time_of(doc, ctx)
     city = f.city_of(doc, ctx)
+    read_from: dict[str, str] = {}  # metric -> the field it was read from: the first one in the object
     for metric, field in f.wide(doc):
+        where = f"{path}.{field}" if path else field
+        if metric in read_from:
+            detail = (
+                f"{metric} is read from {read_from[metric]!r}; map {field!r} in field_map to read it instead"
+            )
+            out.reject(DecodeError("same_quantity", detail), where, device)
+            continue
         try:
             value = numeric_value(metric, doc.get(field), f"field {field!r}")
         except DecodeError as e:
-            out.reject(e, f"{path}.{field}" if path else field, device)
+            out.reject(e, where, device)
             continue
         if value is not None:
+            read_from[metric] = field
             out.append(Reading(device, metric, time, value, f.units.get(metric), city))
 
 

@@ -322,6 +322,12 @@ def test_long_format_with_its_own_device_and_an_unknown_metric() -> None:
     assert [(p.reason, p.path) for p in decoded.rejected] == [("unknown_metric", "[1]")]
 
 
+def test_two_wide_fields_for_one_metric_read_the_first_and_reject_the_other() -> None:
+    decoded = decode("json", {"device_id": "d", "temp": 21.5, "temperature": 22.0, "rh": 40})
+    assert {(r.metric, r.value) for r in decoded} == {("temperature", 21.5), ("humidity", 40.0)}
+    assert [(p.reason, p.path) for p in decoded.rejected] == [("same_quantity", "temperature")]
+
+
 def test_zone_less_times_are_read_in_the_city_time_zone() -> None:
     paris = ZoneInfo("Europe/Paris")
     (r,) = decode("json", {"device_id": "d", "time": "2025-07-01T14:00:00", "pm25": 3}, timezone=paris)
