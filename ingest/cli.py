@@ -386,10 +386,9 @@ def deadletters_requeue(
         bool, typer.Option("--dry-run", help="say what would be requeued; change nothing")
     ] = False,
 ) -> None:
-    """Decode the messages behind dead letters again (after fixing a route, city or registry).
+    """Decode the messages behind dead letters again, after fixing a route, city or registry.
 
-    Each message is decoded with its original receive time; readings already stored are not stored
-    again, so running it twice changes nothing.
+    Each message keeps its original receive time: what is already stored is not stored again.
     """
     from ingest.deadletters import requeue_dead_letters
 
