@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -71,14 +71,14 @@ def migrate(config: ConfigOpt = None, log_level: LogOpt = "INFO") -> None:
     asyncio.run(prepare_database(settings))
 
 
-async def _until_signal(main: asyncio.Future[None] | None = None) -> None:
+async def _until_signal(main: asyncio.Future[Any] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if main is not None:
-        waiters.append(main)  # type: ignore[arg-type]
+        waiters.append(main)
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
 
 
@@ -176,15 +176,16 @@ def run(
     progress: Annotated[bool, typer.Option(help="live progress table on the terminal")] = True,
     log_level: LogOpt = "INFO",
 ) -> None:
-    """Run the ingestion service until SIGTERM/Ctrl-C, then drain cleanly."""
+    """Run the ingestion service until SIGTERM/Ctrl-C, then drain cleanly; exit 1 if it failed."""
     from ingest.service import Service
     from kpi_rollups.live import latest_summary
 
     settings = _settings(config, log_level)
 
-    async def main() -> None:
+    async def main() -> bool:
         service = Service(settings)
         await service.start()
+        failed = asyncio.ensure_future(service.supervisor.failed.wait())
         tasks = []
         if with_simulator:
             tasks.append(asyncio.ensure_future(_simulate(settings, None, backfill_h=0.0)))
@@ -194,7 +195,7 @@ def run(
             with Live(
                 _progress_table(service, started, latest), console=console, refresh_per_second=2
             ) as live:
-                waiter = asyncio.ensure_future(_until_signal())
+                waiter = asyncio.ensure_future(_until_signal(failed))
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=2)
                     try:
@@ -203,13 +204,16 @@ def run(
                         log.debug("latest values unavailable: %s", e)
                     live.update(_progress_table(service, started, latest))
         else:
-            await _until_signal()
+            await _until_signal(failed)
+        failed.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await service.stop()
+        return service.failure is not None
 
-    asyncio.run(main())
+    if asyncio.run(main()):
+        raise typer.Exit(1)
 
 
 @app.command()

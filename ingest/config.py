@@ -204,6 +204,12 @@ class KafkaSettings(BaseModel):
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
     max_poll_records: int = Field(5000, ge=1)
+    max_held_messages: int = Field(
+        20000, ge=1, description="uncommitted messages held in memory; fetching pauses at this bound"
+    )
+    rebalance_wait_s: float = Field(
+        10.0, ge=0, description="on a rebalance, how long to wait for in-flight batches to commit"
+    )
     session_timeout_ms: int = Field(10000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
 
@@ -223,6 +229,15 @@ class WriterSettings(BaseModel):
     retry_max_backoff_s: float = Field(30.0, gt=0)
     probe_interval_s: float = Field(
         0.25, gt=0, description="while the database is unreachable it is probed this often; writes resume"
+    )
+    unready_after_s: float = Field(
+        30.0, gt=0, description="/readyz answers 503 while a write has waited this long without a commit"
+    )
+    stalled_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="/healthz answers 503 (a liveness probe restarts the service) once a write has waited "
+        "this long without a commit",
     )
     max_attempts: int = Field(
         5, ge=1, description="internal errors (XX000) on one batch before it is bisected to the rows at fault"
@@ -337,6 +352,12 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     kpi_refresh_interval_s: float = Field(60.0, ge=0, description="0 turns the in-service KPI refresh off")
+    shutdown_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="SIGTERM drain deadline (below the deploy files' 90 s grace periods): what is not "
+        "committed by then stays unacknowledged and is redelivered",
+    )
 
     @classmethod
     def settings_customise_sources(

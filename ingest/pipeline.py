@@ -98,6 +98,7 @@ class Pipeline:
         self._to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._queued_rows = 0  # decoded, handed to the write loop, not yet written
 
     async def start(self) -> None:
         self._tasks = [
@@ -113,6 +114,18 @@ class Pipeline:
 
     def is_full(self) -> bool:
         return self._inbound.full()
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The decode and write loops, for the service's supervisor."""
+        return self._tasks
+
+    async def abort(self) -> None:
+        """Stop at once: what is not committed stays unacknowledged (the drain deadline passed)."""
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def drain_and_stop(self) -> None:
         """Write and acknowledge everything already submitted, then stop."""
@@ -136,7 +149,7 @@ class Pipeline:
                 while True:
                     self._decode_delivery(item, batch)
                     acks.append(item.ack)
-                    telemetry.QUEUE_ROWS.set(len(batch))
+                    telemetry.QUEUE_ROWS.set(self._queued_rows + len(batch))
                     if len(batch) >= max_rows:
                         break
                     remaining = deadline - time.monotonic()
@@ -149,6 +162,7 @@ class Pipeline:
                     if item is _STOP:
                         stop = True
                         break
+                self._queued_rows += len(batch)
                 await self._to_write.put((batch, acks))
                 if stop:
                     break
@@ -262,6 +276,8 @@ class Pipeline:
                         "and ignored as duplicates",
                         e,
                     )
+            self._queued_rows -= len(batch)
+            telemetry.QUEUE_ROWS.set(self._queued_rows)
             self._record(batch, result)
 
     def _record(self, batch: WriteBatch, result: WriteResult) -> None:

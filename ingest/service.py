@@ -1,8 +1,12 @@
 """The citykpi service: lifecycle of writer, pipeline, sources, health endpoint and periodic jobs.
 
-Start order: database (waits until it answers) -> kernels warmed -> writer -> pipeline -> sources.
+Start order: HTTP endpoints (they answer from the first second; /readyz says 503 until the end) ->
+database (waits until it answers) -> kernels warmed -> writer -> pipeline -> sources -> periodic
+jobs. A step that fails undoes the ones before it. Every long-running task is supervised
+(ingest/supervision.py).
 Stop order (SIGTERM/Ctrl-C): sources stop receiving -> pipeline writes and acknowledges what it
-holds -> sources disconnect -> writer closes. Nothing acknowledged is left unwritten.
+holds, within `shutdown_timeout_s` -> sources disconnect -> writer closes. What is not committed by
+the deadline stays unacknowledged, and the broker redelivers it. Nothing acknowledged is unwritten.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Protocol
 
 from prometheus_client import generate_latest
 
+from ingest import telemetry
 from ingest.config import Settings
 from ingest.database import prepare_database
 from ingest.kafka.dead_letters import DeadLetterTopic
 from ingest.pipeline import Pipeline
+from ingest.supervision import Supervisor
 from processors.kernels import warm_up
 from processors.registration import RegistrationBudget
 from processors.writer import TimescaleWriter, WriteResult
@@ -27,10 +33,16 @@ log = logging.getLogger(__name__)
 
 class Source(Protocol):
     name: str
+    held_messages: int
+
+    @property
+    def connected(self) -> bool: ...
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def close(self) -> None: ...
+    async def report(self) -> None: ...
+    def failure(self) -> str | None: ...
 
 
 class Service:
@@ -59,11 +71,28 @@ class Service:
             self.dead_letter_topic.publish if self.dead_letter_topic else None,
         )
         self.sources: list[Source] = []
+        self.supervisor = Supervisor()
         self._http: asyncio.Server | None = None
-        self._jobs: list[asyncio.Task[None]] = []
+        self._started = False
         self.warm_up_s = 0.0
 
+    @property
+    def failure(self) -> str | None:
+        return self.supervisor.failure
+
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            log.error("start-up failed; undoing what was started")
+            await self._undo()
+            raise
+
+    async def _start(self) -> None:
+        if self.settings.http.enabled:
+            self._http = await asyncio.start_server(
+                self._serve_http, self.settings.http.host, self.settings.http.port
+            )
         await prepare_database(self.settings, self.settings.database.migrate_on_start)
         self.warm_up_s = await asyncio.to_thread(warm_up)
         log.info("numba kernels ready in %.2f s", self.warm_up_s)
@@ -71,6 +100,8 @@ class Service:
         if self.dead_letter_topic is not None:
             await self.dead_letter_topic.start()
         await self.pipeline.start()
+        for task in self.pipeline.tasks:
+            self.supervisor.vital(task.get_name(), task)
         if self.settings.mqtt.enabled:
             from ingest.mqtt.source import MqttSource
 
@@ -81,54 +112,119 @@ class Service:
             self.sources.append(KafkaSource(self.settings.kafka, self.pipeline))
         for s in self.sources:
             await s.start()
-        if self.settings.http.enabled:
-            self._http = await asyncio.start_server(
-                self._serve_http, self.settings.http.host, self.settings.http.port
-            )
+        self._start_jobs()
+        self._started = True
+
+    def _start_jobs(self) -> None:
+        from kpi_rollups.refresh import kpi_refresh_loop
+        from processors.quality import quality_loop
         from processors.retention import retention_loop
 
-        self._jobs.append(asyncio.create_task(retention_loop(self.settings), name="citykpi-retention"))
-        if self.settings.quality.enabled:
-            from processors.quality import quality_loop
+        settings, sup = self.settings, self.supervisor
+        sup.restarting("citykpi-monitor", self._monitor)
+        sup.restarting("citykpi-retention", lambda: retention_loop(settings))
+        if settings.quality.enabled:
+            sup.restarting("citykpi-quality", lambda: quality_loop(settings))
+        if settings.kpi_refresh_interval_s > 0:
+            sup.restarting("citykpi-kpi-refresh", lambda: kpi_refresh_loop(settings))
 
-            self._jobs.append(asyncio.create_task(quality_loop(self.settings), name="citykpi-quality"))
-        if self.settings.kpi_refresh_interval_s > 0:
-            from kpi_rollups.refresh import kpi_refresh_loop
-
-            refresh = kpi_refresh_loop(self.settings)
-            self._jobs.append(asyncio.create_task(refresh, name="citykpi-kpi-refresh"))
+    async def _monitor(self) -> None:
+        """Every second: each source's gauges, and whether its background work is still alive."""
+        while True:
+            telemetry.WRITE_BLOCKED_SECONDS.set(self.writer.blocked_s)
+            for s in self.sources:
+                await s.report()
+                if (why := s.failure()) is not None:
+                    self.supervisor.fail(f"{s.name} source: {why}")
+            await asyncio.sleep(1)
 
     def ready(self) -> bool:
-        return self.writer.connected and any(getattr(s, "connected", False) for s in self.sources)
+        """Started, not failed, database connected and no write waiting too long, a source connected."""
+        return (
+            self._started
+            and self.failure is None
+            and self.writer.connected
+            and self.writer.blocked_s < self.settings.writer.unready_after_s
+            and any(s.connected for s in self.sources)
+        )
+
+    def healthy(self) -> bool:
+        """Alive: not failed, and the write loop is not stuck (the liveness probe restarts it if so)."""
+        return self.failure is None and self.writer.blocked_s < self.settings.writer.stalled_after_s
+
+    def held_messages(self) -> int:
+        return sum(s.held_messages for s in self.sources)
 
     async def stop(self) -> None:
-        for job in self._jobs:
-            job.cancel()
-        for s in self.sources:
-            await s.stop()
-        await self.pipeline.drain_and_stop()
-        for s in self.sources:
-            await s.close()
-        await self.writer.stop()
-        if self.dead_letter_topic is not None:
-            await self.dead_letter_topic.stop()
-        if self._http is not None:
-            self._http.close()
+        await self.supervisor.cancel()
+        deadline = self.settings.shutdown_timeout_s
+        progress = asyncio.create_task(self._log_drain_progress())
+        try:
+            await asyncio.wait_for(self._drain(), deadline)
+        except TimeoutError:
+            log.warning(
+                "drain deadline of %.0f s passed: %d messages stay unacknowledged and will be redelivered",
+                deadline,
+                self.held_messages(),
+            )
+            await self.pipeline.abort()
+        except Exception:
+            log.exception("draining failed; what was not committed stays unacknowledged")
+            await self.pipeline.abort()
+        finally:
+            progress.cancel()
+        await self._close()
         log.info(
-            "stopped cleanly: %d readings stored, %d duplicates ignored, %d dead letters",
+            "stopped: %d readings stored, %d duplicates ignored, %d dead letters",
             self.pipeline.stats.stored,
             self.pipeline.stats.duplicates,
             self.pipeline.stats.dead_letters,
         )
 
+    async def _drain(self) -> None:
+        for s in self.sources:
+            await s.stop()
+        await self.pipeline.drain_and_stop()
+
+    async def _log_drain_progress(self) -> None:
+        while True:
+            log.info(
+                "draining: %d messages held, writer waiting %.0f s",
+                self.held_messages(),
+                self.writer.blocked_s,
+            )
+            await asyncio.sleep(5)
+
+    async def _undo(self) -> None:
+        await self.supervisor.cancel()
+        await self.pipeline.abort()
+        await self._close()
+
+    async def _close(self) -> None:
+        """Disconnect everything; each step runs even if one before it fails."""
+        closers = [s.close for s in self.sources] + [self.writer.stop]
+        if self.dead_letter_topic is not None:
+            closers.append(self.dead_letter_topic.stop)
+        for close in closers:
+            try:
+                await close()
+            except Exception as e:
+                log.warning("closing %s failed: %s", close, e)
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """/healthz (alive), /readyz (database and a source connected), /metrics (Prometheus)."""
+        """/healthz (alive), /readyz (ready for traffic), /metrics (Prometheus)."""
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/healthz":
-                status, body, ctype = "200 OK", b"ok\n", "text/plain"
+                ok = self.healthy()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                why = self.failure or f"no commit for {self.writer.blocked_s:.0f} s"
+                body, ctype = (b"ok\n" if ok else f"failed: {why}\n".encode()), "text/plain"
             elif path == "/readyz":
                 ok = self.ready()
                 status = "200 OK" if ok else "503 Service Unavailable"

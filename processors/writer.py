@@ -268,15 +268,23 @@ class TimescaleWriter:
         self._cities: set[str] = set()
         self._stopping = asyncio.Event()
         self.last_success: float | None = None
+        self._busy_since: float | None = None  # monotonic start of the write() in progress
+        self._progress_at = 0.0  # monotonic time of the last commit
+
+    @property
+    def blocked_s(self) -> float:
+        """How long the write in progress has gone without a commit (0 when no write is waiting)."""
+        if self._busy_since is None:
+            return 0.0
+        return time.monotonic() - max(self._busy_since, self._progress_at)
 
     async def start(self) -> None:
         await self._connect()
 
     async def stop(self) -> None:
+        """Stop; a write still waiting on the database is interrupted (its batch stays unacknowledged)."""
         self._stopping.set()
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self._drop_connection()
 
     async def __aenter__(self) -> TimescaleWriter:
         await self.start()
@@ -306,6 +314,13 @@ class TimescaleWriter:
 
     async def write(self, batch: WriteBatch) -> WriteResult:
         """Commit the batch, retrying retriable failures until it lands or the writer stops."""
+        self._busy_since = time.monotonic()
+        try:
+            return await self._write_all(batch)
+        finally:
+            self._busy_since = None
+
+    async def _write_all(self, batch: WriteBatch) -> WriteResult:
         pending = [batch]  # left to commit, in order; a rejected piece is replaced by its parts
         total = WriteResult(0, 0, 0, 0, 0, 0.0)
         failures = suspect_failures = 0
@@ -313,6 +328,7 @@ class TimescaleWriter:
             piece = pending[0]
             try:
                 total += await self._write_once(piece)
+                self._progress_at = time.monotonic()
                 pending.pop(0)
                 failures = suspect_failures = 0
                 continue

@@ -1,19 +1,25 @@
 """Kafka source (aiokafka): a consumer group, auto-commit off, offsets committed after the write.
 
 Each `getmany` batch becomes one `Delivery`; its ack commits the next offset of every partition in
-it. While the pipeline is full the assigned partitions are paused, so nothing is fetched that
-cannot be held. After a rebalance the new owner starts from the last committed offset; whatever it
-replays is already stored and ignored as a duplicate.
+it. While the source holds `max_held_messages` uncommitted messages, or the pipeline is full, the
+assigned partitions are paused, so nothing is fetched that cannot be held. When partitions are
+revoked (a rebalance), the listener waits up to `rebalance_wait_s` for the batches in flight to be
+committed; past that it abandons them: their commit fails harmlessly, and the new owner replays
+them from the last committed offset, stored once because writes are idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+import time
+from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ingest import telemetry
@@ -22,6 +28,8 @@ from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 
 log = logging.getLogger(__name__)
+
+LAG_EVERY_S = 5.0
 
 
 def kafka_security_kwargs(s: KafkaSettings) -> dict[str, object]:
@@ -36,6 +44,18 @@ def kafka_security_kwargs(s: KafkaSettings) -> dict[str, object]:
     return kw
 
 
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:
+            await self.source.settle(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("Kafka partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
 class KafkaSource:
     name = "kafka"
 
@@ -47,11 +67,15 @@ class KafkaSource:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.connected = False
+        self.held_messages = 0
+        self.held_bytes = 0
+        self._unacked_since: deque[datetime] = deque()
+        self._committed: dict[TopicPartition, int] = {}
+        self._lag_at = 0.0
 
     async def start(self) -> None:
         s = self.settings
         self._consumer = AIOKafkaConsumer(
-            *[t.filter for t in s.topics],
             bootstrap_servers=s.bootstrap_servers,
             group_id=s.group_id,
             client_id=s.client_id,
@@ -62,8 +86,11 @@ class KafkaSource:
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             **kafka_security_kwargs(s),
         )
+        self._consumer.subscribe([t.filter for t in s.topics], listener=_Rebalance(self))
         await self._consumer.start()
+        await self._note_missing_topics()
         self.connected = True
+        telemetry.SOURCE_CONNECTED.labels(self.name).set(1)
         self._task = asyncio.create_task(self._consume(), name="citykpi-kafka-consume")
         log.info(
             "Kafka consumer started: group %s, topics %s on %s",
@@ -72,45 +99,124 @@ class KafkaSource:
             s.bootstrap_servers,
         )
 
+    async def _note_missing_topics(self) -> None:
+        """Say once, at INFO, which configured topics do not exist yet (they are used once created)."""
+        assert self._consumer is not None
+        existing = await self._consumer.topics()
+        missing = sorted(t.filter for t in self.settings.topics if t.filter not in existing)
+        if missing:
+            log.info("Kafka topics not created yet (consumed once they exist): %s", ", ".join(missing))
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            telemetry.SOURCE_CONNECTED.labels(self.name).set(int(up))
+            if up:
+                telemetry.RECONNECTS.labels(self.name).inc()
+
+    def _full(self) -> bool:
+        return self.held_messages >= self.settings.max_held_messages or self.pipeline.is_full()
+
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping:
+            if self._full():
+                consumer.pause(*consumer.assignment())
+                await asyncio.sleep(0.05)
+                continue
+            consumer.resume(*consumer.paused())
             try:
                 data = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
             except KafkaError as e:
+                self._set_connected(False)
                 log.warning("Kafka fetch failed (%s); retrying", e)
                 await asyncio.sleep(1)
                 continue
-            if not data:
-                continue
-            messages: list[Message] = []
-            offsets: dict[TopicPartition, int] = {}
-            for tp, records in data.items():
-                for r in records:
-                    headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}
-                    received = (
-                        datetime.fromtimestamp(r.timestamp / 1000, UTC) if r.timestamp else datetime.now(UTC)
-                    )
-                    messages.append(
-                        Message(r.value or b"", tp.topic, received, headers, tp.partition, r.offset)
-                    )
-                offsets[tp] = records[-1].offset + 1
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    telemetry.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(highwater - offsets[tp])
+            self._set_connected(True)
+            if data:
+                await self._submit(data)
 
-            async def commit(offsets: dict[TopicPartition, int] = offsets) -> None:
+    async def _submit(self, data: dict[TopicPartition, list[Any]]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        messages: list[Message] = []
+        offsets: dict[TopicPartition, int] = {}
+        now = datetime.now(UTC)
+        for tp, records in data.items():
+            for r in records:
+                headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}
+                stamp = r.timestamp
+                received = datetime.fromtimestamp(stamp / 1000, UTC) if stamp else now
+                messages.append(Message(r.value or b"", tp.topic, received, headers, tp.partition, r.offset))
+            offsets[tp] = records[-1].offset + 1
+        n, nbytes = len(messages), sum(len(m.payload) for m in messages)
+        self.held_messages += n
+        self.held_bytes += nbytes
+        self._unacked_since.append(now)
+
+        async def commit(offsets: dict[TopicPartition, int] = offsets) -> None:
+            try:
                 await consumer.commit(offsets)
+                self._committed.update(offsets)
+            finally:
+                self.held_messages -= n
+                self.held_bytes -= nbytes
+                self._unacked_since.popleft()
 
-            position = {f"{tp.topic}/{tp.partition}": off for tp, off in offsets.items()}
-            paused = False
-            if self.pipeline.is_full():
-                consumer.pause(*consumer.assignment())
-                paused = True
-            await self.pipeline.submit(Delivery(self.name, self.router, messages, commit, position))
-            if paused:
-                consumer.resume(*consumer.assignment())
+        position = {f"{tp.topic}/{tp.partition}": off for tp, off in offsets.items()}
+        await self.pipeline.submit(Delivery(self.name, self.router, messages, commit, position))
+
+    async def settle(self, revoked: list[TopicPartition]) -> None:
+        """Before giving partitions up: wait (bounded) for the batches in flight to be committed."""
+        deadline = time.monotonic() + self.settings.rebalance_wait_s
+        while self.held_messages and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for tp in revoked:
+            self._committed.pop(tp, None)
+            with contextlib.suppress(KeyError):  # never measured
+                telemetry.KAFKA_LAG.remove(tp.topic, str(tp.partition))
+        if self.held_messages:
+            log.warning(
+                "Kafka partitions revoked with %d messages uncommitted after %.0f s; the new owner "
+                "replays them (stored once)",
+                self.held_messages,
+                self.settings.rebalance_wait_s,
+            )
+
+    async def report(self) -> None:
+        telemetry.HELD_MESSAGES.labels(self.name).set(self.held_messages)
+        telemetry.HELD_BYTES.labels(self.name).set(self.held_bytes)
+        oldest = self._unacked_since[0] if self._unacked_since else None
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        telemetry.OLDEST_UNACKED_SECONDS.labels(self.name).set(age)
+        if self._consumer is not None and time.monotonic() - self._lag_at >= LAG_EVERY_S:
+            self._lag_at = time.monotonic()
+            await self._measure_lag()
+
+    async def _measure_lag(self) -> None:
+        """Lag = log end offset - committed offset, asked of the broker (true while paused too)."""
+        consumer = self._consumer
+        assert consumer is not None
+        assignment = list(consumer.assignment())
+        if not assignment:
+            return
+        try:
+            ends = await consumer.end_offsets(assignment)
+            for tp in assignment:
+                committed = self._committed.get(tp)
+                if committed is None:
+                    committed = await consumer.committed(tp) or 0
+                    self._committed[tp] = committed
+                telemetry.KAFKA_LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - committed))
+        except KafkaError as e:
+            log.debug("Kafka lag not measured: %s", e)
+
+    def failure(self) -> str | None:
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            error = self._task.exception()
+            return f"consumer: {type(error).__name__}: {error}" if error else None
+        return None
 
     async def stop(self) -> None:
         self._stopping = True
@@ -122,3 +228,5 @@ class KafkaSource:
             await self._consumer.stop()
             self._consumer = None
         self.connected = False
+        await self.report()
+        telemetry.SOURCE_CONNECTED.labels(self.name).set(0)

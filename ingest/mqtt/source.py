@@ -307,7 +307,6 @@ class MqttSource:
 
     async def _pump(self) -> None:
         while not self._stopping:
-            self._report()
             if not self._queue:
                 self._wakeup.clear()
                 if not self._queue:
@@ -316,6 +315,18 @@ class MqttSource:
                     except TimeoutError:
                         continue
             await self._submit_chunk()
+
+    async def report(self) -> None:
+        self._report()
+
+    def failure(self) -> str | None:
+        """Why this source's background work died, if it did (the service then fails)."""
+        if self.error is not None:
+            return f"network thread: {type(self.error).__name__}: {self.error}"
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            error = self._task.exception()
+            return f"pump: {type(error).__name__}: {error}" if error else None
+        return None
 
     def _report(self) -> None:
         telemetry.HELD_MESSAGES.labels(self.name).set(self.held_messages)

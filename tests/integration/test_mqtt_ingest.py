@@ -141,7 +141,10 @@ async def test_bad_payloads_are_dead_lettered_and_the_service_keeps_going(
     assert any(r["payload_size"] > cap and r["kept"] == cap for r in payload_sizes)  # cut, and it says so
 
 
-def _service_process(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def service_process(
+    dsn: str, port: int, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`citykpi run` in a process of its own, logging to `log`."""
     env = {
         **os.environ,
         "CITYKPI_DATABASE__URL": dsn,
@@ -150,6 +153,7 @@ def _service_process(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         "CITYKPI_HTTP__ENABLED": "false",
         "CITYKPI_MQTT__CLIENT_ID": "citykpi-crashy",
         "CITYKPI_WRITER__BATCH_MAX_DELAY_S": "0.05",
+        **(extra_env or {}),
     }
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
@@ -165,7 +169,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(
     tsdb: str, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
-    proc = _service_process(tsdb, mosquitto.port, log)
+    proc = service_process(tsdb, mosquitto.port, log)
     try:
         for _ in range(100):  # until the persistent session exists
             if "MQTT connected" in log.read_text(errors="replace"):
@@ -179,7 +183,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(
         proc.wait(10)
         stored_at_crash = await count_readings(tsdb)
         await publish(mosquitto.port, messages[3000:])  # queued by the broker for the offline session
-        proc = _service_process(tsdb, mosquitto.port, log)
+        proc = service_process(tsdb, mosquitto.port, log)
         assert await wait_for_count(tsdb, 6000, timeout=90) == 6000, log.read_text()[-3000:]
         assert stored_at_crash < 6000
     finally:
