@@ -150,6 +150,8 @@ async def apply_server_features(conn: asyncpg.Connection, features: ServerFeatur
     await conn.execute("DROP INDEX IF EXISTS readings_time_idx")
     if not features.community_features:
         return
+    # TimescaleDB refuses compression on a table with row-level security; the hypertables have
+    # none (readers go through views, schemas/access.py), so the Community edition compresses them
     for table, after in COMPRESS_AFTER.items():
         await conn.execute(
             f"ALTER TABLE {table} SET (timescaledb.compress, "

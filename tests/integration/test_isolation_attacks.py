@@ -172,6 +172,19 @@ async def test_reader_sees_only_its_city_through_views_and_nothing_below_them(
         finally:
             await owner.close()
         assert len(chunks) >= 4  # readings and every rollup have a chunk
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:  # every relation of the schema, present and future (other issues' tables included)
+        privileged = await owner.fetch(
+            "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE (n.nspname = 'public' OR c.relname LIKE '\\_hyper\\_%' OR c.relname LIKE 'compress\\_%') "
+            "AND c.relkind IN ('r', 'p', 'v', 'm', 'S') AND (has_table_privilege($1, c.oid, "
+            "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') OR (c.relkind = 'S' AND "
+            "has_sequence_privilege($1, c.oid, 'USAGE, SELECT, UPDATE')))",
+            two_cities.reader,
+        )
+    finally:
+        await owner.close()
+    assert privileged == []
     reader = await asyncpg.connect(two_cities.reader_dsn)
     try:
         await _reader_sees_only_demo(reader)
