@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest import telemetry
 from ingest.config import Settings
@@ -74,6 +74,14 @@ class PipelineStats:
 _STOP = object()
 
 
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> tzinfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # the database holds a name this host lacks
+        return None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -86,12 +94,8 @@ class Pipeline:
         self._publish_dead_letters = publish_dead_letters
         self.writer = writer
         self.validator = Validator(settings.validation)
-        # zone-less payload times are read in their city's zone (validation.naive_times = "city")
-        self._zones: dict[str, tzinfo] = (
-            {c.city_id: ZoneInfo(c.timezone) for c in settings.cities}
-            if settings.validation.naive_times == "city"
-            else {}
-        )
+        self._naive_times_in_city = settings.validation.naive_times == "city"
+        self._configured_zones = {c.city_id: c.timezone for c in settings.cities}
         self.stats = PipelineStats()
         self._on_write = on_write
         self._inbound: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
@@ -169,6 +173,14 @@ class Pipeline:
         finally:
             await self._to_write.put(_STOP)
 
+    def _zone_of(self, city: str | None) -> tzinfo | None:
+        """The zone zone-less payload times of `city` are read in (validation.naive_times = "city"):
+        the database's cities.timezone (registry imports included), else the configuration's; else UTC."""
+        if city is None or not self._naive_times_in_city:
+            return None
+        name = self.writer.city_zones.get(city) or self._configured_zones.get(city)
+        return _zone(name) if name else None
+
     @staticmethod
     def _reject(
         batch: WriteBatch,
@@ -193,7 +205,7 @@ class Pipeline:
         canonical = self.validator.canonical
         reject = partial(self._reject, batch)
         cap = settings.dead_letter_payload_bytes
-        zones = self._zones
+        zone_of = self._zone_of
         for m in d.messages:
             origin = MessageOrigin(
                 d.source,
@@ -229,7 +241,7 @@ class Pipeline:
                 device_id=route.device or None,
                 city=route.city,
                 field_map=route.field_map,
-                timezone=zones.get(route.city) if route.city else None,
+                timezone=zone_of(route.city),
             )
             try:
                 decoded = decoder(m.payload, ctx)

@@ -265,7 +265,7 @@ class TimescaleWriter:
         self._metric_ids: dict[str, int] = {}
         self._decibel_ids: frozenset[int] = frozenset()
         self._cumulative_ids: frozenset[int] = frozenset()
-        self._cities: set[str] = set()
+        self._cities: dict[str, str] = {}  # city -> IANA time zone
         self._stopping = asyncio.Event()
         self.last_success: float | None = None
         self._busy_since: float | None = None  # monotonic start of the write() in progress
@@ -294,6 +294,11 @@ class TimescaleWriter:
         await self.stop()
 
     @property
+    def city_zones(self) -> Mapping[str, str]:
+        """Each known city's time zone (cities.timezone), as of the writer's last look."""
+        return self._cities
+
+    @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
@@ -308,7 +313,7 @@ class TimescaleWriter:
         self._metric_ids = {r["name"]: r["metric_id"] for r in rows}
         self._decibel_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "decibel")
         self._cumulative_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "cumulative")
-        self._cities = {r["city_id"] for r in await conn.fetch(sql.KNOWN_CITIES)}
+        self._cities = {r["city_id"]: r["timezone"] for r in await conn.fetch(sql.KNOWN_CITIES)}
         self._conn = conn
         return conn
 
@@ -494,7 +499,7 @@ class TimescaleWriter:
             for r in await conn.fetch(sql.LOOKUP_DEVICES, cities, devices):
                 cache[(r["city_id"], r["device_id"])] = r["device_key"]
             if any(c not in self._cities for c in cities):
-                self._cities = {r["city_id"] for r in await conn.fetch(sql.KNOWN_CITIES)}
+                self._cities = {r["city_id"]: r["timezone"] for r in await conn.fetch(sql.KNOWN_CITIES)}
         return cache
 
     async def _conflicts(

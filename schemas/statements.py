@@ -117,7 +117,7 @@ WHERE EXISTS (SELECT 1 FROM cities c WHERE c.city_id = k.city_id)
 ON CONFLICT (city_id, device_id) DO NOTHING
 """
 METRIC_IDS = "SELECT name, metric_id, aggregation FROM metrics"
-KNOWN_CITIES = "SELECT city_id FROM cities"
+KNOWN_CITIES = "SELECT city_id, timezone FROM cities"
 UPSERT_CITY = """
 INSERT INTO cities (city_id, name, timezone) VALUES ($1, $2, $3)
 ON CONFLICT (city_id) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone
