@@ -25,7 +25,7 @@ from ingest.routing import IdentityMismatch, Router
 from ingest.validation import Rejected, Validator, bad_text
 from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
-from schemas.readings import DecodeContext, DecodeError
+from schemas.readings import DecodeContext, DecodeError, Reading
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class PipelineStats:
 
 
 _STOP = object()
+
+
+def _located(r: Reading) -> str:
+    """Where a rejected reading sits in its payload, for the dead letter's detail."""
+    return f"{r.path} ({r.metric})" if r.path else r.metric
 
 
 @lru_cache(maxsize=1024)
@@ -258,12 +263,12 @@ class Pipeline:
                 try:
                     value = canonical(r, now)
                 except Rejected as e:
-                    reject(origin, e.reason, e.detail, r.city or route.city, r.device_id)
+                    reject(origin, e.reason, f"{_located(r)}: {e.detail}", r.city or route.city, r.device_id)
                     continue
                 try:  # the route decides whose word counts for city and device
                     city, device = route.city_of(r.city), route.device_of(r.device_id)
                 except IdentityMismatch as e:
-                    reject(origin, e.reason, f"{r.metric}: {e.detail}", r.city or route.city, r.device_id)
+                    reject(origin, e.reason, f"{_located(r)}: {e.detail}", r.city or route.city, r.device_id)
                     continue
                 batch.add(city, device, r.metric, r.time, value, 0, o)
         telemetry.MESSAGES_RECEIVED.labels(d.source).inc(len(d.messages))

@@ -31,6 +31,7 @@ class Reading:
     value: float
     unit: str | None = None
     city: str | None = None
+    path: str = ""  # where in the payload it was read (`data[1].pm25`), for its dead letter if rejected
 
 
 @dataclass(slots=True, frozen=True)

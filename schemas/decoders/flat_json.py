@@ -91,7 +91,8 @@ def _long(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: D
         value = numeric_value(metric, doc["value"], f"{name} value")
         if value is not None:
             unit = unit or f.units.get(metric)
-            out.append(Reading(device, metric, f.time_of(doc, ctx), value, unit, f.city_of(doc, ctx)))
+            time, city = f.time_of(doc, ctx), f.city_of(doc, ctx)
+            out.append(Reading(device, metric, time, value, unit, city, path or "value"))
     except DecodeError as e:
         out.reject(e, path or "value", device)
 
@@ -116,7 +117,7 @@ def _wide(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: D
             continue
         if value is not None:
             read_from[metric] = field
-            out.append(Reading(device, metric, time, value, f.units.get(metric), city))
+            out.append(Reading(device, metric, time, value, f.units.get(metric), city, where))
 
 
 @register("json")

@@ -148,7 +148,7 @@ def _decode_entity(entity: Any, ctx: DecodeContext, path: str, out: Decoded) -> 
                     entity_time = entity_time or _entity_time(entity, ctx)
                     time = entity_time
                 unit = unit or _DEFAULT_UNITS.get(attr)
-                out.append(Reading(device, metric, time, value, unit, ctx.city))
+                out.append(Reading(device, metric, time, value, unit, ctx.city, where + attr))
         except DecodeError as e:
             out.reject(e, where + attr, device)
 

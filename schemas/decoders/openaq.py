@@ -70,6 +70,7 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     for i, result in enumerate(results):
         try:
             if (r := _decode_result(result, ctx)) is not None:
+                r.path = f"results[{i}]"
                 out.append(r)
         except DecodeError as e:
             out.reject(e, f"results[{i}]")

@@ -124,6 +124,6 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
         except DecodeError as e:
             out.reject(e, f"[{i}]", device or None)
             continue
-        out.append(Reading(device, metric, time, value, unit, ctx.city))
+        out.append(Reading(device, metric, time, value, unit, ctx.city, f"[{i}]"))
     names = f" (names: {', '.join(sorted(set(unknown))[:8])})" if unknown else ""
     return out.or_raise("no_known_metrics", f"no SenML record names a known metric{names}")

@@ -112,7 +112,7 @@ def _decode_entry(entry: Any, ctx: DecodeContext, path: str, out: Decoded) -> No
             continue
         rank = _rank(name)
         if value is not None and (known[0] not in best or rank < best[known[0]][0]):
-            best[known[0]] = (rank, Reading(device, known[0], time, value, known[1], ctx.city))
+            best[known[0]] = (rank, Reading(device, known[0], time, value, known[1], ctx.city, where))
     out.extend(r for _rank, r in best.values())
 
 

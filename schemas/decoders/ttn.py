@@ -115,7 +115,9 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
             out.reject(e, f"decoded_payload.{key}", device)
             continue
         if value is not None:
-            out.append(Reading(device, metric, time, value, units.get(metric), ctx.city))
+            out.append(
+                Reading(device, metric, time, value, units.get(metric), ctx.city, f"decoded_payload.{key}")
+            )
     for loser, metric in losers:
         detail = f"{metric} is read from {chosen[metric][1]!r}; map {loser!r} in field_map to keep it"
         out.reject(DecodeError("same_quantity", detail), f"decoded_payload.{loser}", device)

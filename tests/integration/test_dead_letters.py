@@ -224,6 +224,7 @@ async def test_a_gateway_pack_on_a_topic_route_is_never_merged_into_the_topic_de
         topic,
     )
     assert json.loads(dead["payload"]) == GATEWAY_PACK
+    assert dead["detail"].startswith("[1] (temperature): payload names device 'urn:dev:mac:0024befffe804ff2'")
 
 
 async def test_a_gateway_route_stores_each_payload_device(tsdb: str) -> None:
@@ -339,3 +340,16 @@ async def test_requeue_pages_through_messages_whose_dead_letters_span_pages(tsdb
     assert (done.messages, done.dead_letters, done.already_stored, done.still_rejected) == (3, 6, 3, 6)
     waiting = await fetch(tsdb, "SELECT count(*) AS n FROM dead_letters WHERE requeued_at IS NULL")
     assert waiting[0]["n"] == 6 and len(await readings(tsdb)) == 3
+
+
+async def test_a_value_validation_rejects_is_dead_lettered_with_its_path(tsdb: str) -> None:
+    entities = [
+        {"id": "a-1", "type": "AirQualityObserved", "pm25": {"type": "Property", "value": 12.0}},
+        {"id": "a-2", "type": "AirQualityObserved", "pm25": {"type": "Property", "value": 5000.0}},
+    ]
+    routes = [{"filter": "ngsi/+", "format": "ngsi-ld", "city_level": 2}]
+    await through_pipeline(tsdb, ("ngsi/demo", json.dumps(entities).encode()), mqtt={"routes": routes})
+    assert [(r[1], r[4]) for r in await readings(tsdb)] == [("a-1", 12.0)]
+    (dead,) = await fetch(tsdb, "SELECT reason, device_id, detail FROM dead_letters")
+    assert (dead["reason"], dead["device_id"]) == ("out_of_range", "a-2")
+    assert dead["detail"].startswith("[1].pm25 (pm25): pm25=5000")

@@ -370,3 +370,16 @@ def test_an_empty_ngsi_ld_notification_is_not_an_error() -> None:
              "subscriptionId": "urn:ngsi-ld:Subscription:air", "notifiedAt": "2025-03-01T12Z"}  # fmt: skip
     decoded = decode("ngsi-ld", empty)
     assert decoded == [] and decoded.rejected == []
+
+
+def test_every_reading_knows_where_in_its_payload_it_was_read() -> None:
+    """The path goes into the dead letter when validation or the route rejects the reading later."""
+    assert [r.path for r in decode("senml", GATEWAY_PACK)] == ["[0]", "[1]"]
+    assert [r.path for r in decode("ttn", ttn_uplink({"temperature_1": 1.0}))] == [
+        "decoded_payload.temperature_1"
+    ]
+    post = {"esp8266id": "1", "sensordatavalues": [{"value_type": "P2", "value": "4"}]}
+    assert [r.path for r in decode("sensor-community", post)] == ["sensordatavalues[0]"]
+    assert [r.path for r in decode("json", [{"device_id": "d", "pm25": 1}])] == ["[0].pm25"]
+    notification = {"subscriptionId": "s", "data": [{"id": "e", "pm25": 1}, {"id": "f", "no2": 2}]}
+    assert [r.path for r in decode("ngsi-ld", notification)] == ["data[0].pm25", "data[1].no2"]
