@@ -12,7 +12,7 @@ import logging
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -195,7 +195,7 @@ def kpi_refresh(
                 last = None
                 for p in periods:
                     try:
-                        values = await refresh_kpis(conn, cid, p.kind, p.start, strict=True)
+                        values = await refresh_kpis(conn, cid, p.kind, p.start, strict=True, trigger="cli")
                     except (UnknownCityError, RuntimeError) as e:
                         err.print(f"[red]{cid} {p.label}: {e}[/red]")
                         failures += 1
@@ -210,6 +210,28 @@ def kpi_refresh(
 
     if asyncio.run(main()):
         raise typer.Exit(1)
+
+
+def _history_table(city: str, kind: str, label: str, rows: list[dict[str, Any]]) -> Table:
+    """Every revision: value, validity, label, when it was computed and what triggered it."""
+    from kpi_rollups.values import fmt_value
+
+    t = Table(title=f"{city} — KPI revisions, {kind} {label}")
+    for col in ("KPI", "component", "area", "rev", "value", "valid", "label", "computed at", "trigger"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["kpi_code"],
+            r["component"] or "—",
+            r["area_id"] or "—",
+            str(r["revision"]),
+            fmt_value(r["value"]),
+            "yes" if r["valid"] else "no",
+            r["quality_label"] or "",
+            r["computed_at"].isoformat(timespec="seconds"),
+            r["trigger"],
+        )
+    return t
 
 
 def _table(city: str, kind: str, label: str, rows: list[dict[str, object]]) -> Table:
@@ -261,9 +283,12 @@ def kpi_show(
         str | None, typer.Option(help="YYYY, YYYY-MM or YYYY-MM-DD (default: latest stored)")
     ] = None,
     kind: Annotated[str, typer.Option(help="year, month or day (when --period is not given)")] = "year",
+    history: Annotated[
+        bool, typer.Option("--history", help="every revision of each value: when and why it changed")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Print the stored KPI values of a city for a period."""
+    """Print the stored KPI values of a city for a period (with --history, their revisions)."""
     from kpi_rollups.catalog import load_catalog
     from kpi_rollups.periods import parse_period
 
@@ -295,6 +320,14 @@ def kpi_show(
                 pkind,
                 start,
             )
+            revisions = await conn.fetch(
+                """SELECT * FROM kpi_value_revisions
+                   WHERE city_id = $1 AND period_kind = $2 AND period_start = $3
+                   ORDER BY kpi_code, component, area_id, revision""",
+                city,
+                pkind,
+                start,
+            )
         finally:
             await conn.close()
         if not rows:
@@ -313,6 +346,8 @@ def kpi_show(
         out.print(_table(city, pkind, label, data))
         newest = max(r["computed_at"] for r in data)
         out.print(f"computed at {newest.isoformat(timespec='seconds')}")
+        if history:
+            out.print(_history_table(city, pkind, label, [dict(r) for r in revisions]))
 
     asyncio.run(main())
 

@@ -133,16 +133,33 @@ def _finish(
     )
 
 
-_UPSERT = """
+_CHANGED = (
+    "(kpi_values.value, kpi_values.valid, kpi_values.quality_label) "
+    "IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.valid, EXCLUDED.quality_label)"
+)
+_UPSERT = f"""
 INSERT INTO kpi_values (city_id, kpi_code, component, area_id, period_kind, period_start, value, unit,
                         n_readings, n_devices, coverage, valid, quality_label, target, score, band, details,
-                        computed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18)
+                        computed_at, trigger)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18, $19)
 ON CONFLICT (city_id, kpi_code, component, area_id, period_kind, period_start) DO UPDATE SET
     value = EXCLUDED.value, unit = EXCLUDED.unit, n_readings = EXCLUDED.n_readings,
     n_devices = EXCLUDED.n_devices, coverage = EXCLUDED.coverage, valid = EXCLUDED.valid,
     quality_label = EXCLUDED.quality_label, target = EXCLUDED.target, score = EXCLUDED.score,
-    band = EXCLUDED.band, details = EXCLUDED.details, computed_at = EXCLUDED.computed_at
+    band = EXCLUDED.band, details = EXCLUDED.details, computed_at = EXCLUDED.computed_at,
+    revision = kpi_values.revision + CASE WHEN {_CHANGED} THEN 1 ELSE 0 END,
+    trigger = CASE WHEN {_CHANGED} THEN EXCLUDED.trigger ELSE kpi_values.trigger END
+"""
+# every (row, revision) once: a changed value or a new row adds one, an unchanged refresh nothing
+_LOG_REVISIONS = """
+INSERT INTO kpi_value_revisions (city_id, kpi_code, component, area_id, period_kind, period_start,
+                                 revision, value, valid, quality_label, coverage, n_readings, computed_at,
+                                 trigger)
+SELECT city_id, kpi_code, component, area_id, period_kind, period_start, revision, value, valid,
+       quality_label, coverage, n_readings, computed_at, trigger
+FROM kpi_values
+WHERE city_id = $1 AND period_kind = $2 AND period_start = $3 AND kpi_code = ANY($4::text[])
+ON CONFLICT DO NOTHING
 """
 _DELETE_STALE = """
 DELETE FROM kpi_values k
@@ -153,9 +170,15 @@ WHERE k.city_id = $1 AND k.period_kind = $2 AND k.period_start = $3 AND k.kpi_co
 
 
 async def store_values(
-    conn: asyncpg.Connection, city_id: str, period: Period, codes: Iterable[str], values: list[KpiValue]
+    conn: asyncpg.Connection,
+    city_id: str,
+    period: Period,
+    codes: Iterable[str],
+    values: list[KpiValue],
+    trigger: str = "refresh",
 ) -> None:
-    """Replace the rows of `codes` for (city, period) with `values`, in one transaction."""
+    """Replace the rows of `codes` for (city, period) with `values`, in one transaction; a row whose
+    value, validity or label changed gets the next revision, logged with `trigger`."""
     codes = list(codes)
     async with conn.transaction():
         await conn.execute(
@@ -194,10 +217,12 @@ async def store_values(
                     v.band,
                     json.dumps(v.details),
                     v.computed_at,
+                    trigger,
                 )
                 for v in rows
             ],
         )
+        await conn.execute(_LOG_REVISIONS, city_id, period.kind, period.start, codes)
 
 
 async def refresh_kpis(
@@ -210,12 +235,14 @@ async def refresh_kpis(
     now: datetime | None = None,
     options: KpiOptions | None = None,
     strict: bool = False,
+    trigger: str = "refresh",
 ) -> list[KpiValue]:
     """Compute every catalog KPI (or `codes`) of `city_id` for the period containing
     `period_start_day` (local dates in the city's time zone), store them and return them.
 
     `now` (default: the current time) decides how much of an ongoing period has elapsed.
     With `strict`, a failing formula raises KpiRefreshError after the others were stored.
+    `trigger` says why (scheduled, late data, period ended, cli), kept with each new revision.
     """
     now = now or datetime.now(UTC)
     options = options or KpiOptions()
@@ -249,10 +276,13 @@ async def refresh_kpis(
                 )
                 failed.append(kpi.code)
             log.debug("KPI %s %s %s: %.3f s", city_id, kpi.code, period.label, time.perf_counter() - t0)
-        await store_values(conn, city_id, period, done, values)
+        await store_values(conn, city_id, period, done, values, trigger)
     if failed and strict:
         raise KpiRefreshError(f"KPIs failed for {city_id} {period.label}: {failed} (see the log)")
     return values
+
+
+KINDS: tuple[PeriodKind, ...] = ("day", "month", "year")
 
 
 def current_periods(tz: str, now: datetime) -> list[Period]:
@@ -266,23 +296,57 @@ async def refresh_city_now(
     pool: asyncpg.Pool | str, city_id: str, tz: str, now: datetime, last_day: date | None = None
 ) -> date:
     """Refresh the current day, month and year of a city; after a local midnight also the periods
-    that just ended (once), so they are stored complete. Returns the current local day."""
-    periods = current_periods(tz, now)
-    today = periods[0].start
+    that just ended (once), so they are stored complete; then the past periods late readings
+    reached (`refresh_late_days`). Returns the current local day."""
+    periods = [(p, "scheduled") for p in current_periods(tz, now)]
+    today = periods[0][0].start
     if last_day is not None and last_day != today:
-        kinds: tuple[PeriodKind, ...] = ("day", "month", "year")
-        for k in kinds:
+        for k in KINDS:
             ended = Period.containing(k, last_day, tz)
             if ended.start != period_start(k, today):
-                periods.append(ended)
-    for p in periods:
+                periods.append((ended, "period ended"))
+    for p, trigger in periods:
         try:
-            await refresh_kpis(pool, city_id, p.kind, p.start, now=now)
+            await refresh_kpis(pool, city_id, p.kind, p.start, now=now, trigger=trigger)
         except Exception:
             log.exception(
                 "KPI refresh of %s for %s %s failed; will retry next round", city_id, p.kind, p.label
             )
+    await refresh_late_days(pool, city_id, tz, now, {(p.kind, p.start) for p, _ in periods})
     return today
+
+
+async def refresh_late_days(
+    pool: asyncpg.Pool | str, city_id: str, tz: str, now: datetime, done: set[tuple[str, date]]
+) -> int:
+    """Recompute each day the writer marked (kpi_pending_days: late readings), and its month and
+    year, once each (skipping `done`, refreshed this round already), with trigger "late data";
+    clear the marks served, unless a reading re-marked them meanwhile. Returns periods refreshed."""
+    async with _connection(pool) as conn:
+        marks = await conn.fetch("SELECT day, marked_at FROM kpi_pending_days WHERE city_id = $1", city_id)
+    todo: dict[tuple[str, date], Period] = {}
+    for m in marks:
+        for k in KINDS:
+            p = Period.containing(k, m["day"], tz)
+            if (p.kind, p.start) not in done:
+                todo.setdefault((p.kind, p.start), p)
+    failed = False
+    for p in todo.values():
+        try:
+            await refresh_kpis(pool, city_id, p.kind, p.start, now=now, trigger="late data")
+        except Exception:
+            failed = True
+            log.exception("KPI refresh of %s for late data in %s %s failed", city_id, p.kind, p.label)
+    if marks and not failed:
+        async with _connection(pool) as conn:
+            await conn.execute(
+                """DELETE FROM kpi_pending_days k USING unnest($2::date[], $3::timestamptz[]) AS u(day, m)
+                   WHERE k.city_id = $1 AND k.day = u.day AND k.marked_at <= u.m""",
+                city_id,
+                [m["day"] for m in marks],
+                [m["marked_at"] for m in marks],
+            )
+    return len(todo)
 
 
 async def kpi_refresh_loop(settings: Settings) -> None:

@@ -3,8 +3,9 @@
 Commit order (the one place it is written down):
   1. in one transaction: record the ingest batch, COPY readings into a staging table,
      INSERT … ON CONFLICT DO NOTHING RETURNING the new rows, merge their partial aggregates and
-     meter steps (processors/meters.py) into the rollup tables, store dead letters (rejects and
-     same-key conflicts);
+     meter steps (processors/meters.py) into the rollup tables, mark the past local days they
+     reach for a KPI recompute (processors/late.py), store dead letters (rejects and same-key
+     conflicts);
   2. COMMIT;
   3. only then does the caller acknowledge the messages (MQTT PUBACK, Kafka offset commit).
 A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
@@ -38,6 +39,7 @@ import numpy as np
 from ingest import telemetry
 from processors import errors
 from processors.batch import ReadingBatch
+from processors.late import mark_late_days
 from processors.registration import RegistrationBudget
 from processors.rollups import merge_rollups, series_of
 from schemas import statements as sql
@@ -519,7 +521,7 @@ class TimescaleWriter:
         return out
 
     async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:
-        """The newly stored rows, as one columnar batch, into the rollups."""
+        """The newly stored rows, as one columnar batch, into the rollups (and late-day marks)."""
         if not new_rows:
             return 0
         n = len(new_rows)
@@ -531,4 +533,5 @@ class TimescaleWriter:
             np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n),
             np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n),
         )
+        await mark_late_days(conn, device_key, batch.ts_us)
         return await merge_rollups(conn, batch, keys, self._decibel_ids, self._cumulative_ids)

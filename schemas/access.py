@@ -38,12 +38,13 @@ INGEST_GRANTS = (
     "SELECT, INSERT, UPDATE ON rollup_1m, rollup_1h, rollup_1d",
     "DELETE ON rollup_1m, rollup_1h, rollup_1d",  # the quality job drops buckets left without readings
     "SELECT, INSERT, UPDATE ON meter_state",
+    "SELECT, INSERT, UPDATE ON kpi_pending_days",
     "INSERT ON ingest_batches",
     "SELECT (batch_id), UPDATE (stored, committed_at) ON ingest_batches",
     "SELECT, INSERT ON dead_letters",
     "UPDATE (requeued_at) ON dead_letters",
 )
-KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values"
+KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values, kpi_value_revisions, kpi_pending_days"
 
 # Row counts and sizes of every table and chunk (all cities together); a superuser owner takes
 # them from PUBLIC in this database. pg_class.reltuples stays public: clients need pg_class.
@@ -77,6 +78,7 @@ READER_VIEWS: dict[str, str | None] = {
     "city_facts": CITY_FILTER,
     "kpi_targets": CITY_FILTER,
     "kpi_values": CITY_FILTER,
+    "kpi_value_revisions": CITY_FILTER,
     "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
     "readings": DEVICE_FILTER,
     "rollup_1m": DEVICE_FILTER,

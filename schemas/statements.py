@@ -79,6 +79,16 @@ WHERE t.device_key = u.d AND t.metric_id = u.m AND t.bucket = {EPOCH} + u.b * {U
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 DECIBEL_METRICS = "SELECT metric_id FROM metrics WHERE aggregation = 'decibel'"
 
+# Late readings (processors/late.py): the (city, local day) of readings before the city's today.
+MARK_LATE_DAYS = """
+INSERT INTO kpi_pending_days (city_id, day)
+SELECT DISTINCT d.city_id, (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date
+FROM unnest($1::int4[], $2::int8[]) AS u(device_key, t)
+JOIN devices d ON d.device_key = u.device_key JOIN cities c ON c.city_id = d.city_id
+WHERE (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date < (now() AT TIME ZONE c.timezone)::date
+ON CONFLICT (city_id, day) DO UPDATE SET marked_at = now()
+""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+
 INSERT_INGEST_BATCH = """
 INSERT INTO ingest_batches (source, position, received, stored) VALUES ($1, $2::jsonb, $3, 0)
 RETURNING batch_id

@@ -39,3 +39,36 @@ CREATE TABLE IF NOT EXISTS meter_state (
 COMMENT ON COLUMN devices.metadata IS
     'KPI attributes (kpi_rollups): street_km, drainage_km, segment_id, free_flow_kmh, role, intersection_id; '
     'meters (processors/meters.py): rollover_at, max_rate_per_h, meter_dn, max_current_a, phases, noise_tolerance';
+
+-- Late data (processors/late.py): the writer marks, in the ingest transaction, each (city, local
+-- day) before the city's today that a newly stored reading falls in; the KPI refresh loop
+-- recomputes exactly those days and their months and years, then clears the marks it served.
+CREATE TABLE IF NOT EXISTS kpi_pending_days (
+    city_id   text NOT NULL REFERENCES cities (city_id),
+    day       date NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (city_id, day)
+);
+
+-- KPI revisions: a row's revision goes up when its value, validity or label changes, with what
+-- triggered the refresh (scheduled, late data, period ended, cli); every revision is kept.
+ALTER TABLE kpi_values
+    ADD COLUMN IF NOT EXISTS revision integer NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS trigger text NOT NULL DEFAULT 'refresh';
+CREATE TABLE IF NOT EXISTS kpi_value_revisions (
+    city_id       text NOT NULL REFERENCES cities (city_id),
+    kpi_code      text NOT NULL,
+    component     text NOT NULL DEFAULT '',
+    area_id       text NOT NULL DEFAULT '',
+    period_kind   text NOT NULL,
+    period_start  date NOT NULL,
+    revision      integer NOT NULL,
+    value         double precision,
+    valid         boolean NOT NULL,
+    quality_label text,
+    coverage      double precision,
+    n_readings    bigint NOT NULL,
+    computed_at   timestamptz NOT NULL,
+    trigger       text NOT NULL,
+    PRIMARY KEY (city_id, kpi_code, component, area_id, period_kind, period_start, revision)
+);
