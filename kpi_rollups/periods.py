@@ -63,6 +63,17 @@ class Period:
         return local_midnight_utc(self.end, self.tz)
 
     @property
+    def whole_hour_zone(self) -> bool:
+        """True when local hours are UTC hours over the period (the zone's offsets at its bounds are
+        whole hours): hourly rollups cut it exactly; else (Asia/Kolkata, Asia/Kathmandu,
+        Australia/Adelaide …) local hours are built from 15-minute rollups."""
+        zone = self.zone
+        return all(
+            (off := t.astimezone(zone).utcoffset()) is not None and off % timedelta(hours=1) == timedelta(0)
+            for t in (self.start_utc, self.end_utc - timedelta(microseconds=1))
+        )
+
+    @property
     def seconds(self) -> float:
         return (self.end_utc - self.start_utc).total_seconds()
 

@@ -9,6 +9,7 @@ window), rollup_1h and rollup_1m at the edges; meters from the rollups' meter st
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from kpi_rollups.periods import Period
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+QUARTER = timedelta(minutes=15)
 DAY = timedelta(days=1)
 
 
@@ -36,19 +38,28 @@ def _ceil(t: datetime, step: timedelta) -> datetime:
 
 
 def window_segments(start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
-    """Non-overlapping (table, from, to) pieces covering [start, end) with the coarsest rollups."""
+    """Non-overlapping (table, from, to) pieces covering [start, end) with the coarsest rollups:
+    days, hours, quarter hours (every zone's midnight is on one), minutes at odd edges."""
     out: list[tuple[str, datetime, datetime]] = []
 
-    def hours(a: datetime, b: datetime) -> None:
-        h0, h1 = _ceil(a, HOUR), _floor(b, HOUR)
-        if h0 < h1:
-            if a < h0:
-                out.append(("rollup_1m", a, h0))
-            out.append(("rollup_1h", h0, h1))
-            if h1 < b:
-                out.append(("rollup_1m", h1, b))
-        elif a < b:
+    def finer(a: datetime, b: datetime, step: timedelta, table: str, rest: Callable[..., None]) -> None:
+        s0, s1 = _ceil(a, step), _floor(b, step)
+        if s0 < s1:
+            rest(a, s0)
+            out.append((table, s0, s1))
+            rest(s1, b)
+        else:
+            rest(a, b)
+
+    def minutes(a: datetime, b: datetime) -> None:
+        if a < b:
             out.append(("rollup_1m", a, b))
+
+    def quarters(a: datetime, b: datetime) -> None:
+        finer(a, b, QUARTER, "rollup_15m", minutes)
+
+    def hours(a: datetime, b: datetime) -> None:
+        finer(a, b, HOUR, "rollup_1h", quarters)
 
     d0, d1 = _ceil(start, DAY), _floor(end, DAY)
     if d0 < d1:
@@ -60,22 +71,36 @@ def window_segments(start: datetime, end: datetime) -> list[tuple[str, datetime,
     return out
 
 
-# Expected slots (one per expected interval) holding a reading, from the hourly rollups: for
-# intervals of an hour or more the distinct slots of the hours with readings; below an hour, per
-# hour at most its number of slots (near-duplicate readings fill no extra slot).
+# One row per (device, metric, local hour) of the city in [$3, $4), for metrics $2: the hourly
+# rollups where local hours are UTC hours, else the 15-minute rollups grouped by local hour ($5 zone).
+_HOURS_WHERE = """d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4"""
+HOURS_FROM_1H = f"""SELECT r.device_key, r.metric_id, r.bucket, r.n, r.sum, r.energy
+    FROM rollup_1h r JOIN devices d ON d.device_key = r.device_key JOIN metrics m ON m.metric_id = r.metric_id
+    WHERE {_HOURS_WHERE} AND $5::text IS NOT NULL"""
+HOURS_FROM_15M = f"""SELECT r.device_key, r.metric_id,
+           date_trunc('hour', r.bucket AT TIME ZONE $5::text) AT TIME ZONE $5::text AS bucket,
+           sum(r.n)::int8 AS n, sum(r.sum) AS sum, sum(r.energy) AS energy
+    FROM rollup_15m r JOIN devices d ON d.device_key = r.device_key
+    JOIN metrics m ON m.metric_id = r.metric_id
+    WHERE {_HOURS_WHERE} GROUP BY 1, 2, 3"""
+# An hourly value needs 75 % of the hour's expected readings (Directive 2008/50/EC, Annex VII):
+# one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown) needs one.
+VALID_HOUR = "h.n >= ceil(0.75 * 3600.0 / least(coalesce(d.expected_interval_s, 3600.0), 3600.0))"
+# Expected slots (one per expected interval) holding a reading, from the hourly (or 15-minute)
+# rollups of bucket length {secs}: for intervals of a bucket or more the distinct slots of the
+# buckets with readings; below, per bucket at most its number of slots (near-duplicate readings
+# fill no extra slot).
 FILLED_SLOTS = """
 SELECT u.device_key, u.metric,
-       CASE WHEN u.interval_s >= 3600 THEN count(DISTINCT floor(extract(epoch FROM r.bucket) / u.interval_s))
-            ELSE sum(least(r.n, ceil(3600.0 / u.interval_s))) END::int8 AS filled
+       CASE WHEN u.interval_s >= {secs}
+            THEN count(DISTINCT floor(extract(epoch FROM r.bucket) / u.interval_s))
+            ELSE sum(least(r.n, ceil({secs} / u.interval_s))) END::int8 AS filled
 FROM unnest($1::int4[], $2::text[], $3::float8[]) AS u(device_key, metric, interval_s)
 JOIN metrics m ON m.name = u.metric
-JOIN rollup_1h r ON r.device_key = u.device_key AND r.metric_id = m.metric_id
+JOIN {table} r ON r.device_key = u.device_key AND r.metric_id = m.metric_id
 WHERE r.bucket >= $4 AND r.bucket < $5 AND r.n > 0
 GROUP BY u.device_key, u.metric, u.interval_s
 """
-# An hourly value needs 75 % of the hour's expected readings (Directive 2008/50/EC, Annex VII):
-# one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown) needs one.
-VALID_HOUR = "r.n >= ceil(0.75 * 3600.0 / least(coalesce(d.expected_interval_s, 3600.0), 3600.0))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +208,21 @@ class CityData:
         """Valid hourly rollups (device_key, metric, bucket, n, mean, energy) of the city in the
         window (`VALID_HOUR`)."""
         return await self.conn.fetch(
-            f"""SELECT r.device_key, m.name AS metric, r.bucket, r.n, r.sum / r.n AS mean, r.energy
-               FROM rollup_1h r JOIN devices d ON d.device_key = r.device_key
-               JOIN metrics m ON m.metric_id = r.metric_id
-               WHERE d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4
-                 AND {VALID_HOUR}
-               ORDER BY r.device_key, m.name, r.bucket""",
+            f"""SELECT h.device_key, m.name AS metric, h.bucket, h.n, h.sum / h.n AS mean, h.energy
+               FROM ({self._hours_from}) h JOIN devices d ON d.device_key = h.device_key
+               JOIN metrics m ON m.metric_id = h.metric_id
+               WHERE {VALID_HOUR}
+               ORDER BY h.device_key, m.name, h.bucket""",
             self.city_id,
             metrics,
             self.start - extend_before,
             self.end,
+            self.period.tz,
         )
+
+    @property
+    def _hours_from(self) -> str:
+        return HOURS_FROM_1H if self.period.whole_hour_zone else HOURS_FROM_15M
 
     async def daily_linear(
         self, metrics: list[str], hourly_limits: dict[str, float] | None = None
@@ -202,15 +231,14 @@ class CityData:
         number of hours above `hourly_limits[metric]`."""
         limits = hourly_limits or {}
         return await self.conn.fetch(
-            f"""SELECT r.device_key, m.name AS metric, (r.bucket AT TIME ZONE $5)::date AS day,
-                      avg(r.sum / r.n) AS mean, max(r.sum / r.n) AS max_hourly,
-                      count(*) AS hours, sum(r.n) AS n,
-                      count(*) FILTER (WHERE r.sum / r.n > lim.value) AS hours_above
-               FROM rollup_1h r JOIN devices d ON d.device_key = r.device_key
-               JOIN metrics m ON m.metric_id = r.metric_id
+            f"""SELECT h.device_key, m.name AS metric, (h.bucket AT TIME ZONE $5)::date AS day,
+                      avg(h.sum / h.n) AS mean, max(h.sum / h.n) AS max_hourly,
+                      count(*) AS hours, sum(h.n) AS n,
+                      count(*) FILTER (WHERE h.sum / h.n > lim.value) AS hours_above
+               FROM ({self._hours_from}) h JOIN devices d ON d.device_key = h.device_key
+               JOIN metrics m ON m.metric_id = h.metric_id
                LEFT JOIN unnest($6::text[], $7::float8[]) AS lim(metric, value) ON lim.metric = m.name
-               WHERE d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4
-                 AND {VALID_HOUR}
+               WHERE {VALID_HOUR}
                GROUP BY 1, 2, 3""",
             self.city_id,
             metrics,
@@ -276,8 +304,9 @@ class CityData:
                 interval, source = None, "unknown (a single reading)"
             out[key] = SeriesCount(r["device_key"], r["metric"], int(r["n"]), interval, source)
         known = [sc for sc in out.values() if sc.interval_s]
+        table, secs = ("rollup_1h", 3600) if self.period.whole_hour_zone else ("rollup_15m", 900)
         for r in await self.conn.fetch(
-            FILLED_SLOTS,
+            FILLED_SLOTS.format(table=table, secs=f"{secs}.0"),
             [sc.device_key for sc in known],
             [sc.metric for sc in known],
             [sc.interval_s for sc in known],

@@ -1,4 +1,4 @@
-"""Newly stored readings -> mergeable rollup state at 1 minute, 1 hour and 1 day.
+"""Newly stored readings -> mergeable rollup state at 1 minute, 15 minutes, 1 hour and 1 day.
 
 The writer calls `merge_rollups` inside the transaction that stored the readings, with exactly the
 rows the insert reported as new, so a redelivered batch adds nothing twice. The Numba kernel
@@ -19,6 +19,7 @@ from schemas import statements as sql
 
 ROLLUP_TABLES: dict[str, int] = {
     "rollup_1m": 60_000_000,
+    "rollup_15m": 900_000_000,
     "rollup_1h": 3_600_000_000,
     "rollup_1d": 86_400_000_000,
 }

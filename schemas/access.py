@@ -35,8 +35,8 @@ INGEST_GRANTS = (
     "INSERT ON devices",
     "SELECT, INSERT ON readings",
     "UPDATE (flags) ON readings",
-    "SELECT, INSERT, UPDATE ON rollup_1m, rollup_1h, rollup_1d",
-    "DELETE ON rollup_1m, rollup_1h, rollup_1d",  # the quality job drops buckets left without readings
+    "SELECT, INSERT, UPDATE ON rollup_1m, rollup_15m, rollup_1h, rollup_1d",
+    "DELETE ON rollup_1m, rollup_15m, rollup_1h, rollup_1d",  # quality job: buckets left without readings
     "SELECT, INSERT, UPDATE ON meter_state",
     "SELECT, INSERT, UPDATE ON kpi_pending_days",
     "INSERT ON ingest_batches",
@@ -82,6 +82,7 @@ READER_VIEWS: dict[str, str | None] = {
     "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
     "readings": DEVICE_FILTER,
     "rollup_1m": DEVICE_FILTER,
+    "rollup_15m": DEVICE_FILTER,
     "rollup_1h": DEVICE_FILTER,
     "rollup_1d": DEVICE_FILTER,
     "metrics": None,  # the metric catalog is the same for every city

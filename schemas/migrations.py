@@ -26,6 +26,7 @@ MIGRATION_LOCK_KEY = 0x43_49_54_59_4B_50_49  # "CITYKPI"
 HYPERTABLES: dict[str, tuple[str, str]] = {
     "readings": ("time", "1 day"),
     "rollup_1m": ("bucket", "7 days"),
+    "rollup_15m": ("bucket", "14 days"),
     "rollup_1h": ("bucket", "30 days"),
     "rollup_1d": ("bucket", "365 days"),
 }

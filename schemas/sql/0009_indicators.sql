@@ -72,3 +72,8 @@ CREATE TABLE IF NOT EXISTS kpi_value_revisions (
     trigger       text NOT NULL,
     PRIMARY KEY (city_id, kpi_code, component, area_id, period_kind, period_start, revision)
 );
+
+-- 15-minute rollups (meter columns included): local hours and days of zones whose offset is not a
+-- whole hour (Asia/Kolkata, Asia/Kathmandu, Australia/Adelaide …) are cut from them exactly.
+CREATE TABLE IF NOT EXISTS rollup_15m (LIKE rollup_1m INCLUDING ALL);
+ALTER TABLE rollup_15m SET (fillfactor = 70);

@@ -3,6 +3,9 @@ refresh` -> kpi_values, on a UTC city (local hours = UTC hours) on Wednesday 202
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
 import asyncpg
 import pytest
 
@@ -238,3 +241,44 @@ async def test_spike_flagged_readings_are_excluded_and_counted_missing(tsdb, tmp
     assert no2["coverage"] == pytest.approx((22 * 6 + 5 + 4) / 144)
     eu = await area_row(tsdb, "EN:EN:AQ:1C", "aqi_eu")
     assert eu["value"] == 1
+
+
+@pytest.mark.parametrize("tz", ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide"])
+async def test_local_days_are_cut_at_local_midnight_in_every_zone(tsdb, tmp_path, tz) -> None:
+    """Item 6: in UTC+5:30, +5:45 and +9:30 a local day starts inside a UTC hour. Readings every 15
+    local minutes from 23:00 on 10 June to 01:00 on 12 June; inside the local 11 June PM2.5 is 10
+    µg/m³ and LAeq is 65 dB 07-19, 60 dB 19-23, 55 dB 23-07; outside it PM2.5 is 50 and LAeq 80.
+    Cut at local midnight (local hours from 15-minute rollups) the day mean is 10.0 and
+    Lden = 10 log10((12 x 10^6.5 + 4 x 10^((60+5)/10) + 8 x 10^((55+10)/10)) / 24) = 65.0; UTC hours
+    straddling midnight pulled in the neighbours (10.42 and 65.64 in the issue)."""
+    reg = (
+        registry(100, 1, 1, "").replace('timezone = "UTC"', f'timezone = "{tz}"')
+        + """
+[[areas]]
+area_id = "c"
+population = 100
+[[devices]]
+device_id = "air-1"
+expected_interval_s = 900
+[[devices]]
+device_id = "noise-1"
+area_id = "c"
+expected_interval_s = 900
+"""
+    )
+    start = datetime(2025, 6, 10, 23, 0, tzinfo=ZoneInfo(tz))
+    lines = []
+    for k in range(26 * 4):
+        t = start + timedelta(minutes=15 * k)
+        local = t.astimezone(ZoneInfo(tz))
+        inside = local.date() == DAY
+        h = local.hour
+        level = 65.0 if 7 <= h < 19 else 60.0 if 19 <= h < 23 else 55.0
+        lines.append(senml("air-1", "pm25", "ug/m3", t, 10.0 if inside else 50.0))
+        lines.append(senml("noise-1", "laeq", "dB", t, level if inside else 80.0))
+    await replay_and_refresh(tsdb, tmp_path, reg, lines)
+    pm25 = await area_row(tsdb, "EN:EN:AQ:1C", "pm25")
+    assert pm25["value"] == pytest.approx(10.0)
+    assert pm25["coverage"] == pytest.approx(1.0)
+    lden = await area_row(tsdb, "EN:EN:EQ:2A", "lden", "c")
+    assert lden["value"] == pytest.approx(65.0, abs=1e-9)

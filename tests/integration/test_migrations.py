@@ -17,6 +17,7 @@ TABLES = {
     "metrics",
     "readings",
     "rollup_1m",
+    "rollup_15m",
     "rollup_1h",
     "rollup_1d",
     "kpi_values",
@@ -46,7 +47,7 @@ async def test_migrate_creates_schema_and_reports_features(empty_db: str, server
                 r[0]
                 for r in await conn.fetch("SELECT hypertable_name FROM timescaledb_information.hypertables")
             }
-            assert hyper == {"readings", "rollup_1m", "rollup_1h", "rollup_1d"}
+            assert hyper == {"readings", "rollup_1m", "rollup_15m", "rollup_1h", "rollup_1d"}
             assert "drop_chunks" in report.features.describe()
         else:
             assert not report.features.hypertables
