@@ -45,6 +45,7 @@ lint: venv
 bench: stack
 	$(BIN)/python -m bench.kernels
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.stall
 
 clean: down
 	rm -rf .stack

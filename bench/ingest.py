@@ -22,8 +22,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import asyncpg
 import paho.mqtt.client as mqtt
@@ -305,29 +307,74 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+async def publish_paced(
+    pub: MqttPublisher, rate: int, seconds: float, sent: int, sample: Callable[[], None], every_s: float
+) -> int:
+    """Publish one-reading SenML packs stamped with their publish time at `rate` msg/s for `seconds`,
+    calling `sample()` every `every_s`; returns the count sent so far (`sent` before)."""
+    first, start = sent, time.perf_counter()
+    next_sample = start
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = first + int(elapsed * rate) - sent
+        if due > 0:
+            now = time.time()
+            await pub.publish(
+                SimMessage(
+                    f"city/demo/senml/dev-{(sent + k) % 2000:04d}",
+                    json.dumps(
+                        [{"bn": f"dev-{(sent + k) % 2000:04d}:", "bt": now, "n": "pm25", "v": 7.0}]
+                    ).encode(),
+                )
+                for k in range(due)
+            )
+            sent += due
+        if time.perf_counter() >= next_sample:
+            sample()
+            next_sample += every_s
+        await asyncio.sleep(0.005)
+    return sent
+
+
+def service_process(dsn: str, client_id: str, **env: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """`citykpi run` on `dsn`, MQTT only, no HTTP or KPI refresh; its log goes to the file named by
+    CITYKPI_BENCH_SERVICE_LOG (kept open for the life of the process: `end_service` closes it)."""
+    service_log = Path(os.environ.get("CITYKPI_BENCH_SERVICE_LOG", os.devnull)).open("ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
+        env={
+            **os.environ,
+            "CITYKPI_DATABASE__URL": dsn,
+            "CITYKPI_KAFKA__ENABLED": "false",
+            "CITYKPI_HTTP__ENABLED": "false",
+            "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
+            "CITYKPI_MQTT__CLIENT_ID": client_id,
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=service_log,
+    )
+    return proc, service_log
+
+
+async def end_service(
+    proc: subprocess.Popen[bytes], service_log: IO[bytes], dsn: str, client_id: str
+) -> None:
+    """SIGTERM the service, then drop its database and its persistent session."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(90)
+    service_log.close()
+    await _drop_database(TSDB_URL, dsn)
+    forget_session(client_id)
+
+
 async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]:
     """`citykpi run` as its own process; MQTT packs published at `rate` msg/s, each stamped with its
     publish time; latency = batch commit time - publish time; RSS of the service sampled every 10 s."""
     dsn = await migrated_database(TSDB_URL)
-    env = {
-        **os.environ,
-        "CITYKPI_DATABASE__URL": dsn,
-        "CITYKPI_KAFKA__ENABLED": "false",
-        "CITYKPI_HTTP__ENABLED": "false",
-        "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
-        "CITYKPI_MQTT__CLIENT_ID": (soak_id := f"soak-{uuid.uuid4().hex[:6]}"),
-        # a group of its own: Mosquitto gives offline persistent members of a shared group their
-        # share of the messages, so a stale member from an earlier run would take part of the load
-        "CITYKPI_MQTT__SHARED_GROUP": soak_id,
-    }
-    # kept open for the life of the process, closed in the finally below
-    service_log = Path(os.environ.get("CITYKPI_BENCH_SERVICE_LOG", os.devnull)).open("ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=service_log,
-    )
+    soak_id = f"soak-{uuid.uuid4().hex[:6]}"
+    # a group of its own: Mosquitto gives offline persistent members of a shared group their
+    # share of the messages, so a stale member from an earlier run would take part of the load
+    proc, service_log = service_process(dsn, soak_id, CITYKPI_MQTT__SHARED_GROUP=soak_id)
     try:
         while await _readings_or_none(dsn) is None:  # migrated; wait for the service to subscribe
             await asyncio.sleep(0.2)
@@ -335,33 +382,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         pub = MqttPublisher(Settings().mqtt, client_id=f"soak-pub-{uuid.uuid4().hex[:6]}")
         await pub.start()
         rss: list[float] = []
-        sent, start = 0, time.perf_counter()
-        next_sample = start
-        while (elapsed := time.perf_counter() - start) < seconds:
-            due = int(elapsed * rate) - sent
-            if due > 0:
-                now = time.time()
-                await pub.publish(
-                    SimMessage(
-                        f"city/demo/senml/dev-{(sent + k) % 2000:04d}",
-                        json.dumps(
-                            [
-                                {
-                                    "bn": f"dev-{(sent + k) % 2000:04d}:",
-                                    "bt": now,
-                                    "n": "pm25",
-                                    "v": 7.0,
-                                }
-                            ]
-                        ).encode(),
-                    )
-                    for k in range(due)
-                )
-                sent += due
-            if time.perf_counter() >= next_sample:
-                rss.append(rss_mib(proc.pid))
-                next_sample += 10
-            await asyncio.sleep(0.005)
+        sent = await publish_paced(pub, rate, seconds, 0, lambda: rss.append(rss_mib(proc.pid)), 10)
         await pub.stop()
         await wait_rows(dsn, sent, timeout=120)
         conn = await asyncpg.connect(dsn)
@@ -374,11 +395,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         finally:
             await conn.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        service_log.close()
-        await _drop_database(TSDB_URL, dsn)
-        forget_session(soak_id)
+        await end_service(proc, service_log, dsn, soak_id)
     return {
         "paced_rate_msg_per_s": rate,
         "paced_seconds": seconds,

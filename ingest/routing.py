@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ingest.config import TopicRoute
+from schemas.cache import ByteBoundedCache
 
 NGSI_URN_PREFIX = "urn:ngsi-ld:"
 
@@ -75,7 +75,7 @@ def topic_matches(filter_: str, topic: str) -> bool:
 class Router:
     def __init__(self, routes: list[TopicRoute]) -> None:
         self._routes = routes
-        self.match = lru_cache(maxsize=100_000)(self._match)
+        self.match = ByteBoundedCache(self._match, max_bytes=16 * 1024 * 1024, max_key_bytes=1024)
 
     def _match(self, topic: str) -> RouteMatch | None:
         levels = topic.split("/")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal, get_args
+
+from schemas.cache import byte_bounded_cache
 
 Kind = Literal["air", "noise", "traffic", "water", "energy", "parking", "waste", "weather", "drainage"]
 Aggregation = Literal["linear", "decibel", "cumulative", "state"]
@@ -179,7 +180,7 @@ def _fold(raw: str) -> str:
 _FOLDED: dict[str, str] = {_fold(k): v for k, v in _NAME_ALIASES.items()}
 
 
-@lru_cache(maxsize=8192)
+@byte_bounded_cache(max_bytes=4 * 1024 * 1024, max_key_bytes=256)
 def canonical_metric_name(raw: str) -> str | None:
     """Map a payload's measurement name ("PM2_5", "temp", "LAeq") to a canonical metric, or None."""
     direct = METRICS.get(raw)

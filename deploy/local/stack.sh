@@ -80,7 +80,8 @@ set_url() {  # set_url KEY VALUE: upsert a line of urls.env
 # ---------------------------------------------------------------- Mosquitto
 # Optional: CITYKPI_STACK_MQTT_PASSWORD_FILE (mosquitto_passwd format) turns anonymous access off;
 # CITYKPI_STACK_MQTT_TLS_DIR (ca.crt, server.crt, server.key) with CITYKPI_STACK_MQTT_TLS_PORT adds
-# a TLS listener. Both are for auth tests and local TLS trials.
+# a TLS listener. Both are for auth tests and local TLS trials. CITYKPI_STACK_MQTT_AUTOSAVE_INTERVAL
+# and CITYKPI_STACK_MQTT_AUTOSAVE_ON_CHANGES set the persistence snapshots (bench/broker.py).
 mqtt_auth_conf() {
     if [ -n "${CITYKPI_STACK_MQTT_PASSWORD_FILE:-}" ]; then
         echo "allow_anonymous false"
@@ -109,7 +110,8 @@ listener $MQTT_PORT 127.0.0.1
 $(mqtt_auth_conf)
 persistence true
 persistence_location $dir/data/
-autosave_interval 30
+autosave_interval ${CITYKPI_STACK_MQTT_AUTOSAVE_INTERVAL:-1}
+autosave_on_changes ${CITYKPI_STACK_MQTT_AUTOSAVE_ON_CHANGES:-false}
 max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 0
@@ -202,9 +204,31 @@ kafka_up() {
     fi
     set_url CITYKPI_KAFKA__BOOTSTRAP_SERVERS "127.0.0.1:$KAFKA_PORT"
     set_url CITYKPI_STACK_KAFKA_IMPL "$(cat "$dir/impl")"
+    kafka_topics
     if [ "$(cat "$dir/impl")" = apache ]; then
         set_url CITYKPI_STACK_KAFKA_SASL "127.0.0.1:$KAFKA_SASL_PORT citykpi $KAFKA_SASL_PASSWORD"
     fi
+}
+
+kafka_topics() {  # the service's default topics (ingest/config.py), so a fresh stack has them
+    PYTHONPATH=$REPO "$VENV_DIR/bin/python" - "127.0.0.1:$KAFKA_PORT" <<'EOF' \
+        || log "default Kafka topics not created (the service notes their absence)"
+import asyncio, sys
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from ingest.config import KafkaSettings
+
+async def main() -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=sys.argv[1])
+    await admin.start()
+    try:
+        missing = {t.filter for t in KafkaSettings().topics} - set(await admin.list_topics())
+        if missing:
+            await admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in missing])
+    finally:
+        await admin.close()
+
+asyncio.run(main())
+EOF
 }
 
 kafka_down() { stop_pidfile "$STACK_DIR/kafka/kafka.pid" kafka; }

@@ -44,6 +44,21 @@ def kafka_security_kwargs(s: KafkaSettings) -> dict[str, object]:
     return kw
 
 
+class _MissingTopicErrors(logging.Filter):
+    """aiokafka logs an ERROR on every metadata refresh for a subscribed topic that does not exist
+    yet; the source says so once, at INFO, instead."""
+
+    MESSAGE = "Topic %s not found in cluster metadata"
+
+    def __init__(self, topics: set[str]) -> None:
+        super().__init__()
+        self.topics = topics
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == self.MESSAGE and args and args[0] in self.topics)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -72,6 +87,7 @@ class KafkaSource:
         self._unacked_since: deque[datetime] = deque()
         self._committed: dict[TopicPartition, int] = {}
         self._lag_at = 0.0
+        self._missing_topic_errors = _MissingTopicErrors({t.filter for t in settings.topics})
 
     async def start(self) -> None:
         s = self.settings
@@ -87,6 +103,7 @@ class KafkaSource:
             **kafka_security_kwargs(s),
         )
         self._consumer.subscribe([t.filter for t in s.topics], listener=_Rebalance(self))
+        logging.getLogger("aiokafka.cluster").addFilter(self._missing_topic_errors)
         await self._consumer.start()
         await self._note_missing_topics()
         self.connected = True
@@ -227,6 +244,7 @@ class KafkaSource:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        logging.getLogger("aiokafka.cluster").removeFilter(self._missing_topic_errors)
         self.connected = False
         await self.report()
         telemetry.SOURCE_CONNECTED.labels(self.name).set(0)

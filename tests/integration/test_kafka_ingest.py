@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,10 +13,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ingest import telemetry
 from ingest.config import KafkaSettings, Settings
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
@@ -165,3 +168,51 @@ async def test_rejected_payloads_also_go_to_the_dead_letter_topic(tsdb: str) -> 
     assert record["topic"] == topic
     assert record["partition"] is not None and record["offset"] is not None
     assert base64.b64decode(record["payload_base64"]) == b"{truncated"
+
+
+@pytest.mark.slow
+async def test_a_stalled_database_pauses_fetching_at_the_bound_and_lag_is_measured(tsdb: str) -> None:
+    topic = await new_topic()
+    await produce(topic, 3000)
+    settings = service_settings(tsdb, topic, "g-" + topic)
+    settings.kafka.max_held_messages, settings.kafka.max_poll_records = 500, 100
+    service = Service(settings)
+    lock = await asyncpg.connect(tsdb)
+    tx = lock.transaction()
+    await tx.start()
+    await lock.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+    try:
+        await service.start()
+        source = service.sources[0]
+        peak = 0
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            peak = max(peak, source.held_messages)
+        assert 500 <= peak < 500 + 100, peak  # paused at the bound: the rest stays in Kafka
+        await asyncio.sleep(5)  # the monitor measures lag every 5 s, paused or not
+        lag = sum(
+            s.value for m in telemetry.KAFKA_LAG.collect() for s in m.samples if s.labels["topic"] == topic
+        )
+        assert lag == 3000
+        await tx.rollback()
+        assert await wait_for_count(tsdb, 6000) == 6000
+    finally:
+        await lock.close()
+        await service.stop()
+    assert source.held_messages == 0
+
+
+async def test_missing_topics_are_noted_once_at_info_not_as_errors(
+    tsdb: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The local broker auto-creates a subscribed topic, so it may exist by the time of the note."""
+    missing = f"citykpi.test.absent.{uuid.uuid4().hex[:8]}"
+    service = Service(service_settings(tsdb, missing, "g-" + missing))
+    with caplog.at_level(logging.INFO):
+        await service.start()
+        await asyncio.sleep(2)
+        await service.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    notes = [r for r in caplog.records if "not created yet" in r.getMessage()]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert len(notes) <= 1 and all(n.levelno == logging.INFO and missing in n.getMessage() for n in notes)
