@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -102,3 +103,58 @@ async def test_the_ingest_login_cannot_migrate_and_run_does_not_try(
     await prepare_database(settings, settings.database.migrate_on_start)  # upserts the cities: allowed
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await prepare_database(settings, run_migrations=True)
+
+
+async def test_a_non_superuser_owner_migrates_and_makes_the_logins(server_url: str) -> None:
+    """The schema owner needs CREATEROLE and its database, not SUPERUSER (on TimescaleDB a DBA creates
+    the extension first): it migrates, makes a reader and an ingest login, and the model holds."""
+    from ingest.config import Settings
+    from ingest.database import prepare_database
+    from tests.conftest import _drop_database, _with_db, as_login
+
+    owner, db = f"own_{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:12]}"
+    su = await asyncpg.connect(server_url)
+    try:
+        await su.execute(f"CREATE ROLE {owner} LOGIN PASSWORD 'pw' CREATEROLE")
+        await su.execute(f"CREATE DATABASE {db} OWNER {owner}")
+    finally:
+        await su.close()
+    try:
+        if "15433" in server_url:
+            dba = await asyncpg.connect(_with_db(server_url, db))
+            try:
+                await dba.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            finally:
+                await dba.close()
+        owner_dsn = as_login(_with_db(server_url, db), owner)
+        await prepare_database(Settings(database={"url": owner_dsn}))  # type: ignore[arg-type]
+        conn = await asyncpg.connect(owner_dsn)
+        try:
+            await conn.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other')")
+            await conn.fetch("SELECT citykpi_grant_reader($1, 'demo', 'pw')", f"{owner}_r")
+            await conn.fetch("SELECT citykpi_grant_service($1, 'ingest', 'pw')", f"{owner}_i")
+            hypertables = await conn.fetchval(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+            ) and await conn.fetchval("SELECT count(*) FROM timescaledb_information.hypertables")
+        finally:
+            await conn.close()
+        assert hypertables == (4 if "15433" in server_url else 0)
+        batch = WriteBatch(source="test")
+        for city in ("demo", "other"):
+            batch.add(city, "air-1", "pm25", datetime.now(UTC) - timedelta(minutes=5), 7.0)
+        async with TimescaleWriter(as_login(owner_dsn, f"{owner}_i")) as w:
+            assert (await w.write(batch)).stored == 2
+        reader = await asyncpg.connect(as_login(owner_dsn, f"{owner}_r"))
+        try:
+            assert await reader.fetchval("SELECT count(*) FROM readings") == 1
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await reader.fetchval("SELECT count(*) FROM public.readings")
+        finally:
+            await reader.close()
+    finally:
+        await _drop_database(server_url, _with_db(server_url, db))
+        su = await asyncpg.connect(server_url)
+        try:
+            await su.execute(f"DROP ROLE IF EXISTS {owner}_r, {owner}_i, {owner}")
+        finally:
+            await su.close()
