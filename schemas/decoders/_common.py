@@ -52,12 +52,13 @@ def as_utc(dt: datetime, zone: tzinfo | None = None) -> datetime:
 
 def parse_iso(text: str, zone: tzinfo | None = None) -> datetime:
     """ISO 8601 date-time with "Z" or an offset, or without (read in `zone`, else UTC); an interval
-    "A/B" gives B.
+    "A/B" gives A.
 
-    Interval-valued observations are stamped at their end, the moment the value became known.
+    Interval-valued observations are stamped at the start of the interval they cover, so a value
+    lands in the rollup buckets (the hour, the local day) it describes (kpi_rollups/README.md).
     """
     if "/" in text:
-        text = text.rpartition("/")[2]
+        text = text.partition("/")[0]
     try:
         return as_utc(datetime.fromisoformat(text.strip()), zone)
     except (ValueError, OverflowError) as exc:

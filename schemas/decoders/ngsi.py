@@ -7,9 +7,10 @@ One lenient decoder serves both names: it accepts an entity, a list of entities 
 
 * Device id: the entity id (URN or not), never `ctx.device_id`: a notification carries many entities.
 * Time: the attribute's own `observedAt` (LD) or metadata `TimeInstant`/`timestamp`/`observedAt`
-  (v2); else the entity's `TimeInstant`, `dateObserved`, `dateObservedTo`, `dateLastReported`,
-  `dateModified`, first present; an interval "A/B" is stamped at B. Only an entity with none of these
-  falls back to `ctx.received_at`.
+  (v2); else the entity's `dateObservedFrom` (the start of the interval a value covers: it
+  belongs to that interval), `TimeInstant`, `dateObserved`, `dateObservedTo`, `dateLastReported`,
+  `dateModified`, first present; an interval "A/B" is stamped at A. Only an entity with none of
+  these falls back to `ctx.received_at`.
 * Units: `unitCode` when present; otherwise the Smart Data Models' documented unit:
   relativeHumidity, occupancy and fillingLevel are 0..1 (unit "1" -> %), waterConsumption is m³.
   The published examples carry implausible values (CO 500 "GP" = 500 mg/m³, 191051 m³ of water): the
@@ -44,7 +45,15 @@ _MODEL_ATTRS: dict[str, dict[str, str]] = {
 # Smart Data Models define these as fractions 0..1 whatever the entity type.
 _DEFAULT_UNITS: dict[str, str] = {"relativeHumidity": "1", "occupancy": "1", "fillingLevel": "1"}
 _PARKING_STATES: dict[str, float | None] = {"free": 0.0, "occupied": 1.0, "closed": None, "unknown": None}
-_ENTITY_TIMES = ("TimeInstant", "dateObserved", "dateObservedTo", "dateLastReported", "dateModified")
+# the start of the observed interval first: a value is attributed to the interval it covers
+_ENTITY_TIMES = (
+    "dateObservedFrom",
+    "TimeInstant",
+    "dateObserved",
+    "dateObservedTo",
+    "dateLastReported",
+    "dateModified",
+)
 _METADATA_TIMES = ("TimeInstant", "timestamp", "observedAt")
 _SKIP_KEYS = frozenset({"id", "type", "@context", "location", "address"})
 

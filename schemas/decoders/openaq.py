@@ -42,9 +42,9 @@ def _decode_result(result: Any, ctx: DecodeContext) -> Reading | None:
     device = DEVICE_PREFIX + sensor if sensor else ctx.device_id
     if not device:
         raise DecodeError("missing_device", "OpenAQ measurements need ctx.device_id")
-    stamp = (
-        _utc_of(result, "period", "datetimeTo")
-        or _utc_of(result, "period", "datetimeFrom")
+    stamp = (  # the start of the averaging period: the value belongs to the interval it covers
+        _utc_of(result, "period", "datetimeFrom")
+        or _utc_of(result, "period", "datetimeTo")
         or _utc_of(result, "datetime")
     )
     if stamp is None:

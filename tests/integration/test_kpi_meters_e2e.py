@@ -58,7 +58,7 @@ def senml(device: str, metric: str, unit: str, t: datetime, value: float) -> str
 
 
 async def replay_and_refresh(
-    dsn: str, tmp_path: Path, reg: str, lines: list[str], *refresh: str
+    dsn: str, tmp_path: Path, reg: str, lines: list[str], *refresh: tuple[str, ...], fmt: str = "jsonl:senml"
 ) -> dict[tuple[str, str], asyncpg.Record]:
     """Import the registry, replay the lines, refresh with the CLI; kpi_values by (code, period)."""
     (tmp_path / "reg.toml").write_text(reg)
@@ -70,7 +70,7 @@ async def replay_and_refresh(
     f = tmp_path / "meters.jsonl"
     f.write_text("\n".join(lines) + "\n")
     env = {"CITYKPI_DATABASE__URL": dsn}
-    out = run("replay", str(f), "--format", "jsonl:senml", "--city", "m", env=env)
+    out = run("replay", str(f), "--format", fmt, "--city", "m", env=env)
     assert out.returncode == 0, out.stderr
     assert f"{len(lines)} stored" in out.stdout, out.stdout
     for args in refresh or (("--period", DAY.isoformat(), "--kind", "day"),):

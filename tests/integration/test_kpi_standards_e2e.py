@@ -3,6 +3,7 @@ refresh` -> kpi_values, on a UTC city (local hours = UTC hours) on Wednesday 202
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -282,3 +283,43 @@ expected_interval_s = 900
     assert pm25["coverage"] == pytest.approx(1.0)
     lden = await area_row(tsdb, "EN:EN:EQ:2A", "lden", "c")
     assert lden["value"] == pytest.approx(65.0, abs=1e-9)
+
+
+async def test_interval_readings_are_attributed_to_the_hour_they_cover(tsdb, tmp_path) -> None:
+    """Item 7: NGSI NoiseLevelObserved entities carry dateObservedFrom/dateObservedTo; the LAeq of
+    07:00-08:00 is stamped 07:00 (the start: the hour it covers), not 08:00. Hourly LAeq 65 dB for
+    the hours 07-19, 60 for 19-23, 55 for 23-07 give Ld 65, Le 60, Ln 55 and Lden = 65.0 dB; stamped
+    at the end, the 06-07 hour's 55 dB moved into the day, 22-23's 60 dB into the night and
+    Lden came out 0.58 dB high, Lnight 1.0 dB high (the issue's hand-worked day)."""
+    reg = (
+        registry(100, 1, 1, "")
+        + """
+[[areas]]
+area_id = "c"
+population = 100
+[[devices]]
+device_id = "noise-ngsi"
+area_id = "c"
+expected_interval_s = 3600
+"""
+    )
+    lines = []
+    for h in range(24):
+        level = 65.0 if 7 <= h < 19 else 60.0 if 19 <= h < 23 else 55.0
+        entity = {
+            "id": "noise-ngsi",
+            "type": "NoiseLevelObserved",
+            "LAeq": {"type": "Number", "value": level},
+            "dateObservedFrom": {"type": "DateTime", "value": at(h).isoformat()},
+            "dateObservedTo": {"type": "DateTime", "value": at(h + 1).isoformat()},
+        }
+        lines.append(json.dumps(entity))
+    await replay_and_refresh(tsdb, tmp_path, reg, lines, fmt="jsonl:ngsi-v2")
+    lden = await area_row(tsdb, "EN:EN:EQ:2A", "lden", "c")
+    assert lden["value"] == pytest.approx(65.0, abs=1e-9)
+    d = details(lden)
+    assert (d["lday"], d["levening"], d["lnight"]) == (
+        pytest.approx(65.0),
+        pytest.approx(60.0),
+        pytest.approx(55.0),
+    )

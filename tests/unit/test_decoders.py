@@ -75,7 +75,7 @@ def test_ngsi_v2_air_quality(fmt: str) -> None:
         "precipitation",
     }
     assert all(x.device_id == "Madrid-AmbientObserved-28079004-2016-03-15T11:00:00" for x in readings)
-    assert all(x.time == utc(2016, 3, 15, 12) for x in readings)  # dateObserved interval, stamped at its end
+    assert all(x.time == utc(2016, 3, 15, 11) for x in readings)  # dateObserved interval, at its start
     assert (r["no2"].value, r["no2"].unit) == (69.0, "GQ")
     assert normalize("no2", r["no2"].value, r["no2"].unit) == 69.0
     assert (r["co"].value, r["co"].unit) == (500.0, "GP")  # as published: 500 mg/m³, rejected downstream
@@ -96,7 +96,7 @@ def test_ngsi_ld_air_quality_key_values() -> None:
     assert (r["no2"].value, r["no2"].unit) == (69.0, None)
     assert (r["nox"].value, r["so2"].value, r["no"].value) == (139.0, 11.0, 45.0)
     assert r["humidity"].unit == "1"
-    assert r["no2"].time == utc(2016, 3, 15, 12)
+    assert r["no2"].time == utc(2016, 3, 15, 11)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_ngsi_noise(rel: str, device: str) -> None:
     assert set(r) == {"laeq", "lamax"}  # LAS is not LAeq when LAeq is there; LAeq_d is not a reading
     assert (r["laeq"].value, r["lamax"].value) == (67.8, 94.5)
     assert r["laeq"].device_id == device
-    assert r["laeq"].time == utc(2016, 12, 28, 12)  # dateObservedTo (LD: a JSON-LD @value literal)
+    assert r["laeq"].time == utc(2016, 12, 28, 11)  # dateObservedFrom: the hour the LAeq covers
 
 
 def test_ngsi_noise_las_is_the_fallback_for_laeq() -> None:
@@ -142,7 +142,7 @@ def test_ngsi_traffic_flow(rel: str, device: str) -> None:
     assert (r["vehicle_count"].value, r["vehicle_speed"].value) == (197.0, 52.6)
     assert normalize("occupancy", r["occupancy"].value, r["occupancy"].unit) == pytest.approx(76.0)
     assert r["occupancy"].device_id == device
-    assert r["occupancy"].time == utc(2016, 12, 7, 11, 15)
+    assert r["occupancy"].time == utc(2016, 12, 7, 11, 10)  # dateObservedFrom
 
 
 def test_ngsi_v2_parking_spot_with_ld_style_relationship() -> None:
@@ -428,8 +428,8 @@ def test_sensor_community_csv_needs_a_header() -> None:
 def test_openaq_api_v3_measurements() -> None:
     readings = DECODERS["openaq"](sample("openaq/measurements-api-v3.json"), ctx(device_id="openaq-7117"))
     assert [(r.device_id, r.metric, r.value, r.unit, r.time) for r in readings] == [
-        ("openaq-7117", "pm25", 6.0, "µg/m³", utc(2023, 10, 16, 13)),  # period.datetimeTo
-        ("openaq-7117", "pm25", 7.5, "µg/m³", utc(2023, 10, 16, 14)),
+        ("openaq-7117", "pm25", 6.0, "µg/m³", utc(2023, 10, 16, 12)),  # period.datetimeFrom
+        ("openaq-7117", "pm25", 7.5, "µg/m³", utc(2023, 10, 16, 13)),
     ]
     assert normalize("pm25", readings[1].value, readings[1].unit) == 7.5
 
