@@ -176,9 +176,12 @@ def test_window_segments_cover_the_window_with_the_coarsest_rollups() -> None:
     india = window_segments(
         datetime(2025, 5, 31, 18, 30, tzinfo=UTC), datetime(2025, 6, 1, 18, 30, tzinfo=UTC)
     )
-    assert [s[0] for s in india] == ["rollup_1m", "rollup_1h", "rollup_1m"]
+    assert [s[0] for s in india] == ["rollup_15m", "rollup_1h", "rollup_15m"]  # midnight at :30
     total = sum(((b - a) for _, a, b in india), timedelta())
     assert total == timedelta(days=1)
+    odd = window_segments(datetime(2025, 6, 1, 0, 7, tzinfo=UTC), datetime(2025, 6, 1, 2, 50, tzinfo=UTC))
+    assert [s[0] for s in odd] == ["rollup_1m", "rollup_15m", "rollup_1h", "rollup_15m", "rollup_1m"]
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(odd))
 
 
 def test_registry_toml_errors_name_section_row_and_field() -> None:
