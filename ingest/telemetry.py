@@ -20,7 +20,6 @@ WRITE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUE_ROWS = Gauge("citykpi_queue_readings", "Readings decoded and waiting for the writer")
-MQTT_INFLIGHT = Gauge("citykpi_mqtt_inflight", "MQTT messages received and not yet acknowledged")
 KAFKA_LAG = Gauge("citykpi_kafka_lag", "Kafka consumer lag", ["topic", "partition"])
 LAST_WRITE = Gauge("citykpi_last_successful_write_timestamp_seconds", "Unix time of the last commit")
 WRITE_FAILURES = Counter(

@@ -1602,10 +1602,11 @@ def ingestion() -> Dashboard:
     note = (
         "A platform view: write batches have no city, so batch panels cover every city; dead letters "
         "and readings follow the data source role's cities. Write latency, Kafka lag per "
-        "partition, MQTT in-flight and queue depth are Prometheus metrics on the service's "
-        "`/metrics` endpoint (`citykpi_write_seconds`, `citykpi_kafka_lag`, `citykpi_mqtt_inflight`, "
-        "`citykpi_queue_readings`): add a Prometheus data source for them. The lag panel here is "
-        "commit time minus the newest reading of each batch, from `readings` (costly over long ranges)."
+        "partition, messages held unacknowledged and queue depth are Prometheus metrics on the "
+        "service's `/metrics` endpoint (`citykpi_write_seconds`, `citykpi_kafka_lag`, "
+        "`citykpi_held_messages`, `citykpi_queue_readings`): add a Prometheus data source for them. "
+        "The lag panel here is commit time minus the newest reading of each batch, from `readings` "
+        "(costly over long ranges)."
     )
     return Dashboard(
         uid="citykpi-ingestion",

@@ -42,7 +42,9 @@ async def test_healthz_readyz_and_metrics(tsdb: str, mosquitto: PrivateMosquitto
         for name in (
             "citykpi_readings_stored_total",
             "citykpi_write_seconds_bucket",
-            "citykpi_mqtt_inflight",
+            "citykpi_held_messages",
+            "citykpi_oldest_unacked_seconds",
+            "citykpi_source_connected",
             "citykpi_queue_readings",
             "citykpi_last_successful_write_timestamp_seconds",
             "citykpi_rejected_total",
