@@ -34,6 +34,8 @@ def dead_letter_record(d: DeadLetter) -> bytes:
             "city_id": d.city_id,
             "device_id": d.device_id,
             "payload_size": d.payload_size,
+            "received_at": d.received_at.isoformat() if d.received_at is not None else None,
+            "message_id": str(d.message_id) if d.message_id is not None else None,
             "payload_base64": base64.b64encode(d.payload).decode() if d.payload is not None else None,
         }
     ).encode()

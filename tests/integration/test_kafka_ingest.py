@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -168,6 +169,7 @@ async def test_rejected_payloads_also_go_to_the_dead_letter_topic(tsdb: str) -> 
     assert record["topic"] == topic
     assert record["partition"] is not None and record["offset"] is not None
     assert base64.b64decode(record["payload_base64"]) == b"{truncated"
+    assert record["message_id"] and datetime.fromisoformat(record["received_at"]).tzinfo is not None
 
 
 @pytest.mark.slow
