@@ -8,14 +8,17 @@ sparkline of its monthly series within the year (daily when fewer than two month
 
 from __future__ import annotations
 
-import html
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from importlib.resources import files
 from pathlib import Path
 
 import asyncpg
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from kpi_rollups.catalog import KpiDefinition, load_catalog
 from kpi_rollups.periods import Period, periods_in
@@ -145,8 +148,6 @@ async def build_profile(
             use_days = sum(v is not None for _, v in months) < 2 and sum(v is not None for _, v in days) >= 2
             details = r["details"] if isinstance(r["details"], dict) else {}
             if isinstance(r["details"], str):
-                import json
-
                 details = json.loads(r["details"])
             out_rows.append(
                 Row(
@@ -198,20 +199,31 @@ def _on_axis(points: list[tuple[str, float | None]], axis: list[str]) -> list[tu
 
 
 # --------------------------------------------------------------------------------------------------
-# Sparklines
+# Rendering: Jinja2 templates in kpi_rollups/templates (HTML autoescaped, so registry text is inert)
 # --------------------------------------------------------------------------------------------------
 
+_TEMPLATES = Environment(
+    loader=PackageLoader("kpi_rollups", "templates"),
+    autoescape=select_autoescape(["html.j2", "svg.j2"], default_for_string=True),
+    undefined=StrictUndefined,
+)
 
-def sparkline_svg(
-    points: Sequence[tuple[str, float | None]], title: str, width: int = 120, height: int = 30
-) -> str:
-    """Inline SVG line of the series (gaps where a value is missing), last point marked."""
+
+@dataclass(frozen=True)
+class _SparkLine:
+    path: str
+    last_x: float
+    last_y: float
+    tip: str
+
+
+def _spark_line(
+    points: Sequence[tuple[str, float | None]], title: str, width: int, height: int
+) -> _SparkLine | None:
+    """The SVG path of the series (gaps where a value is missing), its last point and its tooltip."""
     vals = [(i, v) for i, (_, v) in enumerate(points) if v is not None and math.isfinite(v)]
-    esc = html.escape
     if not vals:
-        return (
-            f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="no series"></svg>'
-        )
+        return None
     lo = min(v for _, v in vals)
     hi = max(v for _, v in vals)
     pad = 4.0
@@ -228,15 +240,16 @@ def sparkline_svg(
         path.append(f"{'L' if prev == i - 1 else 'M'}{x:.1f},{y:.1f}")
         prev = i
     lx, ly = xy(*vals[-1])
-    first, last = points[0][0], points[-1][0]
-    tip = f"{title}: {first} – {last}, min {lo:.4g}, max {hi:.4g}"
-    return (
-        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{esc(tip)}"><title>{esc(tip)}</title>'
-        f'<path d="{" ".join(path)}" fill="none" stroke="#2b6cb0" stroke-width="1.6" '
-        'stroke-linejoin="round"/>'
-        f'<circle cx="{lx:.1f}" cy="{ly:.1f}" r="2.6" fill="#2b6cb0"/></svg>'
-    )
+    tip = f"{title}: {points[0][0]} – {points[-1][0]}, min {lo:.4g}, max {hi:.4g}"
+    return _SparkLine(" ".join(path), lx, ly, tip)
+
+
+def sparkline_svg(
+    points: Sequence[tuple[str, float | None]], title: str, width: int = 120, height: int = 30
+) -> Markup:
+    """Inline SVG line of the series, last point marked (title escaped)."""
+    line = _spark_line(points, title, width, height)
+    return Markup(_TEMPLATES.get_template("sparkline.svg.j2").render(line=line, width=width, height=height))
 
 
 def sparkline_text(points: Sequence[tuple[str, float | None]]) -> str:
@@ -254,177 +267,26 @@ def sparkline_text(points: Sequence[tuple[str, float | None]]) -> str:
     return "".join(out)
 
 
-# --------------------------------------------------------------------------------------------------
-# HTML
-# --------------------------------------------------------------------------------------------------
-
-CSS = """
-:root { --ink:#1f2933; --muted:#5f6b7a; --line:#dde3ea; --bg:#f6f8fa; --accent:#2b6cb0; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color:var(--ink); background:var(--bg); }
-header { background:#14365d; color:#fff; padding:22px 32px; }
-header h1 { margin:0 0 4px; font-size:24px; font-weight:600; }
-header .meta { color:#c9d6e6; font-size:13px; }
-main { max-width:1180px; margin:0 auto; padding:18px 24px 40px; }
-.summary { display:flex; gap:14px; flex-wrap:wrap; margin:6px 0 18px; }
-.summary div { background:#fff; border:1px solid var(--line); border-radius:8px; padding:10px 16px; }
-.summary b { display:block; font-size:20px; }
-.legend { font-size:12px; color:var(--muted); }
-.legend .chip { margin-left:6px; }
-.chip { display:inline-block; padding:1px 8px; border-radius:10px; color:#fff; font-size:12px;
-        white-space:nowrap; }
-h2 { margin:28px 0 8px; font-size:20px; border-bottom:2px solid var(--accent); padding-bottom:4px; }
-h3 { margin:18px 0 8px; font-size:15px; color:var(--muted); font-weight:600; }
-.kpi { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px 16px; margin:0 0 12px; }
-.kpi-head { display:flex; align-items:baseline; gap:10px; flex-wrap:wrap; }
-.kpi-head h4 { margin:0; font-size:16px; }
-.code { font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12px; background:#eef2f7;
-        border-radius:4px; padding:1px 6px; }
-.pill { font-size:11px; border:1px solid var(--line); border-radius:10px; padding:0 7px; color:var(--muted); }
-.pill.warn { border-color:#e0b04a; color:#8a6212; background:#fff8e6; }
-.def { color:var(--muted); font-size:12.5px; margin:4px 0 8px; }
-table { width:100%; border-collapse:collapse; font-size:13px; table-layout:fixed; }
-th { text-align:left; font-weight:600; color:var(--muted); border-bottom:1px solid var(--line);
-     padding:4px 6px; }
-td { border-bottom:1px solid #eef1f4; padding:5px 6px; vertical-align:middle; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-td.value { font-weight:600; }
-.ok { color:#2e8b57; font-weight:600; } .no { color:#c8423b; font-weight:600; }
-.note { color:var(--muted); font-size:12px; }
-.method { color:var(--muted); font-size:12px; margin-top:6px; }
-footer { color:var(--muted); font-size:12px; max-width:1180px; margin:0 auto; padding:0 24px 30px; }
-svg.spark { display:block; }
-.spark-kind { color:var(--muted); font-size:10.5px; }
-"""
+def _markdown_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
 
 
-def _chip(band: str | None) -> str:
-    colour = BAND_COLOURS[band_index(band)]
-    return f'<span class="chip" style="background:{colour}">{html.escape(band or "no score")}</span>'
+_TEMPLATES.filters.update(
+    fmt=fmt_value,
+    band_colour=lambda band: BAND_COLOURS[band_index(band)],
+    cell=_markdown_cell,
+    spark_text=sparkline_text,
+)
+_TEMPLATES.globals["sparkline"] = sparkline_svg
 
 
 def render_html(profile: CityProfile) -> str:
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{e(profile.name)} — U4SSC city profile {profile.year}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<header><h1>{e(profile.name)} — U4SSC city profile {profile.year}</h1>",
-        f'<div class="meta">City id {e(profile.city_id)} · time zone {e(profile.timezone)} · generated '
-        f"{profile.generated_at:%Y-%m-%d %H:%M} UTC by citykpi from sensor data and the city registry</div>"
-        "</header><main>",
-        '<section class="summary">',
-        f"<div><b>{len(profile.blocks)}</b>KPIs in the catalog</div>",
-        f"<div><b>{profile.n_values}</b>values computed</div>",
-        f"<div><b>{profile.n_valid}</b>valid (coverage rule met)</div>",
-        "</section>",
-        '<div class="legend">Score = % of target (capped at 100): '
-        + "".join(f"<span>{_chip(b)}</span>" for b in ("0-33%", "33-66%", "66-95%", ">95%"))
-        + "</div>",
-    ]
-    for dimension, groups in profile.by_dimension().items():
-        parts.append(f"<h2>{e(dimension)}</h2>")
-        for group, blocks in groups.items():
-            parts.append(f"<h3>{e(group)}</h3>")
-            for b in blocks:
-                k = b.kpi
-                pills = f'<span class="pill">{"Core" if k.level == "core" else "Advanced"}</span>'
-                if not k.confirmed:
-                    pills += f' <span class="pill warn" title="{e(k.confirmation_note)}">unconfirmed</span>'
-                parts.append(
-                    f'<article class="kpi" id="{e(k.slug)}"><div class="kpi-head"><h4>{e(k.name)}</h4>'
-                    f'<span class="code">{e(k.display_code)}</span>{pills}</div>'
-                    f'<div class="def">{e(k.definition)}</div>'
-                    "<table><colgroup><col style=width:23%><col style=width:13%><col style=width:11%>"
-                    "<col style=width:12%><col style=width:8%><col style=width:5%><col style=width:16%>"
-                    "<col style=width:12%></colgroup><thead><tr><th>Indicator</th><th>Value</th>"
-                    "<th>Target</th><th>Score</th>"
-                    "<th>Coverage</th><th>Valid</th><th>Data quality</th><th>Series</th></tr></thead><tbody>"
-                )
-                for r in b.rows:
-                    cov = f"{r.coverage * 100:.1f} %" if r.coverage is not None else "n/a (registry)"
-                    score = f"{r.score:.0f} % {_chip(r.band)}" if r.score is not None else _chip(None)
-                    note = f'<div class="note">{e(r.note)}</div>' if r.note else ""
-                    target = e(fmt_value(r.target, r.unit)) if r.target is not None else "–"
-                    series_kind = "daily" if r.series_kind == "day" else "monthly"
-                    spark_title = f"{k.name} {r.label} ({series_kind})"
-                    n_points = sum(v is not None for _, v in r.series)
-                    kind = f'<div class="spark-kind">{series_kind}, {n_points} pts</div>' if n_points else ""
-                    parts.append(
-                        f"<tr><td>{e(r.label)}{note}</td>"
-                        f'<td class="num value">{e(fmt_value(r.value, r.unit))}</td>'
-                        f'<td class="num">{target}</td>'
-                        f'<td class="num">{score}</td><td class="num">{cov}</td>'
-                        f"<td>{'<span class=ok>yes</span>' if r.valid else '<span class=no>no</span>'}</td>"
-                        f"<td>{e(r.quality_label)}<div class=note>{r.n_devices} devices, "
-                        f"{r.n_readings:,} readings</div></td>"
-                        f"<td>{sparkline_svg(r.series, spark_title)}{kind}</td></tr>"
-                    )
-                parts.append("</tbody></table>")
-                notes = " ".join(x for x in (k.method_note, k.target_note) if x)
-                if notes:
-                    parts.append(f'<div class="method">{e(notes)}</div>')
-                parts.append("</article>")
-    parts.append(
-        "</main><footer>Codes follow the U4SSC KPI collection methodology (ITU); entries marked "
-        "“unconfirmed” have a code or definition still to be verified. Values are stored and shown even "
-        "when their data coverage is below the validity threshold (75 % of the expected readings of the "
-        "period by default); such values are marked not valid.</footer></body></html>"
-    )
-    return "\n".join(parts)
+    css = files("kpi_rollups").joinpath("templates/report.css").read_text(encoding="utf-8")
+    return _TEMPLATES.get_template("report.html.j2").render(p=profile, css=Markup(css))
 
 
 def render_markdown(profile: CityProfile) -> str:
-    lines = [
-        f"# {profile.name} — U4SSC city profile {profile.year}",
-        "",
-        f"City id `{profile.city_id}`, time zone {profile.timezone}; generated "
-        f"{profile.generated_at:%Y-%m-%d %H:%M} UTC by citykpi. {profile.n_values} values computed, "
-        f"{profile.n_valid} valid. Score = % of target (capped at 100), bands 0-33 / 33-66 / 66-95 / >95 %.",
-    ]
-    for dimension, groups in profile.by_dimension().items():
-        lines += ["", f"## {dimension}"]
-        for group, blocks in groups.items():
-            lines += ["", f"### {group}"]
-            for b in blocks:
-                k = b.kpi
-                flags = "Core" if k.level == "core" else "Advanced"
-                if not k.confirmed:
-                    flags += f"; unconfirmed: {k.confirmation_note}"
-                lines += ["", f"#### {k.name} (`{k.display_code}`, {flags})", "", k.definition, ""]
-                lines.append(
-                    "| Indicator | Value | Target | Score | Band | Coverage | Valid | Data quality | Series |"
-                )
-                lines.append("|---|---:|---:|---:|---|---:|---|---|---|")
-                for r in b.rows:
-                    cov = f"{r.coverage * 100:.1f} %" if r.coverage is not None else "n/a (registry)"
-                    label = r.label + (f" ({r.note})" if r.note else "")
-                    lines.append(
-                        "| "
-                        + " | ".join(
-                            x.replace("|", "\\|")
-                            for x in (
-                                label,
-                                fmt_value(r.value, r.unit),
-                                fmt_value(r.target, r.unit) if r.target is not None else "–",
-                                f"{r.score:.0f} %" if r.score is not None else "–",
-                                r.band or "–",
-                                cov,
-                                "yes" if r.valid else "no",
-                                r.quality_label,
-                                sparkline_text(r.series),
-                            )
-                        )
-                        + " |"
-                    )
-                notes = " ".join(x for x in (k.method_note, k.target_note) if x)
-                if notes:
-                    lines += ["", f"_{notes}_"]
-    lines.append("")
-    return "\n".join(lines)
+    return _TEMPLATES.get_template("report.md.j2").render(p=profile)
 
 
 async def write_report(

@@ -97,3 +97,16 @@ async def test_report_renders_in_headless_chromium_with_every_kpi(tsdb: str, tmp
         check=True,
     )
     assert shot.stat().st_size > 20_000
+
+
+async def test_hostile_registry_text_is_escaped_in_the_html_report(tsdb: str, tmp_path: Path) -> None:
+    """A city name from the registry is data, not markup: the page shows it and runs nothing."""
+    hostile = "</title><script>alert('x')</script><img src=x onerror=alert(1)> & \"Co\""
+    await import_text(tsdb, tmp_path, REGISTRY_A.replace('name = "City A"', f"name = '''{hostile}'''"))
+    await write(tsdb, city_a_batch(day=DAYS[0]))
+    html_path, md_path = await write_report(tsdb, "a", 2025, tmp_path / "out", now=NOW)
+    page = html_path.read_text()
+    assert not re.search(r"<script|<img|onerror=alert\(1\)>", page)
+    assert "&lt;/title&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    assert "&amp; &#34;Co&#34;" in page
+    assert hostile in md_path.read_text()  # Markdown keeps the text as written
