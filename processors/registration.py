@@ -4,7 +4,8 @@ Auto-registration lets a new sensor start reporting without a registry import; u
 message (an NGSI notification naming 50 entities) or one noisy client fill a city's registry. A device
 refused here stays unknown: its readings become `unknown_device` dead letters, replayable once it is
 registered (or the next minute), and the refusal is counted in
-`citykpi_device_registrations_refused_total`.
+`citykpi_device_registrations_refused_total`. The budget caps what the service's sources deliver;
+`citykpi replay` and `deadletters requeue` are the operator's and are not capped.
 """
 
 from __future__ import annotations
