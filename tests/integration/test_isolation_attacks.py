@@ -8,7 +8,9 @@ values, dead letters and city facts for both; the reader is a `citykpi_grant_rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,9 +19,10 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
+from ingest.config import Settings
 from processors.writer import TimescaleWriter, WriteBatch
 from schemas.access import READER_VIEWS
-from tests.conftest import as_login, deployment_of, make_login
+from tests.conftest import PrivateMosquitto, as_login, deployment_of, make_login
 
 pytestmark = pytest.mark.integration
 
@@ -448,7 +451,6 @@ async def test_a_hostile_device_cannot_flood_a_city_or_win_the_first_value_race_
     to an earlier one for the same key is dead-lettered and counted per city."""
     from datetime import datetime as dt
 
-    from ingest.config import Settings
     from ingest.telemetry import CONFLICTING_VALUES, REGISTRATIONS_REFUSED
     from ingest.validation import Rejected, Validator
     from processors.registration import RegistrationBudget
@@ -503,3 +505,65 @@ async def test_a_hostile_device_cannot_flood_a_city_or_win_the_first_value_race_
         await w.write(first)
         assert (await w.write(spoofed)).dead_letters == 1
     assert CONFLICTING_VALUES.labels("demo")._value.get() - conflicts == 1
+
+
+async def test_hostile_devices_through_the_service_reach_no_other_city(
+    any_db: str, service_logins: tuple[str, str], mosquitto: PrivateMosquitto
+) -> None:
+    """End to end, the service running as its ingest login: a device naming 50 other devices in
+    its SenML pack on its own topic, the same pack through a gateway route (the per-message cap),
+    a value stamped 90 s ahead, a pack naming another city's device: nothing lands in the other
+    city, the gateway registers only its cap, every refusal is a dead letter."""
+    from ingest.config import TopicRoute
+    from ingest.service import Service
+    from ingest.simulator import SimMessage
+    from tests.integration.test_mqtt_ingest import publish, settings_for
+
+    owner = await asyncpg.connect(any_db)
+    try:
+        await owner.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other City')")
+        await owner.execute("INSERT INTO devices (city_id, device_id) VALUES ('other', 'victim')")
+    finally:
+        await owner.close()
+    settings = settings_for(service_logins[0], mosquitto.port)
+    settings.mqtt.routes.append(TopicRoute(filter="gw/+/senml", format="senml", city_level=2))
+    settings.quality.enabled, settings.kpi_refresh_interval_s = False, 0
+    now = int(datetime.now(UTC).timestamp())
+    flood = json.dumps([{"bn": f"other-{i:02d}:", "bt": now - 60, "n": "pm25", "v": 1.0} for i in range(50)])
+    messages = [
+        SimMessage("city/demo/senml/dev-1", flood.encode()),  # topic identity: others are mismatches
+        SimMessage("gw/demo/senml", flood.encode()),  # a gateway: its cap of new devices
+        SimMessage(
+            "city/demo/senml/dev-1",
+            json.dumps([{"bn": "dev-1:", "bt": now + 90, "n": "pm25", "v": 2.0}]).encode(),
+        ),
+        SimMessage(
+            "city/demo/senml/victim",
+            json.dumps([{"bn": "victim:", "bt": now - 30, "n": "pm25", "v": 3.0}]).encode(),
+        ),
+    ]
+    service = Service(settings)
+    await service.start()
+    try:
+        await publish(mosquitto.port, messages)
+        deadline = asyncio.get_running_loop().time() + 30
+        while service.pipeline.stats.stored + service.pipeline.stats.dead_letters < 102:
+            assert asyncio.get_running_loop().time() < deadline, service.pipeline.stats
+            await asyncio.sleep(0.2)
+    finally:
+        await service.stop()
+    owner = await asyncpg.connect(any_db)
+    try:
+        other = await owner.fetchval(
+            "SELECT count(*) FROM readings r JOIN devices d USING (device_key) WHERE d.city_id = 'other'"
+        )
+        assert other == 0
+        assert await owner.fetchval("SELECT count(*) FROM devices WHERE city_id = 'other'") == 1
+        cap = Settings().validation.max_new_devices_per_message  # type: ignore[call-arg]
+        assert await owner.fetchval("SELECT count(*) FROM devices WHERE device_id LIKE 'other-%'") == cap
+        reasons = dict(await owner.fetch("SELECT reason, count(*) FROM dead_letters GROUP BY 1"))
+        assert reasons.get("unknown_device") == 50 - cap, reasons
+        assert reasons.get("time_in_future") == 1, reasons
+        assert reasons.get("device_mismatch", 0) >= 49, reasons
+    finally:
+        await owner.close()
