@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ingest.config import ConfigError, Settings, load_settings, masked_dump
+from ingest.config import ConfigError, Settings, load_settings, masked_dump, value_origins
 from ingest.logs import setup_logging
 from kpi_rollups.cli import kpi_app, registry_app, report
 
@@ -58,8 +58,13 @@ def _settings(config: Path | None, log_level: str | None = None) -> Settings:
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
-    """Print the effective configuration, secrets masked."""
+    """Print the effective configuration, secrets masked (JSON on stdout), and on stderr where each
+    value that is not a default came from."""
     print(json.dumps(masked_dump(_settings(config, "WARNING")), indent=2, default=str))
+    origins = value_origins(config)
+    console.print("values not at their default, and where they came from:" if origins else "all defaults")
+    for key, origin in origins.items():
+        console.print(f"  {key}: {origin}", markup=False, highlight=False)
 
 
 @app.command()

@@ -1,15 +1,18 @@
 """citykpi's one configuration model.
 
 Sources, highest precedence first: keyword arguments, environment variables (`CITYKPI_…`, nested
-fields with `__`, e.g. `CITYKPI_MQTT__PORT=1883`), `.env`, the local stack's `.stack/urls.env`, a TOML
-file named by `CITYKPI_CONFIG_FILE` (or `citykpi --config FILE`), then defaults that point at the
-local stack started by `deploy/local/stack.sh`.
+fields with `__`, e.g. `CITYKPI_MQTT__PORT=1883`), the TOML file named by `citykpi --config FILE` (or
+`CITYKPI_CONFIG_FILE`), then the implicit files of the working directory, `.env` and the local
+stack's `.stack/urls.env`, then defaults that point at the local stack started by
+`deploy/local/stack.sh`. An explicit file outranks implicit ones, so `citykpi run --config prod.toml`
+from a checkout never writes to the local stack; `value_origins` says which source set each value.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -19,6 +22,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -27,10 +33,12 @@ from pydantic_settings import (
 from schemas.decoders import DECODERS, check_field_map
 
 CONFIG_FILE_ENV = "CITYKPI_CONFIG_FILE"
+IMPLICIT_ENV_FILES = (".env", ".stack/urls.env")  # in the working directory; the first wins
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("citykpi_config_file", default=None)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 
 
-class ConfigError(SystemExit):
+class ConfigError(ValueError):
     """Invalid configuration: the message names each bad field and how to fix it."""
 
 
@@ -335,7 +343,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CITYKPI_",
         env_nested_delimiter="__",
-        env_file=(".stack/urls.env", ".env"),
         extra="ignore",
     )
 
@@ -368,11 +375,46 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
-        toml_file = os.environ.get(CONFIG_FILE_ENV)
-        if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
-        return tuple(sources)
+        named = _named_sources(settings_cls, init_settings, env_settings)
+        return (*(source for _, source in named), file_secret_settings)
+
+
+def _config_file() -> Path | None:
+    """The explicit configuration file: `load_settings(config_file)`, else CITYKPI_CONFIG_FILE."""
+    explicit = _CONFIG_FILE.get()
+    if explicit is not None:
+        return explicit
+    named = os.environ.get(CONFIG_FILE_ENV)
+    return Path(named) if named else None
+
+
+def _named_sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> list[tuple[str, PydanticBaseSettingsSource]]:
+    """The sources with what `config show` calls them, highest precedence first."""
+    named: list[tuple[str, PydanticBaseSettingsSource]] = [
+        ("argument", init_settings),
+        ("environment", env_settings),
+    ]
+    config_file = _config_file()
+    if config_file is not None:
+        named.append((f"config file {config_file}", TomlConfigSettingsSource(settings_cls, config_file)))
+    named += [
+        (f"{f} in {Path.cwd()}", DotEnvSettingsSource(settings_cls, env_file=f)) for f in IMPLICIT_ENV_FILES
+    ]
+    return named
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _secret_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -399,11 +441,10 @@ def _shown_input(loc: tuple[str | int, ...], value: Any) -> str:
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings or raise `ConfigError` naming each bad field and its fix (never echoing
-    a secret)."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"configuration file {config_file} does not exist")
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    a secret). `config_file` applies to this call only (nothing is written to the environment)."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"configuration file {config_file} does not exist")
+    token = _CONFIG_FILE.set(config_file)
     try:
         return Settings(**overrides)
     except ValidationError as e:
@@ -416,6 +457,28 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 f"set {env} or fix it in the TOML file)"
             )
         raise ConfigError("\n".join(lines)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def value_origins(config_file: Path | None = None, **overrides: Any) -> dict[str, str]:
+    """Dotted setting -> the source that set it, for every value not left at its default (a value
+    set in several sources is named by the one that wins)."""
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        named = _named_sources(Settings, InitSettingsSource(Settings, overrides), EnvSettingsSource(Settings))
+    finally:
+        _CONFIG_FILE.reset(token)
+    origins: dict[str, str] = {}
+    for name, source in named:
+        for key in _leaves(source()):
+            shown = (
+                f"{name} (CITYKPI_{key.upper().replace('.', '__')})"
+                if isinstance(source, EnvSettingsSource)
+                else name
+            )
+            origins.setdefault(key, shown)
+    return dict(sorted(origins.items()))
 
 
 _QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;])(?:password|sslpassword)=)[^&;]*")

@@ -72,3 +72,35 @@ def test_a_route_format_typo_stops_the_start_with_exit_2_naming_the_route(tmp_pa
     message = " ".join(out.stderr.split())  # the console wraps long lines
     assert "route 'city/+/sc/+': unknown format 'sensor.community'" in message
     assert "known formats: json, ngsi-ld, ngsi-v2, openaq, senml, sensor-community, ttn" in message
+
+
+def test_config_show_from_a_checkout_uses_the_given_file_and_says_where_values_came_from(
+    tmp_path: Path,
+) -> None:
+    """Run from a directory holding the local stack's urls.env and a .env, `--config prod.toml`
+    wins over both; stderr names the source of each value that is not a default."""
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / ".stack" / "urls.env").write_text(
+        "CITYKPI_DATABASE__URL=postgresql://postgres@127.0.0.1:1/x\n"
+    )
+    (tmp_path / ".env").write_text("CITYKPI_MQTT__PORT=18831\n")
+    prod = tmp_path / "prod.toml"
+    prod.write_text('[database]\nurl = "postgresql://ingest:s3cr3t-pw@db.prod:5432/citykpi"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYKPI_")}
+    out = subprocess.run(
+        [CITYKPI, "config", "show", "--config", "prod.toml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "CITYKPI_LOG_LEVEL": "ERROR"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["database"]["url"] == "postgresql://ingest:***@db.prod:5432/citykpi"
+    assert data["mqtt"]["port"] == 18831
+    origins = " ".join(out.stderr.split())
+    assert "database.url: config file prod.toml" in origins
+    assert f"mqtt.port: .env in {tmp_path} (CITYKPI_MQTT__PORT)" in origins
+    assert "log_level: environment (CITYKPI_LOG_LEVEL)" in origins
+    assert "s3cr3t-pw" not in out.stdout + out.stderr

@@ -169,3 +169,78 @@ def test_each_source_sample_config_is_valid(sample: str, monkeypatch: pytest.Mon
 def test_an_empty_shared_group_turns_sharing_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITYKPI_MQTT__SHARED_GROUP", "")
     assert load_settings().mqtt.shared_group is None
+
+
+def _implicit_files(tmp_path: Path) -> None:
+    """The working directory of a checkout: the local stack's urls.env and a developer's .env."""
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / ".stack" / "urls.env").write_text(
+        "CITYKPI_DATABASE__URL=postgresql://postgres@127.0.0.1:15433/citykpi\nCITYKPI_MQTT__PORT=18830\n"
+    )
+    (tmp_path / ".env").write_text("CITYKPI_KAFKA__GROUP_ID=from-dotenv\nCITYKPI_MQTT__PORT=18831\n")
+
+
+def _prod_toml(tmp_path: Path) -> Path:
+    f = tmp_path / "prod.toml"
+    f.write_text('[database]\nurl = "postgresql://ingest@db.prod:5432/citykpi"\n[kafka]\ngroup_id = "prod"\n')
+    return f
+
+
+def test_an_explicit_config_file_outranks_dotenv_and_the_local_stack(tmp_path: Path) -> None:
+    _implicit_files(tmp_path)
+    s = load_settings(_prod_toml(tmp_path))
+    assert s.database.url.get_secret_value() == "postgresql://ingest@db.prod:5432/citykpi"
+    assert s.kafka.group_id == "prod"
+    assert s.mqtt.port == 18831  # not in the file: .env still fills it, and .env outranks urls.env
+
+
+def test_citykpi_config_file_is_as_explicit_as_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _implicit_files(tmp_path)
+    monkeypatch.setenv("CITYKPI_CONFIG_FILE", str(_prod_toml(tmp_path)))
+    assert load_settings().database.url.get_secret_value() == "postgresql://ingest@db.prod:5432/citykpi"
+
+
+def test_environment_variables_outrank_the_explicit_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _implicit_files(tmp_path)
+    monkeypatch.setenv("CITYKPI_KAFKA__GROUP_ID", "from-env")
+    assert load_settings(_prod_toml(tmp_path)).kafka.group_id == "from-env"
+
+
+def test_without_a_file_the_implicit_files_apply(tmp_path: Path) -> None:
+    _implicit_files(tmp_path)
+    s = load_settings()
+    assert s.database.url.get_secret_value() == "postgresql://postgres@127.0.0.1:15433/citykpi"
+    assert (s.kafka.group_id, s.mqtt.port) == ("from-dotenv", 18831)
+
+
+def test_a_config_file_applies_to_its_own_call_only(tmp_path: Path) -> None:
+    """The file given to one load is not written to the environment, so later loads (every
+    Settings() of a test run) do not read it."""
+    import os
+
+    from ingest.config import Settings
+
+    assert load_settings(_prod_toml(tmp_path)).kafka.group_id == "prod"
+    assert "CITYKPI_CONFIG_FILE" not in os.environ
+    assert load_settings().kafka.group_id == "citykpi"
+    assert Settings().kafka.group_id == "citykpi"
+
+
+def test_value_origins_name_the_source_that_won(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.config import value_origins
+
+    _implicit_files(tmp_path)
+    monkeypatch.setenv("CITYKPI_LOG_LEVEL", "DEBUG")
+    prod = _prod_toml(tmp_path)
+    origins = value_origins(prod, writer={"batch_max_rows": 7})
+    assert origins["database.url"] == f"config file {prod}"
+    assert origins["kafka.group_id"] == f"config file {prod}"
+    assert origins["mqtt.port"] == f".env in {tmp_path} (CITYKPI_MQTT__PORT)"
+    assert origins["log_level"] == "environment (CITYKPI_LOG_LEVEL)"
+    assert origins["writer.batch_max_rows"] == "argument"
+    assert "http.port" not in origins  # a default
+    assert value_origins()["database.url"] == f".stack/urls.env in {tmp_path} (CITYKPI_DATABASE__URL)"

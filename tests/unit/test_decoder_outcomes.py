@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ingest.config import CONFIG_FILE_ENV, ConfigError, TopicRoute, ValidationSettings, load_settings
+from ingest.config import ConfigError, TopicRoute, ValidationSettings, load_settings
 from ingest.routing import IdentityMismatch, Router
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext, Decoded, DecodeError
@@ -245,9 +245,8 @@ def test_ttn_simulated_uplinks_are_skipped_with_a_reason_unless_configured() -> 
 
 
 def test_a_route_format_typo_fails_at_load_naming_the_route_and_the_known_formats(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv(CONFIG_FILE_ENV, "")  # load_settings sets it; restored afterwards
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[mqtt.routes]]\nfilter = "city/+/sc/+"\nformat = "sensor.community"\ncity_level = 2\n')
     with pytest.raises(ConfigError) as info:
