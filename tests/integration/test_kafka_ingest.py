@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingest import telemetry
@@ -75,21 +75,49 @@ def service_settings(dsn: str, topic: str, group: str) -> Settings:
     )
 
 
+async def committed_and_end_offsets(
+    group: str, topic: str, partitions: int = 4
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition: the group's committed offset, and the topic's end offset."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    probe = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await probe.start()
+    try:
+        ends = await probe.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await probe.stop()
+    return (
+        {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == topic},
+        {tp.partition: end for tp, end in ends.items()},
+    )
+
+
 async def test_kafka_batches_land_once_and_offsets_are_committed(tsdb: str) -> None:
     print(f"Kafka broker under test: {KAFKA_IMPL}")
     topic = await new_topic()
+    group = "g-" + topic
     await produce(topic, 2000)
-    service = Service(service_settings(tsdb, topic, "g-" + topic))
+    service = Service(service_settings(tsdb, topic, group))
     await service.start()
     try:
         assert await wait_for_count(tsdb, 4000) == 4000
     finally:
         await service.stop()
-    again = Service(service_settings(tsdb, topic, "g-" + topic))  # same group: resumes after the commit
+    committed, ends = await committed_and_end_offsets(group, topic)
+    assert sum(ends.values()) == 2000 and committed == ends  # every partition committed to its end
+    again = Service(service_settings(tsdb, topic, group))  # same group: resumes after the commit
     await again.start()
-    await asyncio.sleep(2)
-    await again.stop()
-    assert again.pipeline.stats.messages == 0
+    try:
+        await produce(topic, 1, offset=2000)  # once this one lands, the member has joined and read
+        assert await wait_for_count(tsdb, 4002) == 4002
+    finally:
+        await again.stop()
+    assert again.pipeline.stats.messages == 1  # the 2,000 committed messages were not read again
     assert await rollup_mismatches(tsdb) == []
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +20,7 @@ from ingest.config import Settings
 from ingest.publishers import MqttPublisher
 from ingest.service import Service
 from ingest.simulator import SimMessage
-from tests.conftest import REPO, PrivateMosquitto
+from tests.conftest import REPO, PrivateMosquitto, free_port
 
 pytestmark = pytest.mark.integration
 # a day ago, on the hour: inside every retention window (the service drops 1-minute rollups after 90 days)
@@ -164,29 +166,55 @@ def service_process(
     )
 
 
+def held_messages(http_port: int) -> float:
+    """The service's citykpi_held_messages{source="mqtt"} (0 until its endpoint answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    found = re.search(r'^citykpi_held_messages\{source="mqtt"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 @pytest.mark.slow
 async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(
     tsdb: str, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> None:
+    """1,500 messages committed, 1,500 received and held behind a locked table when the service is
+    killed, 3,000 queued by the broker while it is down: after the restart each is stored once."""
     log = tmp_path / "service.log"
-    proc = service_process(tsdb, mosquitto.port, log)
+    http_port = free_port()
+    http = {"CITYKPI_HTTP__ENABLED": "true", "CITYKPI_HTTP__PORT": str(http_port)}
+    proc = service_process(tsdb, mosquitto.port, log, http)
+    lock = await asyncpg.connect(tsdb)
     try:
         for _ in range(100):  # until the persistent session exists
             if "MQTT connected" in log.read_text(errors="replace"):
                 break
             await asyncio.sleep(0.2)
         messages = senml_messages(6000)
-        await publish(mosquitto.port, messages[:3000])
-        while await count_readings(tsdb) < 500:
-            await asyncio.sleep(0.05)
+        await publish(mosquitto.port, messages[:1500])
+        assert await wait_for_count(tsdb, 1500) == 1500
+        tx = lock.transaction()
+        await tx.start()
+        await lock.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")  # no write commits now
+        await publish(mosquitto.port, messages[1500:3000])
+        for _ in range(150):
+            if held_messages(http_port) >= 1500:
+                break
+            await asyncio.sleep(0.1)
+        assert held_messages(http_port) >= 1500, log.read_text()[-3000:]  # received, unacknowledged
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        stored_at_crash = await count_readings(tsdb)
+        stored_at_crash = await lock.fetchval("SELECT count(*) FROM readings")
+        await tx.rollback()
+        assert stored_at_crash == 1500
         await publish(mosquitto.port, messages[3000:])  # queued by the broker for the offline session
         proc = service_process(tsdb, mosquitto.port, log)
         assert await wait_for_count(tsdb, 6000, timeout=90) == 6000, log.read_text()[-3000:]
-        assert stored_at_crash < 6000
     finally:
+        await lock.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert await rollup_mismatches(tsdb) == []
