@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import asyncpg
 import pytest
 
 from ingest.config import Settings
-from ingest.deadletters import DeadLetterFilter, requeue_dead_letters, topic_filter_regex
+from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 from ingest.service import Service
 from ingest.simulator import SimMessage
-from processors.writer import MAX_ID_CHARS, MAX_TOPIC_CHARS, MessageOrigin, TimescaleWriter, WriteBatch
+from processors.writer import TimescaleWriter
 from tests.conftest import REPO, PrivateMosquitto
 from tests.integration.test_cli import run
 from tests.integration.test_mqtt_ingest import publish, settings_for
@@ -185,26 +184,6 @@ async def test_writer_made_dead_letters_keep_their_message(tsdb: str) -> None:
     assert None not in {r["message_id"] for r in rows}
 
 
-def test_a_bisected_batch_keeps_each_rows_message() -> None:
-    batch = WriteBatch("mqtt")
-    now = datetime.now(UTC)
-    for i in range(4):
-        batch.origins.append(MessageOrigin("mqtt", f"t/{i}", None, None, now, b"p%d" % i, 1024))
-        batch.add("demo", f"d{i}", "pm25", now, 1.0, origin=i)
-    second_half = batch.take([2, 3])
-    letter = second_half.dead_letter(1, "db_rejected:23514", "check violation")
-    assert (letter.topic, letter.payload, letter.device_id) == ("t/3", b"p3", "d3")
-
-
-def test_dead_letter_rows_cut_hostile_topics_and_ids() -> None:
-    origin = MessageOrigin("mqtt", "x/" * 5000, None, None, None, b"{}", 1024)
-    row = origin.dead_letter("no_route", "d" * 10_000, "c" * 10_000, "d" * 10_000).record()
-    topic, city, device, detail = row[1], row[4], row[5], row[7]
-    assert isinstance(topic, str) and len(topic) == MAX_TOPIC_CHARS and topic.endswith("…")
-    assert isinstance(city, str) and isinstance(device, str) and len(city) == len(device) == MAX_ID_CHARS
-    assert isinstance(detail, str) and len(detail) <= 2000
-
-
 GATEWAY_PACK = [
     {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": 1_760_000_000, "n": "temp", "u": "Cel", "v": 21.0},
     {"bn": "urn:dev:mac:0024befffe804ff2:", "n": "temp", "u": "Cel", "v": 25.0},
@@ -281,25 +260,6 @@ async def test_water_quality_is_stored_as_water_temperature_on_a_water_device(ts
     assert (r[1], r[2], r[4]) == ("waterqualityobserved:Sevilla:D1", "water_temperature", 24.4)
     (kind,) = await fetch(tsdb, "SELECT kind FROM devices")
     assert kind["kind"] == "water"
-
-
-@pytest.mark.parametrize(
-    ("topic_filter", "matches", "misses"),
-    [
-        (
-            "city/+/senml/+",
-            ["city/demo/senml/a-1"],
-            ["city/demo/senml", "city/demo/senml/a/b", "cityXdemo/senml/a"],
-        ),
-        ("city/demo/#", ["city/demo", "city/demo/x/y"], ["city/demolition/x"]),
-        ("citykpi.senml", ["citykpi.senml"], ["citykpiXsenml", "citykpi.senml.x"]),
-    ],
-)
-def test_topic_filters_select_what_the_mqtt_filter_matches(
-    topic_filter: str, matches: list[str], misses: list[str]
-) -> None:
-    regex = re.compile(topic_filter_regex(topic_filter))
-    assert all(regex.search(t) for t in matches) and not any(regex.search(t) for t in misses)
 
 
 async def test_show_prints_binary_as_hex_and_says_when_a_payload_was_cut(tsdb: str) -> None:

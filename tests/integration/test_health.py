@@ -1,16 +1,12 @@
-"""The service's HTTP endpoints and its JSON logs, as an operator's tooling sees them."""
+"""The service's HTTP endpoints, as an operator's tooling sees them."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import sys
 import urllib.request
 
 import pytest
 
-from ingest.logs import JsonFormatter, setup_logging
 from ingest.service import Service
 from tests.conftest import PrivateMosquitto, free_port
 from tests.integration.test_mqtt_ingest import publish, senml_messages, settings_for, wait_for_count
@@ -65,15 +61,3 @@ async def test_healthz_readyz_and_metrics(tsdb: str, mosquitto: PrivateMosquitto
     finally:
         mosquitto.up()
         await service.stop()
-
-
-def test_logs_are_json_lines_off_a_terminal_with_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    setup_logging("INFO", json_logs=True)
-    logging.getLogger("citykpi.test").warning("write failed", extra={"topic": "city/x", "offset": 7})
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    record = json.loads(line)
-    assert record["level"] == "WARNING" and record["message"] == "write failed"
-    assert (record["topic"], record["offset"]) == ("city/x", 7)
-    ours = [h for h in logging.getLogger().handlers if h.get_name() == "citykpi"]
-    assert len(ours) == 1 and isinstance(ours[0].formatter, JsonFormatter)
-    assert not sys.stderr.isatty()
