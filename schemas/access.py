@@ -17,6 +17,7 @@ added later gets its grants here. The model (SECURITY.md):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -118,9 +119,15 @@ class DeploymentRoles:
 
 
 def derive_prefix(database: str) -> str:
-    """A valid role prefix from a database name: lower case, [a-z0-9_], at most 40 characters."""
-    prefix = re.sub(r"[^a-z0-9_]", "_", database.lower())[:40]
-    return prefix if PREFIX_PATTERN.match(prefix) else f"_{prefix[:39]}"
+    """A valid role prefix from a database name: lower case, [a-z0-9_], at most 40 characters. A
+    name that had to change keeps a hash of the original, so two databases whose names differ
+    only past the cut (or in case or punctuation) still get different roles."""
+    prefix = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    if not prefix[:1].isalpha() and prefix[:1] != "_":
+        prefix = f"_{prefix}"
+    if prefix != database or len(prefix) > 40:
+        prefix = f"{prefix[:31]}_{hashlib.sha256(database.encode()).hexdigest()[:8]}"
+    return prefix
 
 
 async def deployment_roles(conn: asyncpg.Connection, configured: str | None = None) -> DeploymentRoles:

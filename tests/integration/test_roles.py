@@ -107,7 +107,7 @@ def test_roles_grant_reader_cli_makes_a_login_that_reads_one_city(tsdb: str, tmp
 
 
 async def test_role_prefix_is_configurable_and_fixed_by_the_first_migrate(empty_db: str) -> None:
-    from schemas.access import derive_prefix
+    from schemas.access import PREFIX_PATTERN, derive_prefix
     from schemas.migrations import migrate
 
     prefix = f"ck_{uuid.uuid4().hex[:8]}"
@@ -128,8 +128,13 @@ async def test_role_prefix_is_configurable_and_fixed_by_the_first_migrate(empty_
             await cleanup.execute(f"DROP OWNED BY {roles}; DROP ROLE {roles}")
         finally:
             await cleanup.close()
-    assert derive_prefix("City-KPI.Prod") == "city_kpi_prod"
-    assert derive_prefix("9lives") == "_9lives"
+    assert derive_prefix("citykpi") == "citykpi" and derive_prefix("t_0123abcd") == "t_0123abcd"
+    a, b = derive_prefix("City-KPI.Prod"), derive_prefix("city_kpi_prod")
+    assert a.startswith("city_kpi_prod_") and b == "city_kpi_prod"
+    long_a, long_b = derive_prefix("x" * 45 + "a"), derive_prefix("x" * 45 + "b")
+    assert long_a != long_b and len(long_a) == len(long_b) == 40
+    assert derive_prefix("9lives").startswith("_9lives_")
+    assert all(PREFIX_PATTERN.match(p) for p in (a, long_a, derive_prefix("9lives")))
 
 
 def test_roles_cli_grants_service_logins_reports_changes_and_revokes_readers(tsdb: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
