@@ -29,8 +29,9 @@ ORDER BY kpi_code, component
 
 async def latest_summary(settings: Settings) -> list[tuple[str, str, float, str]]:
     """(label, unit, value, note) rows: metrics averaged over the last five minutes of rollups, then
-    the first configured city's KPI values for today (note says valid or not, and coverage)."""
-    conn = await asyncpg.connect(settings.database.url.get_secret_value(), timeout=5)
+    the first configured city's KPI values for today (note says valid or not, and coverage). Read as
+    the KPI login: the ingest login may not read kpi_values."""
+    conn = await asyncpg.connect(settings.database.kpi_dsn(), timeout=5)
     try:
         rows = await conn.fetch(LATEST_SQL)
         kpis = await conn.fetch(KPI_SQL, settings.cities[0].city_id)

@@ -14,6 +14,7 @@ import pytest
 
 from ingest.service import Service
 from ingest.simulator import SimMessage
+from kpi_rollups.live import latest_summary
 from processors.writer import TimescaleWriter, WriteBatch
 from tests.conftest import PrivateMosquitto
 from tests.integration.test_mqtt_ingest import publish, senml_messages, settings_for
@@ -77,6 +78,7 @@ async def test_service_runs_as_the_ingest_login_and_refreshes_kpis_as_the_kpi_lo
         assert (
             await _wait_for(any_db, "SELECT 1 - count(*) FROM readings WHERE value = 5.0", 1) == 1
         )  # retention
+        assert await latest_summary(settings)  # the live table of `citykpi run`, as the KPI login
     finally:
         await service.stop()
     owner = await asyncpg.connect(any_db)
