@@ -247,7 +247,7 @@ def simulated_city_backlog(n_messages: int) -> tuple[list[SimMessage], int]:
             route = router.match(m.topic)
             assert route is not None
             ctx = DecodeContext(
-                received_at=t, topic=m.topic, headers=m.headers, device_id=route.device, city=route.city
+                default_time=t, topic=m.topic, headers=m.headers, device_id=route.device, city=route.city
             )
             for r in DECODERS[route.format](m.payload, ctx):
                 validator.canonical(r, datetime.now(UTC))

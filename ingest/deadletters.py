@@ -1,8 +1,10 @@
 """Listing, showing and re-queuing dead letters once a route, city, registry or unit table is fixed.
 
 The unit of a requeue is the inbound message: every dead letter of one message shares its
-`message_id`, the payload is stored with one of them, and `received_at` is the message's own receive
-time. A requeue decodes the whole message again with that time, so the readings it already stored
+`message_id`, the payload is stored with one of them, with the message's own times: `received_at`
+(when citykpi received it) and `sent_at` (the broker's timestamp, Kafka). A requeue decodes the whole
+message again stamping time-less readings as the first decode did (`sent_at`, else `received_at`),
+so the readings it already stored
 are duplicates (stored nothing twice) and only the parts that failed can land; parts that fail
 again become new dead letters of the same message, and the old ones are marked requeued.
 """
@@ -164,7 +166,7 @@ WHERE requeued_at IS NULL AND id <= $3 AND (message_id = ANY($1::uuid[]) OR id =
 ORDER BY id
 """
 # The message itself: from its row that kept the payload.
-_MESSAGE_COLUMNS = 'source, topic, partition, "offset", received_at, headers, payload, payload_size'
+_MESSAGE_COLUMNS = 'source, topic, partition, "offset", received_at, sent_at, headers, payload, payload_size'
 _MESSAGES = f"""
 SELECT DISTINCT ON (message_id) message_id, {_MESSAGE_COLUMNS} FROM dead_letters
 WHERE message_id = ANY($1::uuid[]) ORDER BY message_id, payload IS NULL, id
@@ -195,6 +197,7 @@ def _message(msg: asyncpg.Record, message_id: UUID | None) -> Message:
         msg["partition"],
         msg["offset"],
         message_id,
+        msg["sent_at"],
     )
 
 
@@ -204,7 +207,7 @@ REQUEUE_PAGE = 2000  # messages decoded, written and marked at a time: memory st
 async def requeue_dead_letters(
     settings: Settings, where: DeadLetterFilter, dry_run: bool = False, page_size: int = REQUEUE_PAGE
 ) -> RequeueResult:
-    """Decode the messages behind the matching dead letters again, with their original receive time.
+    """Decode the messages behind the matching dead letters again, with their original times.
 
     Page by page: each page's messages are written, then their dead letters marked requeued; a crash
     between the two replays the page again, which stores no reading twice.

@@ -36,11 +36,12 @@ NO_HEADERS: Mapping[str, str] = {}  # shared, never mutated
 class Message:
     payload: bytes
     topic: str
-    received_at: datetime
+    received_at: datetime  # when citykpi received it
     headers: Mapping[str, str] | None = None
     partition: int | None = None
     offset: int | None = None
     message_id: UUID | None = None  # set when a dead letter is requeued, so new rejects join its group
+    sent_at: datetime | None = None  # the broker's timestamp where it keeps one (Kafka)
 
 
 async def _no_ack() -> None:
@@ -222,6 +223,7 @@ class Pipeline:
                 cap,
                 m.headers,
                 m.message_id,
+                m.sent_at,
             )
             o = len(batch.origins)
             batch.origins.append(origin)
@@ -240,7 +242,7 @@ class Pipeline:
                 reject(origin, "unknown_format", route.format)
                 continue
             ctx = DecodeContext(
-                received_at=m.received_at,
+                default_time=m.sent_at or m.received_at,
                 topic=m.topic,
                 headers=m.headers or NO_HEADERS,
                 device_id=route.device or None,

@@ -64,7 +64,7 @@ def _items(
             if not line.strip():
                 continue
             ctx = DecodeContext(
-                received_at=datetime.now(UTC), topic=path.name, device_id=device, timezone=zone
+                default_time=datetime.now(UTC), topic=path.name, device_id=device, timezone=zone
             )
             try:
                 decoded = decoder(line.encode(), ctx)

@@ -65,7 +65,7 @@ def _cut(text: str | None, limit: int) -> str | None:
 
 @dataclass(slots=True)
 class DeadLetter:
-    """A rejected message or part of one; `message_id`, `received_at`, topic and payload replay it."""
+    """A rejected message or part of one; `message_id`, its times, topic and payload replay it."""
 
     source: str
     reason: str
@@ -80,6 +80,7 @@ class DeadLetter:
     received_at: datetime | None = None
     headers: Mapping[str, str] | None = None
     message_id: uuid.UUID | None = None
+    sent_at: datetime | None = None
 
     def record(self, with_payload: bool = True) -> tuple[object, ...]:
         """The table row: every text capped and escaped, so storing it cannot fail on its content."""
@@ -97,6 +98,7 @@ class DeadLetter:
             self.received_at or datetime.now(UTC),
             json.dumps(escaped_json(dict(self.headers))) if self.headers else None,
             self.message_id,
+            self.sent_at,
         )
 
     def stripped(self, error: str) -> DeadLetter:
@@ -111,6 +113,7 @@ class DeadLetter:
             payload_size=self.payload_size,
             received_at=self.received_at,
             message_id=self.message_id,
+            sent_at=self.sent_at,
         )
 
 
@@ -139,6 +142,7 @@ class MessageOrigin:
     payload_cap: int  # validation.dead_letter_payload_bytes
     headers: Mapping[str, str] | None = None
     message_id: uuid.UUID | None = None  # made on the first rejection; kept across requeues
+    sent_at: datetime | None = None
 
     def dead_letter(
         self, reason: str, detail: str, city: str | None = None, device: str | None = None
@@ -159,6 +163,7 @@ class MessageOrigin:
             self.received_at,
             self.headers,
             self.message_id,
+            self.sent_at,
         )
 
 

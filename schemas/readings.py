@@ -38,7 +38,7 @@ class Reading:
 class DecodeContext:
     """What a source knows about a payload besides its bytes."""
 
-    received_at: datetime
+    default_time: datetime  # of readings without a time of their own: when the message was sent or received
     topic: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     device_id: str | None = None  # the topic's device: used where the payload names none

@@ -112,6 +112,7 @@ DEAD_LETTER_COLUMNS = (
     "received_at",
     "headers",
     "message_id",
+    "sent_at",
 )
 
 LOOKUP_DEVICES = """

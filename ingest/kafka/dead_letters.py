@@ -35,6 +35,7 @@ def dead_letter_record(d: DeadLetter) -> bytes:
             "device_id": d.device_id,
             "payload_size": d.payload_size,
             "received_at": d.received_at.isoformat() if d.received_at is not None else None,
+            "sent_at": d.sent_at.isoformat() if d.sent_at is not None else None,
             "message_id": str(d.message_id) if d.message_id is not None else None,
             "payload_base64": base64.b64encode(d.payload).decode() if d.payload is not None else None,
         }

@@ -163,9 +163,10 @@ class KafkaSource:
         for tp, records in data.items():
             for r in records:
                 headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}
-                stamp = r.timestamp
-                received = datetime.fromtimestamp(stamp / 1000, UTC) if stamp else now
-                messages.append(Message(r.value or b"", tp.topic, received, headers, tp.partition, r.offset))
+                sent = datetime.fromtimestamp(r.timestamp / 1000, UTC) if r.timestamp else None
+                messages.append(
+                    Message(r.value or b"", tp.topic, now, headers, tp.partition, r.offset, sent_at=sent)
+                )
             offsets[tp] = records[-1].offset + 1
         n, nbytes = len(messages), sum(len(m.payload) for m in messages)
         self.held_messages += n

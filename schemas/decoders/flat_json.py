@@ -14,7 +14,7 @@ Field map keys "device", "time", "city" name the fields holding the device id, t
 city; "unit:<canonical>" = "<unit>" gives a unit. Defaults: device from the "device" field (or
 "device_id", "device"), else `ctx.device_id`; time from the "time" field (or "time", "timestamp"),
 ISO 8601 or epoch s/ms/µs/ns by magnitude, zone-less times in `ctx.timezone` (the city's), else
-`ctx.received_at`; city from the "city" field (the pipeline uses it only on a route that trusts the
+`ctx.default_time`; city from the "city" field (the pipeline uses it only on a route that trusts the
 payload's city).
 """
 
@@ -64,7 +64,7 @@ class _Fields:
 
     def time_of(self, doc: dict[str, Any], ctx: DecodeContext) -> Any:
         stamp = doc.get(self.time or ("time" if "time" in doc else "timestamp"))
-        return parse_time(stamp, ctx.timezone) if stamp is not None else as_utc(ctx.received_at)
+        return parse_time(stamp, ctx.timezone) if stamp is not None else as_utc(ctx.default_time)
 
     def city_of(self, doc: dict[str, Any], ctx: DecodeContext) -> str | None:
         return text_field(doc, self.city or "city") or ctx.city

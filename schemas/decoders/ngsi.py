@@ -10,7 +10,7 @@ One lenient decoder serves both names: it accepts an entity, a list of entities 
   (v2); else the entity's `dateObservedFrom` (the start of the interval a value covers: it
   belongs to that interval), `TimeInstant`, `dateObserved`, `dateObservedTo`, `dateLastReported`,
   `dateModified`, first present; an interval "A/B" is stamped at A. Only an entity with none of
-  these falls back to `ctx.received_at`.
+  these falls back to `ctx.default_time`.
 * Units: `unitCode` when present; otherwise the Smart Data Models' documented unit:
   relativeHumidity, occupancy and fillingLevel are 0..1 (unit "1" -> %), waterConsumption is m³.
   The published examples carry implausible values (CO 500 "GP" = 500 mg/m³, 191051 m³ of water): the
@@ -112,7 +112,7 @@ def _entity_time(entity: dict[str, Any], ctx: DecodeContext) -> datetime:
                     return parse_time(value, ctx.timezone)
                 except DecodeError as e:
                     raise DecodeError(e.reason, f"{key}: {e.detail}") from None
-    return as_utc(ctx.received_at)
+    return as_utc(ctx.default_time)
 
 
 def _value(metric: str, raw: Any, what: str) -> float | None:

@@ -3,7 +3,7 @@
 Base fields (bn, bt, bu, bv, bs, bver) carry forward to every later record until replaced. The
 resolved name bn + n is split on its last ':' or '/': device id before, measurement name after
 (`urn:dev:ow:10e2073a01080063:` + `temp`). Resolved times below 2**28 are relative to
-`ctx.received_at`. The device is the name's device part, else `ctx.device_id` (the topic's); the
+`ctx.default_time`. The device is the name's device part, else `ctx.device_id` (the topic's); the
 pipeline checks it against the route (see ingest/routing.py). Records with unknown names are
 skipped; a record for a known metric that cannot be stored (a string `vs`, `vd`, `vb` for a number,
 no value, a bad `t`) is a rejected part `[i]`; a bad base field rejects the pack, since it shapes
@@ -77,7 +77,7 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
         pack = [pack]
     if not isinstance(pack, list) or not pack:
         raise DecodeError("bad_structure", "SenML pack must be a non-empty array of records")
-    now = as_utc(ctx.received_at).timestamp()
+    now = as_utc(ctx.default_time).timestamp()
     base_name, base_unit = "", None
     base_time = base_value = base_sum = 0.0
     out = Decoded()

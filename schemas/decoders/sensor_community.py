@@ -95,7 +95,7 @@ def _decode_entry(entry: Any, ctx: DecodeContext, path: str, out: Decoded) -> No
         raise DecodeError("bad_structure", "expected an object with a sensordatavalues array")
     device = _device(entry, ctx)
     stamp = entry.get("timestamp")
-    time = parse_time(stamp) if stamp is not None else as_utc(ctx.received_at)
+    time = parse_time(stamp) if stamp is not None else as_utc(ctx.default_time)
     best: dict[str, tuple[int, Reading]] = {}
     for i, item in enumerate(entry["sensordatavalues"]):
         where = f"{path}sensordatavalues[{i}]"

@@ -11,7 +11,7 @@ part `decoded_payload.<key>`. Formatters carry no units, so values are canonical
 map has "unit:<metric>" entries; LPP's barometric pressure is hPa, its humidity %.
 
 Device: `end_device_ids.device_id`, then `dev_eui`, then `ctx.device_id`. Time:
-`uplink_message.received_at`, then `received_at`, then `ctx.received_at`. Uplinks marked
+`uplink_message.received_at`, then `received_at`, then `ctx.default_time`. Uplinks marked
 `"simulated": true` (the console's "simulate uplink") are `simulated_uplink` unless the field map
 says "simulated" = "store".
 """
@@ -88,7 +88,7 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
             "uplink without decoded_payload (only frm_payload): set a payload formatter in The Things Stack",
         )
     stamp = uplink.get("received_at") or doc.get("received_at")
-    time = parse_time(stamp) if stamp is not None else as_utc(ctx.received_at)
+    time = parse_time(stamp) if stamp is not None else as_utc(ctx.default_time)
     units = units_from_field_map(ctx.field_map)
     chosen: dict[str, tuple[int, str]] = {}  # metric -> (rank, key): mapped first, then lowest channel
     for mapped_metric, field in metric_fields(ctx.field_map):

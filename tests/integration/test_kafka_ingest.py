@@ -11,16 +11,17 @@ import signal
 import subprocess
 import sys
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingest import telemetry
 from ingest.config import KafkaSettings, Settings
+from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
 from ingest.simulator import SimMessage
@@ -246,3 +247,41 @@ async def test_missing_topics_are_noted_once_at_info_not_as_errors(
     notes = [r for r in caplog.records if "not created yet" in r.getMessage()]
     assert errors == [], [r.getMessage() for r in errors]
     assert len(notes) <= 1 and all(n.levelno == logging.INFO and missing in n.getMessage() for n in notes)
+
+
+async def test_a_time_less_payload_takes_the_record_timestamp_and_its_requeue_the_same_time(
+    tsdb: str,
+) -> None:
+    """The record's timestamp stamps a payload without a time (a redelivery gives the same time);
+    the dead letter keeps it as sent_at beside its own receive time, and a requeue stamps as before."""
+    topic = await new_topic(partitions=1)
+    sent = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await producer.start()
+    try:
+        pack = [{"bn": "air-1:", "n": "pm25", "v": 12.5}, {"n": "pm10", "v": "high"}]  # the 2nd is rejected
+        await producer.send_and_wait(
+            topic, json.dumps(pack).encode(), timestamp_ms=int(sent.timestamp() * 1000)
+        )
+    finally:
+        await producer.stop()
+    settings = service_settings(tsdb, topic, "g-" + topic)
+    service = Service(settings)
+    started = datetime.now(UTC)
+    await service.start()
+    try:
+        assert await wait_for_count(tsdb, 1) == 1
+    finally:
+        await service.stop()
+    conn = await asyncpg.connect(tsdb)
+    try:
+        assert await conn.fetchval("SELECT time FROM readings") == sent
+        letter = await conn.fetchrow("SELECT received_at, sent_at, reason FROM dead_letters")
+        assert letter["sent_at"] == sent and letter["received_at"] >= started - timedelta(seconds=1)
+        result = await requeue_dead_letters(settings, DeadLetterFilter(topic=topic))
+        assert (result.messages, result.already_stored, result.stored) == (1, 1, 0)
+        assert await conn.fetch("SELECT time FROM readings") == [(sent,)]  # nothing stored twice
+        again = await conn.fetchrow("SELECT sent_at FROM dead_letters WHERE requeued_at IS NULL")
+        assert again["sent_at"] == sent  # the part that fails again keeps the message's times
+    finally:
+        await conn.close()

@@ -19,7 +19,7 @@ from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 CTX = DecodeContext(
-    received_at=datetime(2025, 3, 1, tzinfo=UTC),
+    default_time=datetime(2025, 3, 1, tzinfo=UTC),
     headers={"X-Sensor": "esp8266-1"},
     field_map={"device": "device_id", "metric:pm25": "pm25", "unit:pm25": "ug/m3"},
 )

@@ -25,7 +25,7 @@ RECEIVED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 def decode(fmt: str, doc: Any, **kw: Any) -> Decoded:
     payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    return DECODERS[fmt](payload, DecodeContext(received_at=RECEIVED, **kw))
+    return DECODERS[fmt](payload, DecodeContext(default_time=RECEIVED, **kw))
 
 
 def reason_of(fmt: str, doc: Any, **kw: Any) -> str:

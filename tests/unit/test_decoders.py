@@ -18,7 +18,7 @@ RECEIVED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def ctx(**kw: Any) -> DecodeContext:
-    return DecodeContext(received_at=RECEIVED, **kw)
+    return DecodeContext(default_time=RECEIVED, **kw)
 
 
 def sample(rel: str) -> bytes:

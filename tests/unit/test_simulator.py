@@ -26,7 +26,7 @@ def decode_all(sim: CitySimulator, hours: int) -> tuple[Counter[str], Counter[st
             route = router.match(m.topic)
             assert route is not None, m.topic
             ctx = DecodeContext(
-                received_at=t, topic=m.topic, headers=m.headers, device_id=route.device, city=route.city
+                default_time=t, topic=m.topic, headers=m.headers, device_id=route.device, city=route.city
             )
             try:
                 for r in DECODERS[route.format](m.payload, ctx):
