@@ -493,7 +493,3 @@ def roles_revoke_reader(
     """Take a city (default: every grant) back from a reader login; prints what changed."""
     settings = _settings(config, "WARNING")
     _report_access_change(settings, "SELECT citykpi_revoke_reader($1, $2)", role, city)
-
-
-def main() -> None:
-    app()

@@ -60,8 +60,6 @@ class DatabaseSettings(BaseModel):
         description="prefix of this deployment's roles (<prefix>_ingest, _kpi, _reader, _definer); "
         "default: the database's name, so deployments sharing a cluster share no role",
     )
-    pool_min: int = Field(2, ge=1)
-    pool_max: int = Field(8, ge=1)
     connect_timeout_s: float = Field(10.0, gt=0)
     command_timeout_s: float = Field(
         60.0,
@@ -71,12 +69,6 @@ class DatabaseSettings(BaseModel):
     raw_retention_days: int = Field(400, ge=1, description="raw readings older than this are dropped")
     rollup_1m_retention_days: int = Field(90, ge=1)
     retention_interval_s: float = Field(3600.0, gt=0, description="how often the retention job runs")
-
-    @model_validator(mode="after")
-    def _pool_bounds(self) -> DatabaseSettings:
-        if self.pool_min > self.pool_max:
-            raise ValueError("pool_min must be <= pool_max")
-        return self
 
     @field_validator("url", "kpi_url")
     @classmethod
@@ -233,7 +225,6 @@ class KafkaSettings(BaseModel):
 class WriterSettings(BaseModel):
     batch_max_rows: int = Field(5000, ge=1)
     batch_max_delay_s: float = Field(0.2, gt=0)
-    queue_max_rows: int = Field(200_000, ge=1, description="backpressure bound on readings waiting")
     retry_max_backoff_s: float = Field(30.0, gt=0)
     probe_interval_s: float = Field(
         0.25, gt=0, description="while the database is unreachable it is probed this often; writes resume"

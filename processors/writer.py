@@ -274,7 +274,6 @@ class TimescaleWriter:
         self._cumulative_ids: frozenset[int] = frozenset()
         self._cities: dict[str, str] = {}  # city -> IANA time zone
         self._stopping = asyncio.Event()
-        self.last_success: float | None = None
         self._busy_since: float | None = None  # monotonic start of the write() in progress
         self._progress_at = 0.0  # monotonic time of the last commit
 
@@ -453,7 +452,6 @@ class TimescaleWriter:
             raise
         except Exception as e:  # classify by SQLSTATE: retriable or permanent
             raise errors.classify(e) from e
-        self.last_success = time.time()
         return WriteResult(
             len(batch),
             len(new_rows),
