@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -31,11 +30,11 @@ from pydantic_settings import (
 )
 
 from schemas.decoders import DECODERS, check_field_map
+from schemas.identifiers import ID_PATTERN, Identifier, TimeZoneName
 
 CONFIG_FILE_ENV = "CITYKPI_CONFIG_FILE"
 IMPLICIT_ENV_FILES = (".env", ".stack/urls.env")  # in the working directory; the first wins
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("citykpi_config_file", default=None)
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 
 
 class ConfigError(ValueError):
@@ -316,18 +315,9 @@ class HttpSettings(BaseModel):
 
 
 class CitySettings(BaseModel):
-    city_id: str
+    city_id: Identifier
     name: str
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {v!r}; use an IANA name like 'Europe/Paris'") from e
-        return v
+    timezone: TimeZoneName = "UTC"
 
 
 class Settings(BaseSettings):

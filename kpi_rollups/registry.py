@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kpi_rollups.catalog import load_catalog, normalize_code
+from schemas.identifiers import Identifier, TimeZoneName
 
-ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 SECTIONS = ("cities", "areas", "facts", "targets", "devices")
 
 
@@ -51,24 +50,15 @@ class _Row(BaseModel):
 
 
 class CityRow(_Row):
-    city_id: str = Field(pattern=ID)
+    city_id: Identifier
     name: str
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     country: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}; use an IANA name like 'Europe/Paris'") from None
-        return v
 
 
 class AreaRow(_Row):
-    city_id: str = Field(pattern=ID)
-    area_id: str = Field(pattern=ID)
+    city_id: Identifier
+    area_id: Identifier
     name: str = ""
     population: float | None = Field(None, ge=0)
     area_km2: float | None = Field(None, gt=0)
@@ -76,7 +66,7 @@ class AreaRow(_Row):
 
 
 class FactRow(_Row):
-    city_id: str = Field(pattern=ID)
+    city_id: Identifier
     key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     value: float
     unit: str = ""
@@ -85,7 +75,7 @@ class FactRow(_Row):
 
 
 class TargetRow(_Row):
-    city_id: str = Field(pattern=ID)
+    city_id: Identifier
     kpi_code: str
     component: str = ""
     target: float
@@ -132,10 +122,10 @@ METADATA_FIELDS = (
 class DeviceRow(_Row):
     """A device's registry attributes; the KPI attributes go into devices.metadata."""
 
-    city_id: str = Field(pattern=ID)
-    device_id: str = Field(pattern=ID)
+    city_id: Identifier
+    device_id: Identifier
     kind: str | None = None
-    area_id: str | None = Field(None, pattern=ID)
+    area_id: Identifier | None = None
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
     unit: str | None = None

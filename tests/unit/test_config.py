@@ -244,3 +244,23 @@ def test_value_origins_name_the_source_that_won(tmp_path: Path, monkeypatch: pyt
     assert origins["writer.batch_max_rows"] == "argument"
     assert "http.port" not in origins  # a default
     assert value_origins()["database.url"] == f".stack/urls.env in {tmp_path} (CITYKPI_DATABASE__URL)"
+
+
+@pytest.mark.parametrize(("city_id", "zone"), [("bad id", "UTC"), ("-x", "UTC"), ("ok", "Mars/Olympus")])
+def test_configuration_and_registry_refuse_the_same_city_ids_and_zones(
+    tmp_path: Path, city_id: str, zone: str
+) -> None:
+    """One identifier rule and one time-zone rule (schemas/identifiers.py) for both inputs."""
+    from kpi_rollups.registry import RegistryImportError, parse_registry
+
+    f = tmp_path / "c.toml"
+    f.write_text(f'[[cities]]\ncity_id = "{city_id}"\nname = "X"\ntimezone = "{zone}"\n')
+    with pytest.raises(ConfigError, match=r"cities\.0\.(city_id|timezone)"):
+        load_settings(f)
+    reg = tmp_path / "r.toml"
+    reg.write_text(
+        'city_id = "ok"\nvalid_from = 2025-01-01\n'
+        f'[[cities]]\ncity_id = "{city_id}"\nname = "X"\ntimezone = "{zone}"\n'
+    )
+    with pytest.raises(RegistryImportError, match=r"city_id|time zone"):
+        parse_registry(reg)
