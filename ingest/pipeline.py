@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest import telemetry
 from ingest.config import Settings
-from ingest.routing import IdentityMismatch, Router
+from ingest.routing import IdentityMismatch, RouteMatch, Router
 from ingest.validation import Rejected, Validator, bad_text
 from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
@@ -200,7 +200,6 @@ class Pipeline:
         telemetry.REJECTED.labels(origin.source, reason).inc()
 
     def _decode_delivery(self, d: Delivery, batch: WriteBatch) -> None:
-        settings = self.settings.validation
         now = datetime.now(UTC)
         sources = batch.source.split("+") if batch.source else []
         if d.source not in sources:
@@ -208,73 +207,110 @@ class Pipeline:
         batch.position.setdefault(d.source, []).append(d.position)
         batch.messages += len(d.messages)
         n_before = len(batch)
-        canonical = self.validator.canonical
-        reject = partial(self._reject, batch)
-        cap = settings.dead_letter_payload_bytes
-        zone_of = self._zone_of
+        decode = self.decode_message
         for m in d.messages:
-            origin = MessageOrigin(
-                d.source,
-                m.topic,
-                m.partition,
-                m.offset,
-                m.received_at,
-                m.payload,
-                cap,
-                m.headers,
-                m.message_id,
-                m.sent_at,
-            )
-            o = len(batch.origins)
-            batch.origins.append(origin)
-            if len(m.payload) > settings.max_payload_bytes:
-                reject(origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
-                continue
-            if (detail := bad_text("topic", m.topic)) is not None:
-                reject(origin, "bad_text", detail)
-                continue
-            route = d.router.match(m.topic)
-            if route is None:
-                reject(origin, "no_route", f"no configured route matches topic {m.topic!r}")
-                continue
-            decoder = DECODERS.get(route.format)
-            if decoder is None:
-                reject(origin, "unknown_format", route.format)
-                continue
-            ctx = DecodeContext(
-                default_time=m.sent_at or m.received_at,
-                topic=m.topic,
-                headers=m.headers or NO_HEADERS,
-                device_id=route.device or None,
-                city=route.city,
-                field_map=route.field_map,
-                timezone=zone_of(route.city),
-            )
-            try:
-                decoded = decoder(m.payload, ctx)
-            except DecodeError as e:
-                reject(origin, e.reason, e.detail, route.city, route.device)
-                continue
-            except Exception as e:  # a decoder bug must not stop the service
-                log.exception("decoder %s crashed on %s", route.format, m.topic)
-                reject(origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
-                continue
-            for part in decoded.rejected:
-                reject(origin, part.reason, part.describe(), route.city, part.device_id or route.device)
-            for r in decoded:
-                try:
-                    value = canonical(r, now)
-                except Rejected as e:
-                    reject(origin, e.reason, f"{_located(r)}: {e.detail}", r.city or route.city, r.device_id)
-                    continue
-                try:  # the route decides whose word counts for city and device
-                    city, device = route.city_of(r.city), route.device_of(r.device_id)
-                except IdentityMismatch as e:
-                    reject(origin, e.reason, f"{_located(r)}: {e.detail}", r.city or route.city, r.device_id)
-                    continue
-                batch.add(city, device, r.metric, r.time, value, 0, o)
+            decode(batch, d.source, m, d.router.match, now)
         telemetry.MESSAGES_RECEIVED.labels(d.source).inc(len(d.messages))
         telemetry.READINGS_RECEIVED.labels(d.source).inc(len(batch) - n_before)
+
+    def decode_message(
+        self,
+        batch: WriteBatch,
+        source: str,
+        m: Message,
+        route_of: Callable[[str], RouteMatch | None],
+        now: datetime,
+    ) -> None:
+        """One message into `batch`: its valid readings, and a dead letter (with the payload, so it
+        can be requeued) for the message or each part that fails. Live ingestion and replay share it."""
+        settings = self.settings.validation
+        origin = MessageOrigin(
+            source,
+            m.topic,
+            m.partition,
+            m.offset,
+            m.received_at,
+            m.payload,
+            settings.dead_letter_payload_bytes,
+            m.headers,
+            m.message_id,
+            m.sent_at,
+        )
+        o = len(batch.origins)
+        batch.origins.append(origin)
+        reject = partial(self._reject, batch)
+        if len(m.payload) > settings.max_payload_bytes:
+            reject(origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
+            return
+        if (detail := bad_text("topic", m.topic)) is not None:
+            reject(origin, "bad_text", detail)
+            return
+        route = route_of(m.topic)
+        if route is None:
+            reject(origin, "no_route", f"no configured route matches topic {m.topic!r}")
+            return
+        decoder = DECODERS.get(route.format)
+        if decoder is None:
+            reject(origin, "unknown_format", route.format)
+            return
+        ctx = DecodeContext(
+            default_time=m.sent_at or m.received_at,
+            topic=m.topic,
+            headers=m.headers or NO_HEADERS,
+            device_id=route.device or None,
+            city=route.city,
+            field_map=route.field_map,
+            timezone=self._zone_of(route.city),
+        )
+        try:
+            decoded = decoder(m.payload, ctx)
+        except DecodeError as e:
+            reject(origin, e.reason, e.detail, route.city, route.device)
+            return
+        except Exception as e:  # a decoder bug must not stop the service
+            log.exception("decoder %s crashed on %s", route.format, m.topic)
+            reject(origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
+            return
+        for part in decoded.rejected:
+            reject(origin, part.reason, part.describe(), route.city, part.device_id or route.device)
+        add = self.add_reading
+        for r in decoded:
+            add(batch, o, route, r, now)
+
+    def add_reading(self, batch: WriteBatch, o: int, route: RouteMatch, r: Reading, now: datetime) -> None:
+        """A decoded reading into `batch` (from the message `batch.origins[o]`) once it is valid and
+        the route accepts its city and device; else a dead letter of that message."""
+        try:
+            value = self.validator.canonical(r, now)
+        except Rejected as e:
+            self._reject(
+                batch,
+                batch.origins[o],
+                e.reason,
+                f"{_located(r)}: {e.detail}",
+                r.city or route.city,
+                r.device_id,
+            )
+            return
+        try:  # the route decides whose word counts for city and device
+            city, device = route.city_of(r.city), route.device_of(r.device_id)
+        except IdentityMismatch as e:
+            self._reject(
+                batch,
+                batch.origins[o],
+                e.reason,
+                f"{_located(r)}: {e.detail}",
+                r.city or route.city,
+                r.device_id,
+            )
+            return
+        batch.add(city, device, r.metric, r.time, value, 0, o)
+
+    def reject(
+        self, batch: WriteBatch, origin: MessageOrigin, error: DecodeError, city: str | None = None
+    ) -> None:
+        """A decode error found outside a payload (a replayed archive's row) as a dead letter."""
+        self._reject(batch, origin, error.reason, error.detail, city)
 
     # -- writing --------------------------------------------------------------------------
     async def _write_loop(self) -> None:

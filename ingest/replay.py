@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from ingest.config import Settings
-from ingest.validation import Rejected, Validator
-from processors.writer import DeadLetter, TimescaleWriter, WriteBatch, WriteResult
+from ingest.pipeline import Message, Pipeline
+from ingest.routing import RouteMatch
+from processors.writer import MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
 from schemas.decoders.openaq import iter_openaq_csv
 from schemas.decoders.sensor_community import iter_sensor_community_csv
-from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.readings import DecodeError, Reading
 
 ROW_FORMATS: dict[str, Callable[[Iterable[str]], Iterator[Reading | DecodeError]]] = {
     "sensor-community-csv": iter_sensor_community_csv,
@@ -48,33 +48,9 @@ def formats() -> list[str]:
     return [*ROW_FORMATS, *(f"jsonl:{name}" for name in DECODERS)]
 
 
-def _items(
-    path: Path, fmt: str, device: str | None, zone: tzinfo | None
-) -> Iterator[tuple[int | None, Reading | DecodeError]]:
-    """(line number where known, reading or error) for every reading in the file."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        if fmt in ROW_FORMATS:
-            for item in ROW_FORMATS[fmt](f):
-                yield None, item  # the row iterators put the line number into their errors' detail
-            return
-        if not fmt.startswith("jsonl:") or fmt[6:] not in DECODERS:
-            raise ValueError(f"unknown format {fmt!r}; one of {', '.join(formats())}")
-        decoder = DECODERS[fmt[6:]]
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            ctx = DecodeContext(
-                default_time=datetime.now(UTC), topic=path.name, device_id=device, timezone=zone
-            )
-            try:
-                decoded = decoder(line.encode(), ctx)
-            except DecodeError as e:
-                yield lineno, e
-                continue
-            for part in decoded.rejected:
-                yield lineno, DecodeError(part.reason, part.describe())
-            for r in decoded:
-                yield lineno, r
+def _check_format(fmt: str) -> None:
+    if fmt not in ROW_FORMATS and not (fmt.startswith("jsonl:") and fmt[6:] in DECODERS):
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(formats())}")
 
 
 async def replay_file(
@@ -85,39 +61,48 @@ async def replay_file(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
+    """Each line of a `jsonl:` file is a message through the live path's decode-validate step
+    (`Pipeline.decode_message`: size and text checks, the route's identity rules, dead letters with
+    their payload and line number as offset); archive rows go through its reading step."""
     fmt = fmt or guess_format(path)
-    validator = Validator(settings.validation)
+    _check_format(fmt)
     result = ReplayResult()
     source = f"replay:{path.name}"
     max_rows = settings.writer.batch_max_rows
+    topic = f"replay/{device}" if device else "replay"
+    fmt_name = fmt.removeprefix("jsonl:")
+    # --device names the device as a topic does: a payload naming another is rejected, as live
+    route = RouteMatch(fmt_name, city, device, {})
     async with TimescaleWriter(
         settings.database.url.get_secret_value(), unknown_device=settings.validation.unknown_device
     ) as writer:
+        pipeline = Pipeline(settings, writer)
         batch = WriteBatch(source=source, position={"file": str(path)})
         now = datetime.now(UTC)
-        zone = next((ZoneInfo(c.timezone) for c in settings.cities if c.city_id == city), None)
-        if settings.validation.naive_times != "city":
-            zone = None
-        for lineno, item in _items(path, fmt, device, zone):
-            result.items += 1
-            if progress is not None:
-                progress(1)
-            if isinstance(item, DecodeError):
-                batch.dead_letters.append(
-                    DeadLetter(source, item.reason, item.detail, path.name, None, lineno, city)
+        with path.open(encoding="utf-8", errors="replace") as f:
+            if fmt in ROW_FORMATS:
+                batch.origins.append(MessageOrigin(source, None, None, None, now, b"", 0))
+                items: Iterator[tuple[int | None, Reading | DecodeError | str]] = (
+                    (None, item) for item in ROW_FORMATS[fmt](f)
                 )
-                continue
-            try:
-                value = validator.canonical(item, now)
-            except Rejected as e:
-                batch.dead_letters.append(
-                    DeadLetter(source, e.reason, e.detail, path.name, None, lineno, city, item.device_id)
-                )
-                continue
-            batch.add(item.city or city, item.device_id, item.metric, item.time, value)
-            if len(batch) >= max_rows:
-                _add(result, await writer.write(batch))
-                batch = WriteBatch(source=source, position={"file": str(path), "line": lineno})
+            else:
+                items = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
+            for lineno, item in items:
+                result.items += 1
+                if progress is not None:
+                    progress(1)
+                if isinstance(item, str):
+                    message = Message(item.rstrip("\r\n").encode(), topic, now, offset=lineno)
+                    pipeline.decode_message(batch, source, message, lambda _topic: route, now)
+                elif isinstance(item, DecodeError):  # the row iterators put the line into the detail
+                    pipeline.reject(batch, batch.origins[0], item, city)
+                else:
+                    pipeline.add_reading(batch, 0, route, item, now)
+                if len(batch) >= max_rows:
+                    _add(result, await writer.write(batch))
+                    batch = WriteBatch(source=source, position={"file": str(path), "line": lineno})
+                    if fmt in ROW_FORMATS:
+                        batch.origins.append(MessageOrigin(source, None, None, None, now, b"", 0))
         _add(result, await writer.write(batch))
     return result
 

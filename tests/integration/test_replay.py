@@ -59,3 +59,35 @@ def test_unknown_format_is_a_clear_error(tmp_path: Path) -> None:
     out = run("replay", str(f))
     assert out.returncode == 2
     assert "cannot tell the format" in out.stderr
+
+
+async def test_jsonl_replay_applies_the_live_checks_and_keeps_payloads(tsdb: str, tmp_path: Path) -> None:
+    """Replay decodes each line through the live path (Pipeline.decode_message): an oversized line,
+    a payload naming another device than --device, and a bad line are dead letters with their
+    payload and line number, as from a broker."""
+    from ingest.config import Settings
+    from ingest.replay import replay_file
+
+    settings = Settings(database={"url": tsdb}, validation={"max_payload_bytes": 1024})  # type: ignore[arg-type]
+    t = int(time.time()) - 3600
+    lines = [
+        json.dumps([{"bn": "st-1:", "bt": t, "n": "no2", "u": "ppb", "v": 10}]),
+        json.dumps([{"bn": "st-1:", "bt": t + 1, "n": "no2", "u": "ppb", "v": 10, "x": "y" * 2000}]),
+        json.dumps([{"bn": "other:", "bt": t + 2, "n": "no2", "u": "ppb", "v": 10}]),
+        "{broken",
+    ]
+    f = tmp_path / "st-1.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    result = await replay_file(settings, f, "jsonl:senml", "demo", device="st-1")
+    assert (result.items, result.stored, result.dead_letters) == (4, 1, 3)
+    conn = await asyncpg.connect(tsdb)
+    try:
+        rows = await conn.fetch('SELECT reason, "offset", payload FROM dead_letters ORDER BY "offset"')
+    finally:
+        await conn.close()
+    assert [(r["reason"], r["offset"]) for r in rows] == [
+        ("payload_too_large", 2),
+        ("device_mismatch", 3),
+        ("bad_json", 4),
+    ]
+    assert [bytes(r["payload"]) for r in rows] == [line.encode() for line in lines[1:]]
