@@ -41,6 +41,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check ingest processors kpi_rollups schemas tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: stack
 	$(BIN)/python -m bench.kernels

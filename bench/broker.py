@@ -25,10 +25,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.stack import REPO, PrivateMosquitto
 from ingest.config import Settings
 from ingest.publishers import MqttPublisher
 from ingest.simulator import SimMessage
-from tests.conftest import REPO, PrivateMosquitto
 
 RESULTS = Path(__file__).parent / "results" / "broker.json"
 SETTINGS = [("30", "false"), ("5", "false"), ("1", "false"), ("1000", "true"), ("100", "true")]

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 
+from bench.stack import TSDB_URL, count_readings, drop_database, migrated_database
 from ingest.config import Settings, SimulatorSettings
 from ingest.pipeline import PipelineStats
 from ingest.publishers import KafkaPublisher, MqttPublisher
@@ -42,8 +43,6 @@ from ingest.simulator import CitySimulator, SimMessage
 from ingest.validation import Validator
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext
-from tests.conftest import TSDB_URL, _drop_database, migrated_database
-from tests.integration.test_mqtt_ingest import count_readings
 
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
 
@@ -83,7 +82,7 @@ async def drain_backlog(settings: Settings, dsn: str, expected: int) -> tuple[fl
     await service.start()
     t1 = await wait_rows(dsn, expected)
     await service.stop()
-    await _drop_database(TSDB_URL, dsn)
+    await drop_database(TSDB_URL, dsn)
     return expected / (t1 - t0), service.pipeline.stats
 
 
@@ -187,7 +186,7 @@ async def naive_mqtt(n: int) -> float:
     await pub.stop()
     c.loop_stop()
     await conn.close()
-    await _drop_database(TSDB_URL, dsn)
+    await drop_database(TSDB_URL, dsn)
     return rate
 
 
@@ -363,7 +362,7 @@ async def end_service(
     proc.send_signal(signal.SIGTERM)
     proc.wait(90)
     service_log.close()
-    await _drop_database(TSDB_URL, dsn)
+    await drop_database(TSDB_URL, dsn)
     forget_session(client_id)
 
 

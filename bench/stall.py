@@ -21,10 +21,9 @@ from pathlib import Path
 import asyncpg
 
 from bench.ingest import _readings_or_none, end_service, publish_paced, rss_mib, service_process, wait_rows
+from bench.stack import TSDB_URL, count_readings, migrated_database
 from ingest.config import Settings
 from ingest.publishers import MqttPublisher
-from tests.conftest import TSDB_URL, migrated_database
-from tests.integration.test_mqtt_ingest import count_readings
 
 RESULTS = Path(__file__).parent / "results" / "stall.json"
 

@@ -7,85 +7,42 @@ Each database test gets a fresh database on the real server, migrated; private M
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
+from bench.stack import (
+    KAFKA_BOOTSTRAP,
+    KAFKA_IMPL,
+    MQTT_PORT,
+    PLAIN_URL,
+    REPO,
+    STACK,
+    STACK_ENV,
+    TSDB_URL,
+    PrivateMosquitto,
+    create_database,
+    drop_database,
+    free_port,
+    migrated_database,
+)
 from schemas.access import DeploymentRoles, derive_prefix
 
-REPO = Path(__file__).resolve().parent.parent
-STACK = REPO / "deploy" / "local" / "stack.sh"
-
-
-def _stack_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    urls = REPO / ".stack" / "urls.env"
-    if urls.exists():
-        for line in urls.read_text().splitlines():
-            if "=" in line:
-                k, v = line.split("=", 1)
-                env[k] = v
-    return env
-
-
-STACK_ENV = _stack_env()
-TSDB_URL = os.environ.get(
-    "CITYKPI_DATABASE__URL",
-    STACK_ENV.get("CITYKPI_DATABASE__URL", "postgresql://postgres@127.0.0.1:15433/citykpi"),
-)
-PLAIN_URL = STACK_ENV.get("CITYKPI_TEST_PLAIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:15434/citykpi")
-MQTT_PORT = int(STACK_ENV.get("CITYKPI_MQTT__PORT", "18830"))
-KAFKA_BOOTSTRAP = STACK_ENV.get("CITYKPI_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-KAFKA_IMPL = STACK_ENV.get("CITYKPI_STACK_KAFKA_IMPL", "unknown")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _with_db(url: str, db: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + db
-
-
-async def _create_database(server_url: str) -> str:
-    name = "t_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return _with_db(server_url, name)
-
-
-async def _drop_database(server_url: str, dsn: str) -> None:
-    """Drop the database, then its deployment's roles and the logins granted them (roles are
-    cluster-wide and would pile up)."""
-    name = dsn.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        groups = [
-            r.format(p=derive_prefix(name)) for r in ("{p}_ingest", "{p}_kpi", "{p}_reader", "{p}_definer")
-        ]
-        logins = await conn.fetch(
-            "SELECT DISTINCT u.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
-            "JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = ANY($1) AND NOT u.rolsuper",
-            groups,
-        )
-        for role in [r["rolname"] for r in logins] + groups:
-            with contextlib.suppress(asyncpg.PostgresError):  # still owns something elsewhere
-                await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
-    finally:
-        await conn.close()
+__all__ = [  # the stack's names, for the tests that import them from here
+    "KAFKA_BOOTSTRAP",
+    "KAFKA_IMPL",
+    "MQTT_PORT",
+    "PLAIN_URL",
+    "REPO",
+    "STACK",
+    "STACK_ENV",
+    "TSDB_URL",
+    "PrivateMosquitto",
+    "free_port",
+    "migrated_database",
+]
 
 
 def deployment_of(dsn: str) -> DeploymentRoles:
@@ -118,18 +75,9 @@ def server_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def empty_db(server_url: str) -> AsyncIterator[str]:
-    dsn = await _create_database(server_url)
+    dsn = await create_database(server_url)
     yield dsn
-    await _drop_database(server_url, dsn)
-
-
-async def migrated_database(server_url: str) -> str:
-    from ingest.config import Settings
-    from ingest.database import prepare_database
-
-    dsn = await _create_database(server_url)
-    await prepare_database(Settings(database={"url": dsn}))  # type: ignore[arg-type]
-    return dsn
+    await drop_database(server_url, dsn)
 
 
 @pytest.fixture
@@ -137,7 +85,7 @@ async def tsdb() -> AsyncIterator[str]:
     """A fresh, migrated database on the real TimescaleDB server, with the demo city."""
     dsn = await migrated_database(TSDB_URL)
     yield dsn
-    await _drop_database(TSDB_URL, dsn)
+    await drop_database(TSDB_URL, dsn)
 
 
 @pytest.fixture
@@ -145,21 +93,7 @@ async def any_db(server_url: str) -> AsyncIterator[str]:
     """A fresh, migrated database on each server in turn."""
     dsn = await migrated_database(server_url)
     yield dsn
-    await _drop_database(server_url, dsn)
-
-
-class PrivateMosquitto:
-    """A Mosquitto of this test alone, started and stopped by deploy/local/stack.sh."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, "CITYKPI_STACK_DIR": str(root), "CITYKPI_STACK_MQTT_PORT": str(self.port)}
-
-    def up(self) -> None:
-        subprocess.run(["bash", str(STACK), "up", "mqtt"], env=self.env, check=True, capture_output=True)
-
-    def down(self) -> None:
-        subprocess.run(["bash", str(STACK), "down", "mqtt"], env=self.env, check=True, capture_output=True)
+    await drop_database(server_url, dsn)
 
 
 @pytest.fixture

@@ -110,10 +110,11 @@ async def test_the_ingest_login_cannot_migrate_and_run_does_not_try(
 async def test_a_non_superuser_owner_migrates_and_makes_the_logins(server_url: str) -> None:
     """The schema owner needs CREATEROLE and its database, not SUPERUSER (on TimescaleDB a DBA creates
     the extension first): it migrates, makes a reader and an ingest login, and the model holds."""
+    from bench.stack import drop_database, with_db
     from ingest.config import Settings
     from ingest.database import prepare_database
     from schemas.migrations import HYPERTABLES
-    from tests.conftest import _drop_database, _with_db, as_login
+    from tests.conftest import as_login
 
     owner, db = f"own_{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:12]}"
     su = await asyncpg.connect(server_url)
@@ -124,12 +125,12 @@ async def test_a_non_superuser_owner_migrates_and_makes_the_logins(server_url: s
         await su.close()
     try:
         if "15433" in server_url:
-            dba = await asyncpg.connect(_with_db(server_url, db))
+            dba = await asyncpg.connect(with_db(server_url, db))
             try:
                 await dba.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
             finally:
                 await dba.close()
-        owner_dsn = as_login(_with_db(server_url, db), owner)
+        owner_dsn = as_login(with_db(server_url, db), owner)
         await prepare_database(Settings(database={"url": owner_dsn}))  # type: ignore[arg-type]
         conn = await asyncpg.connect(owner_dsn)
         try:
@@ -155,7 +156,7 @@ async def test_a_non_superuser_owner_migrates_and_makes_the_logins(server_url: s
         finally:
             await reader.close()
     finally:
-        await _drop_database(server_url, _with_db(server_url, db))
+        await drop_database(server_url, with_db(server_url, db))
         su = await asyncpg.connect(server_url)
         try:
             await su.execute(f"DROP ROLE IF EXISTS {owner}_r, {owner}_i, {owner}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bench.stack import count_readings
 from ingest.config import Settings
 from ingest.publishers import MqttPublisher
 from ingest.service import Service
@@ -46,14 +47,6 @@ def senml_messages(n: int, offset: int = 0, per_pack: int = 1) -> list[SimMessag
         pack += [{"n": "pm10", "t": k, "v": float(k)} for k in range(per_pack - 1)]
         out.append(SimMessage(f"city/demo/senml/{device}", json.dumps(pack).encode()))
     return out
-
-
-async def count_readings(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM readings"))
-    finally:
-        await conn.close()
 
 
 async def wait_for_count(dsn: str, expected: int, timeout: float = 60) -> int:

@@ -1,0 +1,1 @@
+"""Kafka: the source (aiokafka consumer group) and the dead-letter topic."""

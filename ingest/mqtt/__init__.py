@@ -1,0 +1,1 @@
+"""MQTT: the source (paho-mqtt, persistent session, bounded in-flight messages)."""
