@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 import asyncpg
+import tenacity
 
 from ingest.config import Settings
 from schemas import statements as sql
@@ -16,17 +15,28 @@ log = logging.getLogger(__name__)
 
 
 async def wait_for_database(dsn: str, timeout_s: float) -> asyncpg.Connection:
-    """Connect, retrying with backoff until `timeout_s` (the database may still be starting)."""
-    deadline, delay = time.monotonic() + timeout_s, 0.2
-    while True:
-        try:
-            return await asyncpg.connect(dsn, timeout=5)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as e:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"database not reachable after {timeout_s:.0f} s: {e}") from e
-            log.warning("database not reachable yet (%s); retrying in %.1f s", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
+    """Connect, retrying with jittered exponential backoff (0.2 s up to 5 s) until `timeout_s`: the
+    database may still be starting, and instances restarted together should not knock in step."""
+
+    def note(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("database not reachable yet (%s); retrying in %.1f s", error, wait)
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type((TimeoutError, OSError, asyncpg.PostgresError)),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
+        stop=tenacity.stop_after_delay(timeout_s),
+        before_sleep=note,
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await asyncpg.connect(dsn, timeout=5)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as e:
+        raise ConnectionError(f"database not reachable after {timeout_s:.0f} s: {e}") from e
+    raise AssertionError("unreachable: tenacity either returns or raises")
 
 
 async def prepare_database(settings: Settings, run_migrations: bool = True) -> None:
