@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 from prometheus_client import generate_latest
 
@@ -23,26 +22,13 @@ from ingest.config import Settings
 from ingest.database import prepare_database
 from ingest.kafka.dead_letters import DeadLetterTopic
 from ingest.pipeline import Pipeline
+from ingest.sources import Source, enabled_sources
 from ingest.supervision import Supervisor
 from processors.kernels import warm_up
 from processors.registration import RegistrationBudget
 from processors.writer import TimescaleWriter, WriteResult
 
 log = logging.getLogger(__name__)
-
-
-class Source(Protocol):
-    name: str
-    held_messages: int
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def close(self) -> None: ...
-    async def report(self) -> None: ...
-    def failure(self) -> str | None: ...
 
 
 class Service:
@@ -102,14 +88,7 @@ class Service:
         await self.pipeline.start()
         for task in self.pipeline.tasks:
             self.supervisor.vital(task.get_name(), task)
-        if self.settings.mqtt.enabled:
-            from ingest.mqtt.source import MqttSource
-
-            self.sources.append(MqttSource(self.settings.mqtt, self.pipeline))
-        if self.settings.kafka.enabled:
-            from ingest.kafka.source import KafkaSource
-
-            self.sources.append(KafkaSource(self.settings.kafka, self.pipeline))
+        self.sources.extend(enabled_sources(self.settings, self.pipeline))
         for s in self.sources:
             await s.start()
         self._start_jobs()

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ingest import telemetry
-from ingest.config import KafkaSettings
+from ingest.config import KafkaSettings, Settings
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 
@@ -249,3 +249,8 @@ class KafkaSource:
         self.connected = False
         await self.report()
         telemetry.SOURCE_CONNECTED.labels(self.name).set(0)
+
+
+def from_settings(settings: Settings, pipeline: Pipeline) -> KafkaSource | None:
+    """The service's Kafka source (registered in ingest/sources.py), when `kafka.enabled`."""
+    return KafkaSource(settings.kafka, pipeline) if settings.kafka.enabled else None

@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest import telemetry
-from ingest.config import MqttSettings
+from ingest.config import MqttSettings, Settings
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 
@@ -383,3 +383,8 @@ class MqttSource:
         self._report()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def from_settings(settings: Settings, pipeline: Pipeline) -> MqttSource | None:
+    """The service's MQTT source (registered in ingest/sources.py), when `mqtt.enabled`."""
+    return MqttSource(settings.mqtt, pipeline) if settings.mqtt.enabled else None
