@@ -2,10 +2,10 @@
 
 Each `getmany` batch becomes one `Delivery`; its ack commits the next offset of every partition in
 it. While the source holds `max_held_messages` uncommitted messages, or the pipeline is full, the
-assigned partitions are paused, so nothing is fetched that cannot be held. When partitions are
-revoked (a rebalance), the listener waits up to `rebalance_wait_s` for the batches in flight to be
-committed; past that it abandons them: their commit fails harmlessly, and the new owner replays
-them from the last committed offset, stored once because writes are idempotent.
+assigned partitions are paused (and still polled), so nothing is fetched that cannot be held. When
+partitions are revoked (a rebalance), the listener waits up to `rebalance_wait_s` for the batches
+in flight to be committed; past that it abandons them: their commit fails harmlessly, and the new
+owner replays them from the last committed offset, stored once because writes are idempotent.
 """
 
 from __future__ import annotations
@@ -138,11 +138,12 @@ class KafkaSource:
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping:
+            # Paused, `getmany` fetches nothing but still counts as a poll, so a long database stall
+            # does not exceed max_poll_interval_ms and evict this consumer from its group.
             if self._full():
                 consumer.pause(*consumer.assignment())
-                await asyncio.sleep(0.05)
-                continue
-            consumer.resume(*consumer.paused())
+            else:
+                consumer.resume(*consumer.paused())
             try:
                 data = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
             except KafkaError as e:

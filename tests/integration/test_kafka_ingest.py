@@ -285,3 +285,39 @@ async def test_a_time_less_payload_takes_the_record_timestamp_and_its_requeue_th
         assert again["sent_at"] == sent  # the part that fails again keeps the message's times
     finally:
         await conn.close()
+
+
+@pytest.mark.slow
+async def test_a_rebalance_during_a_stall_abandons_the_batch_in_flight_and_its_new_owner_replays_it(
+    tsdb: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A holds an uncommitted batch behind a locked table when B joins: A gives its partitions up
+    after `rebalance_wait_s`; once the lock goes, A's late offset commit fails harmlessly and B's
+    replay of the same offsets is stored once."""
+    topic = await new_topic(partitions=2)
+    await produce(topic, 1000)
+    settings = service_settings(tsdb, topic, "g-" + topic)
+    settings.kafka.rebalance_wait_s = 1.0
+    lock = await asyncpg.connect(tsdb)
+    tx = lock.transaction()
+    await tx.start()
+    await lock.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+    a, b = Service(settings), Service(service_settings(tsdb, topic, "g-" + topic))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ingest.kafka.source"):
+            await a.start()
+            while a.sources[0].held_messages == 0:
+                await asyncio.sleep(0.05)
+            await b.start()
+            for _ in range(200):
+                if "revoked with" in caplog.text:
+                    break
+                await asyncio.sleep(0.1)
+        assert "revoked with" in caplog.text
+        await tx.rollback()
+        assert await wait_for_count(tsdb, 2000) == 2000
+    finally:
+        await lock.close()
+        await a.stop()
+        await b.stop()
+    assert await rollup_mismatches(tsdb) == []
