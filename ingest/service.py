@@ -15,11 +15,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import generate_latest
-
 from ingest import telemetry
 from ingest.config import Settings
 from ingest.database import prepare_database
+from ingest.endpoints import HealthServer
 from ingest.kafka.dead_letters import DeadLetterTopic
 from ingest.pipeline import Pipeline
 from ingest.sources import Source, enabled_sources
@@ -58,7 +57,7 @@ class Service:
         )
         self.sources: list[Source] = []
         self.supervisor = Supervisor()
-        self._http: asyncio.Server | None = None
+        self._http: HealthServer | None = None
         self._started = False
         self.warm_up_s = 0.0
 
@@ -76,9 +75,10 @@ class Service:
 
     async def _start(self) -> None:
         if self.settings.http.enabled:
-            self._http = await asyncio.start_server(
-                self._serve_http, self.settings.http.host, self.settings.http.port
+            self._http = HealthServer(
+                self.settings.http.host, self.settings.http.port, self._why_unhealthy, self.ready
             )
+            self._http.start()
         await prepare_database(self.settings, self.settings.database.migrate_on_start)
         self.warm_up_s = await asyncio.to_thread(warm_up)
         log.info("numba kernels ready in %.2f s", self.warm_up_s)
@@ -130,6 +130,11 @@ class Service:
     def healthy(self) -> bool:
         """Alive: not failed, and the write loop is not stuck (the liveness probe restarts it if so)."""
         return self.failure is None and self.writer.blocked_s < self.settings.writer.stalled_after_s
+
+    def _why_unhealthy(self) -> str | None:
+        if self.healthy():
+            return None
+        return self.failure or f"no commit for {self.writer.blocked_s:.0f} s"
 
     def held_messages(self) -> int:
         return sum(s.held_messages for s in self.sources)
@@ -190,35 +195,5 @@ class Service:
             except Exception as e:
                 log.warning("closing %s failed: %s", close, e)
         if self._http is not None:
-            self._http.close()
+            await self._http.stop()
             self._http = None
-
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """/healthz (alive), /readyz (ready for traffic), /metrics (Prometheus)."""
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            if path == "/healthz":
-                ok = self.healthy()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                why = self.failure or f"no commit for {self.writer.blocked_s:.0f} s"
-                body, ctype = (b"ok\n" if ok else f"failed: {why}\n".encode()), "text/plain"
-            elif path == "/readyz":
-                ok = self.ready()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                body, ctype = (b"ready\n" if ok else b"not ready\n"), "text/plain"
-            elif path == "/metrics":
-                status, body, ctype = "200 OK", generate_latest(), "text/plain; version=0.0.4"
-            else:
-                status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
