@@ -27,6 +27,7 @@ from kpi_rollups.sources import EPOCH, HOUR, CityData, DeviceInfo, SeriesCount, 
 from kpi_rollups.values import KpiOptions, KpiResult
 from processors.kernels import (
     EPA_POLLUTANTS,
+    EUROPEAN_AQI_BAND_NAMES,
     EUROPEAN_AQI_POLLUTANTS,
     epa_aqi,
     european_aqi_band,
@@ -153,7 +154,7 @@ EPA_CATEGORIES = (
     (300, "Very unhealthy"),
     (math.inf, "Hazardous"),
 )
-EU_BANDS = {1: "Good", 2: "Fair", 3: "Moderate", 4: "Poor", 5: "Very poor"}
+EU_BANDS = EUROPEAN_AQI_BAND_NAMES
 
 
 def _epa_category(aqi: float) -> str:

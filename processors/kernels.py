@@ -31,7 +31,9 @@ from processors._kernels import (
 
 __all__ = [
     "EPA_POLLUTANTS",
+    "EUROPEAN_AQI_BAND_NAMES",
     "EUROPEAN_AQI_POLLUTANTS",
+    "EUROPEAN_AQI_UPPER_BOUNDS",
     "FLAG_DUPLICATE",
     "FLAG_FIRST",
     "FLAG_IMPLAUSIBLE",
@@ -465,15 +467,17 @@ def epa_aqi(concentrations: Mapping[str, npt.ArrayLike]) -> F64:
     return np.asarray(out, dtype=np.float64)
 
 
-# Upper bounds of bands 1..4 (Good, Fair, Moderate, Poor) in µg/m³; above the last: 5, Very poor.
-_EUROPEAN_AQI_UPPER_BOUNDS: dict[str, tuple[float, float, float, float]] = {
+# The European AQI, written once: upper bounds of bands 1..4 (Good, Fair, Moderate, Poor) in µg/m³,
+# above the last: 5, Very poor. The KPI formulas and the Grafana generator read them from here.
+EUROPEAN_AQI_UPPER_BOUNDS: dict[str, tuple[float, float, float, float]] = {
     "pm25": (10.0, 20.0, 25.0, 50.0),
     "pm10": (20.0, 35.0, 50.0, 100.0),
     "no2": (40.0, 100.0, 200.0, 400.0),
     "o3": (80.0, 120.0, 180.0, 240.0),
     "so2": (100.0, 200.0, 350.0, 500.0),
 }
-EUROPEAN_AQI_POLLUTANTS = tuple(_EUROPEAN_AQI_UPPER_BOUNDS)
+EUROPEAN_AQI_POLLUTANTS = tuple(EUROPEAN_AQI_UPPER_BOUNDS)
+EUROPEAN_AQI_BAND_NAMES = {1: "Good", 2: "Fair", 3: "Moderate", 4: "Poor", 5: "Very poor"}
 
 
 def european_aqi_band(pollutant: str, concentration_ugm3: npt.ArrayLike) -> npt.NDArray[np.int8]:
@@ -482,11 +486,11 @@ def european_aqi_band(pollutant: str, concentration_ugm3: npt.ArrayLike) -> npt.
     A value on a band boundary belongs to the better band (10 µg/m³ PM2.5 is Good); values
     above the table's top (e.g. PM2.5 > 800) stay Very poor.
     """
-    if pollutant not in _EUROPEAN_AQI_UPPER_BOUNDS:
+    if pollutant not in EUROPEAN_AQI_UPPER_BOUNDS:
         raise ValueError(f"unknown pollutant {pollutant!r}; expected one of {EUROPEAN_AQI_POLLUTANTS}")
     c = np.asarray(concentration_ugm3)
     flat = _float64_1d("concentration_ugm3", c.reshape(-1))
-    bounds = np.array(_EUROPEAN_AQI_UPPER_BOUNDS[pollutant], dtype=np.float64)
+    bounds = np.array(EUROPEAN_AQI_UPPER_BOUNDS[pollutant], dtype=np.float64)
     return K.band_from_upper_bounds(flat, bounds).reshape(c.shape)
 
 
