@@ -193,3 +193,44 @@ async def test_a_dead_letter_topic_that_refuses_records_does_not_stop_ingestion(
         await service.stop()
         await pub.stop()
     assert await dead_letter_reasons(tsdb) == ["bad_json", "bad_json"]
+
+
+async def test_a_row_that_keeps_failing_inside_the_server_is_dead_lettered_with_its_message(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    """An internal error (XX000) on one row, on every attempt: after `writer.max_attempts` the batch
+    is bisected to that row, which becomes a replayable dead letter; its neighbours are stored."""
+    conn = await asyncpg.connect(tsdb)
+    try:
+        await conn.execute("""
+            CREATE FUNCTION cursed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.device_key = (SELECT device_key FROM devices WHERE device_id = 'air-07') THEN
+                RAISE EXCEPTION 'simulated internal error' USING ERRCODE = 'XX000';
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER cursed BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION cursed();""")
+    finally:
+        await conn.close()
+    settings = settings_for(tsdb, mosquitto.port)
+    settings.writer.max_attempts, settings.writer.retry_max_backoff_s = 2, 0.2
+    service = Service(settings)
+    await service.start()
+    try:
+        await publish(mosquitto.port, senml_messages(100))  # 20 devices: air-07 sends 5 of them
+        assert await wait_for_count(tsdb, 95) == 95
+        await wait_for_dead_letters(tsdb, 5)
+        await assert_healthy(service)
+    finally:
+        await service.stop()
+    conn = await asyncpg.connect(tsdb)
+    try:
+        letters = await conn.fetch("SELECT reason, device_id, topic, payload FROM dead_letters")
+    finally:
+        await conn.close()
+    assert len(letters) == 5
+    assert {(r["reason"], r["device_id"], r["topic"]) for r in letters} == {
+        ("db_rejected:XX000", "air-07", "city/demo/senml/air-07")
+    }
+    assert all(r["payload"] and b"air-07" in r["payload"] for r in letters)  # the raw message, replayable
