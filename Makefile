@@ -46,6 +46,7 @@ lint: venv
 bench: stack
 	$(BIN)/python -m bench.kernels
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.peers
 	$(BIN)/python -m bench.stall
 	$(BIN)/python -m bench.reader_views
 

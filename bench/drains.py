@@ -1,0 +1,82 @@
+"""The two reference MQTT consumers of bench/peers.py, each run as its own process so its peak RSS
+is its own: `python -m bench.drains bare|naive PORT CLIENT_ID MESSAGES [DSN]`.
+
+* bare: paho draining its persistent session's QoS 1 backlog and counting (the Python MQTT limit);
+* naive: paho callback -> json.loads -> one INSERT per message (auto-ack, nothing batched).
+
+Prints one JSON line: messages, seconds from connect to the last message handled, CPU seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def bare(port: int, client_id: str, n: int) -> tuple[float, float]:
+    done = threading.Event()
+    received = [0]
+
+    def on_message(*_a: object) -> None:
+        received[0] += 1
+        if received[0] >= n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_message = on_message
+    t0, cpu0 = time.perf_counter(), cpu_s()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    done.wait(900)
+    seconds, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    c.loop_stop()
+    c.disconnect()
+    return seconds, cpu
+
+
+def naive(port: int, client_id: str, n: int, dsn: str) -> tuple[float, float]:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> tuple[float, float]:
+        conn = await asyncpg.connect(dsn)
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        c.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(queue.put_nowait, m.payload)
+        t0, cpu0 = time.perf_counter(), cpu_s()
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        for _ in range(n):
+            doc = json.loads(await queue.get())
+            await conn.execute(
+                "INSERT INTO naive VALUES (to_timestamp($1), $2, $3) ON CONFLICT DO NOTHING",
+                float(doc["time"]),
+                doc["device_id"],
+                float(doc["pm25"]),
+            )
+        seconds, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+        c.loop_stop()
+        c.disconnect()
+        await conn.close()
+        return seconds, cpu
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    kind, port, client_id, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    seconds, cpu = bare(port, client_id, n) if kind == "bare" else naive(port, client_id, n, sys.argv[5])
+    print(json.dumps({"messages": n, "seconds": seconds, "cpu_s": cpu}), flush=True)

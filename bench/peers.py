@@ -1,0 +1,346 @@
+"""citykpi against Telegraf on MQTT: `python -m bench.peers [--messages 100000] [--rounds 3]`.
+
+One private Mosquitto (deploy/local/stack.sh: persistence on, `max_inflight_messages 0`, no queue
+cap) holds, per round, one QoS 1 backlog of `--messages` flat JSON messages of one reading each
+(`{"device_id": "air-0001", "time": <epoch s>, "pm25": 10.5}` on `city/demo/json/<device>`), queued
+at once for four offline persistent sessions. Each consumer then drains its session as its own
+process, one after the other, on the same cores and the same TimescaleDB:
+
+* citykpi `run` with a flat JSON route (`format = "json"`), acks after commit;
+* Telegraf `inputs.mqtt_consumer` -> `outputs.postgresql` into a hypertable, persistent session,
+  QoS 1, acks after write, batch 5,000, `max_undelivered_messages` 20,000, flush 200 ms (citykpi's
+  batch delay); built once from the Go module proxy into ~/.cache/citykpi/telegraf (skipped, and
+  said so, when Go or the build fails);
+* bare paho draining and counting (bench/drains.py: the Python MQTT limit);
+* naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`.
+
+rows/s run from the first committed row to the last (polled every 0.1 s: the consumer is connected
+and its backlog is waiting), so citykpi's start-up (imports, numba kernels from their cache) is
+reported apart, as the seconds from the process's start to the last row; the bare and naive drains
+time themselves from connect. Peak RSS is the process's VmHWM. Medians over the rounds go to
+bench/results/peers.json with each round's figures and the ratios to Telegraf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.stack import REPO, TSDB_URL, PrivateMosquitto, drop_database, migrated_database
+from ingest.config import Settings
+from ingest.publishers import MqttPublisher
+from ingest.simulator import SimMessage
+
+RESULTS = Path(__file__).parent / "results" / "peers.json"
+TELEGRAF_VERSION = "v1.37.2"
+TELEGRAF_PLUGINS = "custom,inputs.mqtt_consumer,inputs.kafka_consumer,outputs.postgresql,parsers.json_v2"
+TELEGRAF_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "citykpi" / "telegraf"
+TOPIC_FILTER = "city/+/json/+"
+CITYKPI_ROUTE = [{"filter": TOPIC_FILTER, "format": "json", "city_level": 2, "device_level": 4}]
+
+
+def telegraf_binary() -> tuple[Path | None, str]:
+    """The cached Telegraf binary, built with only the plugins needed when absent; or None and why."""
+    binary = TELEGRAF_DIR / "telegraf"
+    if binary.exists():
+        return binary, f"cached {binary}"
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        return None, "no Go toolchain on PATH (or /usr/local/go): Telegraf rows skipped"
+    TELEGRAF_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"building Telegraf {TELEGRAF_VERSION} into {TELEGRAF_DIR} (about a minute)...", flush=True)
+    build = subprocess.run(
+        [
+            go,
+            "install",
+            "-tags",
+            TELEGRAF_PLUGINS,
+            f"github.com/influxdata/telegraf/cmd/telegraf@{TELEGRAF_VERSION}",
+        ],
+        env={**os.environ, "GOBIN": str(TELEGRAF_DIR)},
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0 or not binary.exists():
+        return None, f"Telegraf build failed, rows skipped: {build.stderr.strip()[-500:]}"
+    return binary, f"built {binary}"
+
+
+def telegraf_config(port: int, client_id: str, dsn: str) -> str:
+    return f"""
+[agent]
+  omit_hostname = true
+  metric_batch_size = 5000
+  metric_buffer_limit = 100000
+  flush_interval = "200ms"
+  flush_jitter = "0s"
+  quiet = true
+
+[[inputs.mqtt_consumer]]
+  servers = ["tcp://127.0.0.1:{port}"]
+  topics = ["{TOPIC_FILTER}"]
+  qos = 1
+  client_id = "{client_id}"
+  persistent_session = true
+  max_undelivered_messages = 20000
+  topic_tag = ""
+  data_format = "json_v2"
+  [[inputs.mqtt_consumer.topic_parsing]]
+    topic = "{TOPIC_FILTER}"
+    tags = "_/city/_/device"
+  [[inputs.mqtt_consumer.json_v2]]
+    measurement_name = "tg_readings"
+    timestamp_path = "time"
+    timestamp_format = "unix"
+    [[inputs.mqtt_consumer.json_v2.field]]
+      path = "pm25"
+      type = "float"
+
+[[outputs.postgresql]]
+  connection = "{libpq(dsn)}"
+"""
+
+
+def libpq(dsn: str) -> str:
+    """postgresql://user@host:port/db as a libpq key/value string (Telegraf's pgx takes both)."""
+    rest = dsn.split("://", 1)[1]
+    user, rest = rest.split("@", 1)
+    hostport, db = rest.split("/", 1)
+    host, port = hostport.split(":")
+    return f"host={host} port={port} user={user} dbname={db} sslmode=disable"
+
+
+def backlog(n: int, t0: int) -> list[SimMessage]:
+    """n one-reading flat JSON messages from 2,000 devices, each reporting once a second."""
+    return [
+        SimMessage(
+            f"city/demo/json/air-{i % 2000:04d}",
+            b'{"device_id":"air-%04d","time":%d,"pm25":%.1f}' % (i % 2000, t0 + i // 2000, 10 + i % 7),
+        )
+        for i in range(n)
+    ]
+
+
+def open_session(port: int, client_id: str) -> None:
+    """Create an offline persistent QoS 1 session on the topic filter, so the backlog queues for it."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.connect("127.0.0.1", port)
+    c.subscribe(TOPIC_FILTER, qos=1)
+    c.loop(1)
+    c.loop(1)
+    c.disconnect()
+
+
+def forget_session(port: int, client_id: str) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    c.connect("127.0.0.1", port)
+    c.loop(1)
+    c.disconnect()
+
+
+def proc_status(pid: int, key: str) -> float:
+    """A /proc/<pid>/status figure in MiB (VmHWM = peak RSS, VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drain_into(
+    cmd: list[str], env: dict[str, str], dsn: str, table: str, n: int, log: Path
+) -> dict[str, float]:
+    """Start `cmd`, time it to `n` rows in `table`, then read its peak RSS and CPU and stop it."""
+    conn = await asyncpg.connect(dsn)
+    with log.open("ab") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        first, cpu_first = None, 0.0
+        try:
+            while True:
+                await asyncio.sleep(0.1)
+                rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
+                now = time.perf_counter()
+                if rows and first is None:
+                    first, cpu_first = now, proc_cpu_s(proc.pid)
+                if rows >= n:
+                    break
+                if proc.poll() is not None or now - t0 > 900:
+                    raise RuntimeError(f"{cmd[0]} stopped at {rows} of {n} rows; see {log}")
+            seconds = now - t0
+            peak, cpu = proc_status(proc.pid, "VmHWM"), proc_cpu_s(proc.pid) - cpu_first
+            steady_s = max(1e-9, now - (first or t0))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(90)
+            await conn.close()
+    return {
+        "rows_per_s": n / steady_s,
+        "start_to_last_row_s": seconds,
+        "peak_rss_mib": peak,
+        "cpu_percent": 100 * cpu / steady_s,
+    }
+
+
+def run_drain(kind: str, port: int, client_id: str, n: int, dsn: str = "") -> dict[str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.drains", kind, str(port), client_id, str(n), dsn],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, proc_status(proc.pid, "VmHWM") if Path(f"/proc/{proc.pid}").exists() else 0)
+        time.sleep(0.05)
+    assert proc.stdout is not None
+    out = json.loads(proc.stdout.read().decode().strip().splitlines()[-1])
+    return {
+        "rows_per_s": n / out["seconds"],
+        "peak_rss_mib": peak,
+        "cpu_percent": 100 * out["cpu_s"] / out["seconds"],
+    }
+
+
+def import_baseline_mib() -> float:
+    """Peak RSS of a Python that only imports citykpi's service (interpreter, numba, pydantic...)."""
+    code = (
+        "import ingest.cli, ingest.service, resource;"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return float(out.stdout.strip())
+
+
+async def one_round(
+    port: int, n: int, naive_n: int, telegraf: Path | None, log: Path
+) -> dict[str, dict[str, float]]:
+    tag = uuid.uuid4().hex[:6]
+    ids = {k: f"peer-{k}-{tag}" for k in ("citykpi", "telegraf", "bare", "naive")}
+    if telegraf is None:
+        del ids["telegraf"]
+    for cid in ids.values():
+        open_session(port, cid)
+    pub = MqttPublisher(Settings(mqtt={"port": port}).mqtt, client_id=f"peer-pub-{tag}")  # type: ignore[call-arg]
+    await pub.start()
+    await pub.publish(backlog(n, int(time.time()) - 86400))
+    await pub.stop()
+    out: dict[str, dict[str, float]] = {}
+    dsn = await migrated_database(TSDB_URL)
+    try:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(
+            "CREATE TABLE tg_readings (time timestamptz NOT NULL, city text, device text, pm25 float8);"
+            "SELECT create_hypertable('tg_readings', 'time');"
+            "CREATE TABLE naive (time timestamptz, device text, pm25 float8, PRIMARY KEY (device, time))"
+        )
+        await conn.close()
+        env = {
+            **os.environ,
+            "CITYKPI_DATABASE__URL": dsn,
+            "CITYKPI_MQTT__PORT": str(port),
+            "CITYKPI_MQTT__CLIENT_ID": ids["citykpi"],
+            "CITYKPI_MQTT__ROUTES": json.dumps(CITYKPI_ROUTE),
+            "CITYKPI_KAFKA__ENABLED": "false",
+            "CITYKPI_HTTP__ENABLED": "false",
+            "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
+        }
+        citykpi = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
+        out["citykpi"] = await drain_into(citykpi, env, dsn, "readings", n, log)
+        if telegraf is not None:
+            conf = log.parent / f"telegraf-{tag}.conf"
+            conf.write_text(telegraf_config(port, ids["telegraf"], dsn))
+            cmd = [str(telegraf), "--config", str(conf)]
+            out["telegraf"] = await drain_into(cmd, dict(os.environ), dsn, "tg_readings", n, log)
+        out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", port, ids["bare"], n)
+        out["naive"] = await asyncio.to_thread(run_drain, "naive", port, ids["naive"], naive_n, dsn)
+    finally:
+        await drop_database(TSDB_URL, dsn)
+        for cid in ids.values():
+            forget_session(port, cid)
+    return out
+
+
+def median_of(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {k: statistics.median(r[name][k] for r in rounds) for k in rounds[0][name]}
+        for name in rounds[0]
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--naive-messages", type=int, default=5_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    telegraf, telegraf_note = telegraf_binary()
+    print(telegraf_note, flush=True)
+    root = REPO / ".stack" / "test-brokers" / f"peers-{uuid.uuid4().hex[:8]}"
+    broker = PrivateMosquitto(root)
+    broker.up()
+    log = root / "consumers.log"
+    try:
+        rounds = []
+        for i in range(args.rounds):
+            rounds.append(await one_round(broker.port, args.messages, args.naive_messages, telegraf, log))
+            print(f"round {i + 1}: " + json.dumps(rounds[-1]), flush=True)
+    finally:
+        broker.down()
+    med = median_of(rounds)
+    result: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, shared with other work (noisy): "
+        "compare within one run",
+        "messages_per_round": args.messages,
+        "naive_messages": args.naive_messages,
+        "rounds": args.rounds,
+        "broker": "private Mosquitto, max_inflight_messages 0, persistence on",
+        "telegraf": telegraf_note,
+        "citykpi_import_baseline_mib": round(import_baseline_mib(), 1),
+        "median": med,
+        "per_round": rounds,
+    }
+    if "telegraf" in med:
+        tg = med["telegraf"]
+        result["ratio_to_telegraf"] = {
+            name: {
+                "rows_per_s": round(m["rows_per_s"] / tg["rows_per_s"], 3),
+                "peak_rss": round(m["peak_rss_mib"] / tg["peak_rss_mib"], 2),
+            }
+            for name, m in med.items()
+        }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'pipeline':12s} {'rows/s':>9s} {'peak MiB':>9s} {'CPU %':>6s} {'start->last s':>13s}")
+    for name, m in med.items():
+        start = f"{m['start_to_last_row_s']:13.1f}" if "start_to_last_row_s" in m else ""
+        print(f"{name:12s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} {start}")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("citykpi_import_baseline_mib", "ratio_to_telegraf") if k in result}
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
