@@ -4,7 +4,8 @@ is its own: `python -m bench.drains bare|naive PORT CLIENT_ID MESSAGES [DSN]`.
 * bare: paho draining its persistent session's QoS 1 backlog and counting (the Python MQTT limit);
 * naive: paho callback -> json.loads -> one INSERT per message (auto-ack, nothing batched).
 
-Prints one JSON line: messages, seconds from connect to the last message handled, CPU seconds.
+Prints one JSON line: messages, seconds from connect to the last message handled, CPU seconds and
+seconds its threads waited, runnable, for a core (the machine is shared: a starved consumer is slow).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -24,7 +26,18 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
-def bare(port: int, client_id: str, n: int) -> tuple[float, float]:
+def runqueue_wait_s(pid: int | str = "self") -> float:
+    """Seconds the process's threads spent runnable but waiting for a core (/proc schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError):  # the thread ended meanwhile
+            continue
+    return total / 1e9
+
+
+def bare(port: int, client_id: str, n: int) -> tuple[float, float, float]:
     done = threading.Event()
     received = [0]
 
@@ -35,28 +48,28 @@ def bare(port: int, client_id: str, n: int) -> tuple[float, float]:
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
     c.on_message = on_message
-    t0, cpu0 = time.perf_counter(), cpu_s()
+    t0, cpu0, wait0 = time.perf_counter(), cpu_s(), runqueue_wait_s()
     c.connect("127.0.0.1", port)
     c.loop_start()
     done.wait(900)
-    seconds, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    seconds, cpu, wait = time.perf_counter() - t0, cpu_s() - cpu0, runqueue_wait_s() - wait0
     c.loop_stop()
     c.disconnect()
-    return seconds, cpu
+    return seconds, cpu, wait
 
 
-def naive(port: int, client_id: str, n: int, dsn: str) -> tuple[float, float]:
+def naive(port: int, client_id: str, n: int, dsn: str) -> tuple[float, float, float]:
     import asyncio
 
     import asyncpg
 
-    async def run() -> tuple[float, float]:
+    async def run() -> tuple[float, float, float]:
         conn = await asyncpg.connect(dsn)
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         c.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(queue.put_nowait, m.payload)
-        t0, cpu0 = time.perf_counter(), cpu_s()
+        t0, cpu0, wait0 = time.perf_counter(), cpu_s(), runqueue_wait_s()
         c.connect("127.0.0.1", port)
         c.loop_start()
         for _ in range(n):
@@ -67,16 +80,18 @@ def naive(port: int, client_id: str, n: int, dsn: str) -> tuple[float, float]:
                 doc["device_id"],
                 float(doc["pm25"]),
             )
-        seconds, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+        seconds, cpu, wait = time.perf_counter() - t0, cpu_s() - cpu0, runqueue_wait_s() - wait0
         c.loop_stop()
         c.disconnect()
         await conn.close()
-        return seconds, cpu
+        return seconds, cpu, wait
 
     return asyncio.run(run())
 
 
 if __name__ == "__main__":
     kind, port, client_id, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    seconds, cpu = bare(port, client_id, n) if kind == "bare" else naive(port, client_id, n, sys.argv[5])
-    print(json.dumps({"messages": n, "seconds": seconds, "cpu_s": cpu}), flush=True)
+    seconds, cpu, wait = (
+        bare(port, client_id, n) if kind == "bare" else naive(port, client_id, n, sys.argv[5])
+    )
+    print(json.dumps({"messages": n, "seconds": seconds, "cpu_s": cpu, "runqueue_wait_s": wait}), flush=True)

@@ -17,7 +17,9 @@ process, one after the other, on the same cores and the same TimescaleDB:
 rows/s run from the first committed row to the last (polled every 0.1 s: the consumer is connected
 and its backlog is waiting), so citykpi's start-up (imports, numba kernels from their cache) is
 reported apart, as the seconds from the process's start to the last row; the bare and naive drains
-time themselves from connect. Peak RSS is the process's VmHWM. Medians over the rounds go to
+time themselves from connect. Peak RSS is the process's VmHWM. CPU % and run-queue wait % (its
+threads' time runnable but waiting for a core, summed) are per second of that window: on a shared
+machine a single-threaded consumer is starved more than a multi-threaded one. Medians over the rounds go to
 bench/results/peers.json with each round's figures and the ratios to Telegraf.
 """
 
@@ -42,6 +44,7 @@ import asyncpg
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.drains import runqueue_wait_s
 from bench.stack import REPO, TSDB_URL, PrivateMosquitto, drop_database, migrated_database
 from ingest.config import Settings
 from ingest.publishers import MqttPublisher
@@ -175,20 +178,21 @@ async def drain_into(
     with log.open("ab") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        first, cpu_first = None, 0.0
+        first, cpu_first, wait_first = None, 0.0, 0.0
         try:
             while True:
                 await asyncio.sleep(0.1)
                 rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
                 now = time.perf_counter()
                 if rows and first is None:
-                    first, cpu_first = now, proc_cpu_s(proc.pid)
+                    first, cpu_first, wait_first = now, proc_cpu_s(proc.pid), runqueue_wait_s(proc.pid)
                 if rows >= n:
                     break
                 if proc.poll() is not None or now - t0 > 900:
                     raise RuntimeError(f"{cmd[0]} stopped at {rows} of {n} rows; see {log}")
             seconds = now - t0
             peak, cpu = proc_status(proc.pid, "VmHWM"), proc_cpu_s(proc.pid) - cpu_first
+            wait = runqueue_wait_s(proc.pid) - wait_first
             steady_s = max(1e-9, now - (first or t0))
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -199,6 +203,7 @@ async def drain_into(
         "start_to_last_row_s": seconds,
         "peak_rss_mib": peak,
         "cpu_percent": 100 * cpu / steady_s,
+        "runqueue_wait_percent": 100 * wait / steady_s,
     }
 
 
@@ -218,6 +223,7 @@ def run_drain(kind: str, port: int, client_id: str, n: int, dsn: str = "") -> di
         "rows_per_s": n / out["seconds"],
         "peak_rss_mib": peak,
         "cpu_percent": 100 * out["cpu_s"] / out["seconds"],
+        "runqueue_wait_percent": 100 * out["runqueue_wait_s"] / out["seconds"],
     }
 
 
@@ -331,10 +337,14 @@ async def main() -> None:
         }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'pipeline':12s} {'rows/s':>9s} {'peak MiB':>9s} {'CPU %':>6s} {'start->last s':>13s}")
+    head = ("pipeline", "rows/s", "peak MiB", "CPU %", "wait %", "start->last s")
+    print("{:12s} {:>9s} {:>9s} {:>6s} {:>6s} {:>13s}".format(*head))
     for name, m in med.items():
         start = f"{m['start_to_last_row_s']:13.1f}" if "start_to_last_row_s" in m else ""
-        print(f"{name:12s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} {start}")
+        print(
+            f"{name:12s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} "
+            f"{m['runqueue_wait_percent']:6.0f} {start}"
+        )
     print(
         json.dumps(
             {k: result[k] for k in ("citykpi_import_baseline_mib", "ratio_to_telegraf") if k in result}
