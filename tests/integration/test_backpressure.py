@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from ingest import telemetry
 from ingest.service import Service
 from processors.writer import TimescaleWriter, WriteBatch
 from tests.conftest import PrivateMosquitto, TcpProxy, free_port
@@ -57,6 +58,8 @@ async def test_writes_resume_within_a_second_of_the_database_returning(tsdb: str
     parts = urlsplit(tsdb)
     proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.up()
+    failures = telemetry.WRITE_FAILURES.labels("connection", "retriable")
+    before = failures._value.get()
     async with TimescaleWriter(proxy.url(tsdb), max_backoff_s=30, connect_timeout_s=2) as writer:
         await writer.write(one_reading(0))
         await proxy.down()
@@ -70,6 +73,7 @@ async def test_writes_resume_within_a_second_of_the_database_returning(tsdb: str
     await proxy.down()
     assert result.stored == 1
     assert resumed_after < 1.0, f"writes resumed {resumed_after:.2f} s after the database returned"
+    assert failures._value.get() > before  # the outage shows in /metrics
 
 
 @pytest.mark.slow
