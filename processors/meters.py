@@ -1,11 +1,12 @@
 """Cumulative meters: each new register reading becomes a consumption step, merged into the rollups.
 
-`merge_rollups` calls `merge_meter_steps` in the writer's transaction, after the rollup rows of the
-new readings exist. A meter series continues from its stored reference (`meter_state`) when its
-new readings are all later than the last one folded in; otherwise (a late reading, or a series
-without state) it is recomputed from its stored readings, starting one UTC day before the earliest
-new reading to rebuild the reference, and the rollup buckets from that day on are rewritten. So a
-bucket always holds exactly the steps ending in it, and any period is the sum of its buckets.
+`merge_rollups` calls `meter_steps_of_batch` in the writer's transaction. A meter series continues
+from its stored reference (`meter_state`) when its new readings are all later than the last one
+folded in: its steps are summed into the same rollup upsert as the readings. Otherwise (a late
+reading, or a series without state) it is recomputed from its stored readings, starting one UTC day
+before the earliest new reading to rebuild the reference, and its meter columns from that day on
+are rewritten after the upsert (`rewrite_redone`). So a bucket always holds exactly the steps
+ending in it, and any period is the sum of its buckets.
 
 How a meter may count comes from the registry (`devices.metadata`), with defaults per metric:
 `rollover_at` (register size, e.g. 100000 for a five-digit register), `max_rate_per_h`, or for
@@ -113,18 +114,25 @@ class BucketSteps:
     rejected: npt.NDArray[np.int64]
     noise: npt.NDArray[np.int64]
 
+    def values(self) -> list[npt.NDArray[np.generic]]:
+        """The seven meter columns, in the rollup tables' order."""
+        return [
+            self.consumption,
+            self.covered_s,
+            self.excluded_s,
+            self.resets,
+            self.rollovers,
+            self.rejected,
+            self.noise,
+        ]
+
     def columns(self) -> list[list[object]]:
+        """ADD_METER_STEPS's parameters: bucket, device_key, metric_id, then the meter columns."""
         return [
             self.bucket_us.tolist(),
             (self.key >> 16).tolist(),
             (self.key & 0xFFFF).tolist(),
-            self.consumption.tolist(),
-            self.covered_s.tolist(),
-            self.excluded_s.tolist(),
-            self.resets.tolist(),
-            self.rollovers.tolist(),
-            self.rejected.tolist(),
-            self.noise.tolist(),
+            *(v.tolist() for v in self.values()),
         ]
 
 
@@ -156,20 +164,48 @@ def bucket_steps(
     )
 
 
-async def merge_meter_steps(
+@dataclass(frozen=True, slots=True)
+class BatchMeterSteps:
+    """A batch's meter steps, each with its series key and time: those of series that continued
+    from their stored state go into the rollup upsert (`sums`); those of series re-read from the
+    stored readings (`redone`) overwrite the meter columns from `redo_from` on (`rewrite_redone`)."""
+
+    key: npt.NDArray[np.int64]
+    ts_us: npt.NDArray[np.int64]
+    steps: MeterSteps
+    redone: npt.NDArray[np.bool_]
+    redo_keys: npt.NDArray[np.int64]
+    redo_from: npt.NDArray[np.int64]
+
+    def sums(self, bucket_us: int, redone: bool) -> BucketSteps:
+        pick = self.redone == redone
+        st = self.steps
+        picked = MeterSteps(
+            st.consumption[pick],
+            st.covered_us[pick],
+            st.excluded_us[pick],
+            st.flags[pick],
+            st.noise[pick],
+            st.state,
+        )
+        return bucket_steps(self.key[pick], self.ts_us[pick], picked, bucket_us)
+
+
+async def meter_steps_of_batch(
     conn: asyncpg.Connection,
     batch: ReadingBatch,
     keys: npt.NDArray[np.int64],
     cumulative_metric_ids: frozenset[int],
-    rollup_tables: Mapping[str, int],
-) -> None:
-    """Fold the batch's new cumulative readings into meter_state and the rollups' meter columns."""
+) -> BatchMeterSteps | None:
+    """Step the batch's new cumulative readings from each meter's stored state (locked), or re-read
+    the meter from one UTC day before its earliest new reading when that is not later than the
+    last one folded in (a late reading) or it has no state; save the new state."""
     if not cumulative_metric_ids or len(batch) == 0:
-        return
+        return None
     is_meter = np.isin(keys & 0xFFFF, np.array(sorted(cumulative_metric_ids), dtype=np.int64))
-    rows = is_meter[batch.series]
+    rows = is_meter[batch.series] & np.isfinite(batch.value)
     if not rows.any():
-        return
+        return None
     new_key = keys[batch.series[rows]]
     new_ts = batch.ts_us[rows]
     new_value = batch.value[rows]
@@ -179,7 +215,7 @@ async def merge_meter_steps(
     np.minimum.at(first_new, dense, new_ts)
     dk, mid = (meters >> 16).tolist(), (meters & 0xFFFF).tolist()
     specs = {
-        (r["device_key"], r["metric_id"]): meter_spec(r["name"], _json(r["metadata"]))
+        (r["device_key"], r["metric_id"]): meter_spec(r["name"], json.loads(r["spec"]))
         for r in await conn.fetch(sql.METER_SPECS, dk, mid)
     }
     stored = {(r["device_key"], r["metric_id"]): r for r in await conn.fetch(sql.LOCK_METER_STATE, dk, mid)}
@@ -194,7 +230,6 @@ async def merge_meter_steps(
             if r["pending_us"] is not None:
                 state.has_pending[i] = True
                 state.pending_t_us[i], state.pending_value[i] = r["pending_us"], r["pending_value"]
-    # in-order series continue from their state with the new readings; the others are re-read
     take = ~recompute[dense]
     series, ts, value = dense[take], new_ts[take], new_value[take]
     redo_from = (first_new[recompute] // DAY_US) * DAY_US
@@ -219,29 +254,38 @@ async def merge_meter_steps(
         tolerance=[s.noise_tolerance for s in spec],
         state=state,
     )
+    await _save_state(conn, dk, mid, series, ts, steps.state)
     # warm-up readings (the day before a recompute) only rebuild the reference
     start = np.full(meters.shape[0], np.iinfo(np.int64).min)
     start[recompute] = redo_from
-    keep = ts >= start[series]
-    kept = MeterSteps(
-        steps.consumption[keep],
-        steps.covered_us[keep],
-        steps.excluded_us[keep],
-        steps.flags[keep],
-        steps.noise[keep],
-        steps.state,
+    keep = (ts >= start[series]) & np.isfinite(value)
+    return BatchMeterSteps(
+        key=meters[series[keep]],
+        ts_us=ts[keep],
+        steps=MeterSteps(
+            steps.consumption[keep],
+            steps.covered_us[keep],
+            steps.excluded_us[keep],
+            steps.flags[keep],
+            steps.noise[keep],
+            steps.state,
+        ),
+        redone=recompute[series[keep]],
+        redo_keys=meters[recompute],
+        redo_from=redo_from,
     )
-    redo_dk, redo_mid = (meters[recompute] >> 16).tolist(), (meters[recompute] & 0xFFFF).tolist()
-    for table, bucket_us in rollup_tables.items():
-        if recompute.any():
-            await conn.execute(
-                sql.CLEAR_METER_STEPS.format(table=table), redo_dk, redo_mid, redo_from.tolist()
-            )
-        sums = bucket_steps(meters[series[keep]], ts[keep], kept, bucket_us)
-        await conn.execute(sql.ADD_METER_STEPS.format(table=table), *sums.columns())
-    last = np.full(meters.shape[0], np.iinfo(np.int64).min)
+
+
+async def _save_state(
+    conn: asyncpg.Connection,
+    dk: list[int],
+    mid: list[int],
+    series: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.int64],
+    st: MeterState,
+) -> None:
+    last = np.full(len(st), np.iinfo(np.int64).min)
     np.maximum.at(last, series, ts)
-    st = steps.state
     has = st.has_ref
     await conn.execute(
         sql.SAVE_METER_STATE,
@@ -253,6 +297,23 @@ async def merge_meter_steps(
         [int(t) if p else None for t, p in zip(st.pending_t_us[has], st.has_pending[has], strict=True)],
         [float(v) if p else None for v, p in zip(st.pending_value[has], st.has_pending[has], strict=True)],
     )
+
+
+async def rewrite_redone(
+    conn: asyncpg.Connection, ms: BatchMeterSteps, rollup_tables: Mapping[str, int]
+) -> None:
+    """Overwrite the meter columns of the re-read series from their `redo_from` on (after the
+    rollup upsert, so this batch's new buckets exist)."""
+    if ms.redo_keys.size == 0:
+        return
+    redo_dk, redo_mid = (ms.redo_keys >> 16).tolist(), (ms.redo_keys & 0xFFFF).tolist()
+    for table, bucket_us in rollup_tables.items():
+        await conn.execute(
+            sql.CLEAR_METER_STEPS.format(table=table), redo_dk, redo_mid, ms.redo_from.tolist()
+        )
+        await conn.execute(
+            sql.ADD_METER_STEPS.format(table=table), *ms.sums(bucket_us, redone=True).columns()
+        )
 
 
 def _json(value: object) -> dict[str, Any]:

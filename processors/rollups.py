@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from processors.batch import ReadingBatch
 from processors.kernels import PartialAggregates, partial_aggregates
-from processors.meters import merge_meter_steps
+from processors.meters import BucketSteps, meter_steps_of_batch, rewrite_redone
 from schemas import statements as sql
 
 ROLLUP_TABLES: dict[str, int] = {
@@ -34,9 +34,26 @@ def series_of(
     return series.astype(np.int64), uniq
 
 
-def rollup_columns(agg: PartialAggregates, keys: npt.NDArray[np.int64]) -> list[list[object]]:
-    """The upsert's parameters: one Python list per column (numpy's tolist is a single C loop)."""
+# meter_consumption, meter_covered_s, meter_excluded_s, then the counts of resets, rollovers,
+# rejected and noise steps
+METER_COLUMN_DTYPES = (np.float64, np.float64, np.float64, np.int64, np.int64, np.int64, np.int64)
+
+
+def rollup_columns(
+    agg: PartialAggregates, keys: npt.NDArray[np.int64], meter: BucketSteps | None = None
+) -> list[list[object]]:
+    """The upsert's parameters: one Python list per column (numpy's tolist is a single C loop);
+    the meter columns are `meter`'s sums on their (series, bucket) rows, 0 elsewhere."""
     k = keys[agg.series]
+    n = len(agg)
+    columns: list[npt.NDArray[np.generic]] = [np.zeros(n, dtype=t) for t in METER_COLUMN_DTYPES]
+    if meter is not None and meter.key.size:
+        # every step ends at a new reading, so its (series, bucket) is one of this batch's rows
+        row_of = {kb: i for i, kb in enumerate(zip(k.tolist(), agg.bucket_start_us.tolist(), strict=True))}
+        wanted = zip(meter.key.tolist(), meter.bucket_us.tolist(), strict=True)
+        at = np.fromiter((row_of[kb] for kb in wanted), np.int64, meter.key.size)
+        for col, values in zip(columns, meter.values(), strict=True):
+            col[at] = values
     return [
         agg.bucket_start_us.tolist(),
         (k >> 16).tolist(),
@@ -51,6 +68,7 @@ def rollup_columns(agg: PartialAggregates, keys: npt.NDArray[np.int64]) -> list[
         agg.last_ts_us.tolist(),
         agg.last_value.tolist(),
         agg.energy_sum.tolist(),
+        *(c.tolist() for c in columns),
     ]
 
 
@@ -69,12 +87,15 @@ async def merge_rollups(
     if len(batch) == 0:
         return 0
     decibel = np.isin(keys & 0xFFFF, np.array(sorted(decibel_metric_ids), dtype=np.int64))
+    meters = await meter_steps_of_batch(conn, batch, keys, cumulative_metric_ids)
     n = 0
     for table, bucket_us in ROLLUP_TABLES.items():
         agg = partial_aggregates(batch.series, batch.ts_us, batch.value, bucket_us, decibel)
-        await conn.execute(sql.MERGE_ROLLUP.format(table=table), *rollup_columns(agg, keys))
+        steps = meters.sums(bucket_us, redone=False) if meters is not None else None
+        await conn.execute(sql.MERGE_ROLLUP.format(table=table), *rollup_columns(agg, keys, steps))
         n += len(agg)
-    await merge_meter_steps(conn, batch, keys, cumulative_metric_ids, ROLLUP_TABLES)
+    if meters is not None:
+        await rewrite_redone(conn, meters, ROLLUP_TABLES)
     return n
 
 

@@ -31,11 +31,15 @@ EPOCH_PLUS_US = ("timestamptz 'epoch'", "interval '1 microsecond'")
 # columns arrive as arrays, times as epoch microseconds.
 MERGE_ROLLUP = """
 INSERT INTO {table} AS t (bucket, device_key, metric_id, n, sum, sumsq, min, max,
-                          first_time, first_value, last_time, last_value, energy)
-SELECT {EPOCH} + b * {US}, d, m, n, s, sq, mn, mx, {EPOCH} + ft * {US}, fv, {EPOCH} + lt * {US}, lv, e
+                          first_time, first_value, last_time, last_value, energy,
+                          meter_consumption, meter_covered_s, meter_excluded_s, meter_resets,
+                          meter_rollovers, meter_rejected, meter_noise)
+SELECT {EPOCH} + b * {US}, d, m, n, s, sq, mn, mx, {EPOCH} + ft * {US}, fv, {EPOCH} + lt * {US}, lv, e,
+       mc, mcov, mex, mrs, mro, mrj, mnz
 FROM unnest($1::int8[], $2::int4[], $3::int2[], $4::int8[], $5::float8[], $6::float8[], $7::float8[],
-            $8::float8[], $9::int8[], $10::float8[], $11::int8[], $12::float8[], $13::float8[])
-     AS u(b, d, m, n, s, sq, mn, mx, ft, fv, lt, lv, e)
+            $8::float8[], $9::int8[], $10::float8[], $11::int8[], $12::float8[], $13::float8[],
+            $14::float8[], $15::float8[], $16::float8[], $17::int4[], $18::int4[], $19::int4[], $20::int4[])
+     AS u(b, d, m, n, s, sq, mn, mx, ft, fv, lt, lv, e, mc, mcov, mex, mrs, mro, mrj, mnz)
 ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
     n = t.n + EXCLUDED.n,
     sum = t.sum + EXCLUDED.sum,
@@ -47,7 +51,14 @@ ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
                        THEN EXCLUDED.first_value ELSE t.first_value END,
     last_time = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_time ELSE t.last_time END,
     last_value = CASE WHEN EXCLUDED.last_time > t.last_time THEN EXCLUDED.last_value ELSE t.last_value END,
-    energy = t.energy + EXCLUDED.energy
+    energy = t.energy + EXCLUDED.energy,
+    meter_consumption = t.meter_consumption + EXCLUDED.meter_consumption,
+    meter_covered_s = t.meter_covered_s + EXCLUDED.meter_covered_s,
+    meter_excluded_s = t.meter_excluded_s + EXCLUDED.meter_excluded_s,
+    meter_resets = t.meter_resets + EXCLUDED.meter_resets,
+    meter_rollovers = t.meter_rollovers + EXCLUDED.meter_rollovers,
+    meter_rejected = t.meter_rejected + EXCLUDED.meter_rejected,
+    meter_noise = t.meter_noise + EXCLUDED.meter_noise
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 
 # Rebuilding rollup buckets from their readings (processors/rollups.py rebuild_rollups, for the
@@ -149,7 +160,10 @@ WHERE r.device_key = u.d AND r.metric_id = u.m AND r.time = {EPOCH} + u.t * {US}
 # Cumulative meters (processors/meters.py): registry attributes, the stored reference (locked for
 # this transaction), a series' stored readings from a time on, and the rollups' meter columns.
 METER_SPECS = """
-SELECT u.device_key, u.metric_id, m.name, d.metadata
+SELECT u.device_key, u.metric_id, m.name, jsonb_build_object(
+           'rollover_at', d.metadata->'rollover_at', 'max_rate_per_h', d.metadata->'max_rate_per_h',
+           'meter_dn', d.metadata->'meter_dn', 'max_current_a', d.metadata->'max_current_a',
+           'phases', d.metadata->'phases', 'noise_tolerance', d.metadata->'noise_tolerance')::text AS spec
 FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
 JOIN devices d ON d.device_key = u.device_key JOIN metrics m ON m.metric_id = u.metric_id
 """
