@@ -17,6 +17,7 @@ metric's unit).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -98,6 +99,13 @@ def meter_spec(metric: str, meta: Mapping[str, Any]) -> MeterSpec:
         max_rate_per_h=rate or math.nan,
         noise_tolerance=_number(meta, "noise_tolerance") or tolerance,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_of(metric: str, spec_json: str) -> MeterSpec:
+    """`meter_spec` of the registry fields as METER_SPECS returns them (most meters share them)."""
+    loaded = json.loads(spec_json)
+    return meter_spec(metric, loaded if isinstance(loaded, dict) else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +223,7 @@ async def meter_steps_of_batch(
     np.minimum.at(first_new, dense, new_ts)
     dk, mid = (meters >> 16).tolist(), (meters & 0xFFFF).tolist()
     specs = {
-        (r["device_key"], r["metric_id"]): meter_spec(r["name"], json.loads(r["spec"]))
+        (r["device_key"], r["metric_id"]): _spec_of(r["name"], r["spec"])
         for r in await conn.fetch(sql.METER_SPECS, dk, mid)
     }
     stored = {(r["device_key"], r["metric_id"]): r for r in await conn.fetch(sql.LOCK_METER_STATE, dk, mid)}
@@ -314,10 +322,3 @@ async def rewrite_redone(
         await conn.execute(
             sql.ADD_METER_STEPS.format(table=table), *ms.sums(bucket_us, redone=True).columns()
         )
-
-
-def _json(value: object) -> dict[str, Any]:
-    if isinstance(value, str):
-        loaded = json.loads(value)
-        return loaded if isinstance(loaded, dict) else {}
-    return dict(value) if isinstance(value, Mapping) else {}
