@@ -439,9 +439,9 @@ async def test_two_deployments_on_one_cluster_share_no_role(any_db: str, server_
         finally:
             await conn.close()
     finally:
-        from tests.conftest import _drop_database
+        from bench.stack import drop_database
 
-        await _drop_database(server_url, other_db)
+        await drop_database(server_url, other_db)
 
 
 async def test_a_hostile_device_cannot_flood_a_city_or_win_the_first_value_race_unseen(any_db: str) -> None:
