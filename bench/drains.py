@@ -1,8 +1,10 @@
 """The two reference MQTT consumers of bench/peers.py, each run as its own process so its peak RSS
-is its own: `python -m bench.drains bare|naive PORT CLIENT_ID MESSAGES [DSN]`.
+is its own: `python -m bench.drains bare|naive PORT CLIENT_ID MESSAGES [DSN]` or
+`python -m bench.drains kafka-bare BOOTSTRAP TOPIC MESSAGES`.
 
 * bare: paho draining its persistent session's QoS 1 backlog and counting (the Python MQTT limit);
-* naive: paho callback -> json.loads -> one INSERT per message (auto-ack, nothing batched).
+* naive: paho callback -> json.loads -> one INSERT per message (auto-ack, nothing batched);
+* kafka-bare: aiokafka fetching a topic from the start in a new group and counting (no decoding).
 
 Prints one JSON line: messages, seconds from connect to the last message handled, CPU seconds and
 seconds its threads waited, runnable, for a core (the machine is shared: a starved consumer is slow).
@@ -89,9 +91,34 @@ def naive(port: int, client_id: str, n: int, dsn: str) -> tuple[float, float, fl
     return asyncio.run(run())
 
 
+def kafka_bare(bootstrap: str, topic: str, n: int) -> tuple[float, float, float]:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> tuple[float, float, float]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=f"bare-{topic}", auto_offset_reset="earliest"
+        )
+        t0, cpu0, wait0 = time.perf_counter(), cpu_s(), runqueue_wait_s()
+        await consumer.start()
+        seen = 0
+        while seen < n:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10000)).values():
+                seen += len(records)
+        seconds, cpu, wait = time.perf_counter() - t0, cpu_s() - cpu0, runqueue_wait_s() - wait0
+        await consumer.stop()
+        return seconds, cpu, wait
+
+    return asyncio.run(run())
+
+
 if __name__ == "__main__":
-    kind, port, client_id, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    seconds, cpu, wait = (
-        bare(port, client_id, n) if kind == "bare" else naive(port, client_id, n, sys.argv[5])
-    )
+    kind, where, client_id, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if kind == "bare":
+        seconds, cpu, wait = bare(int(where), client_id, n)
+    elif kind == "naive":
+        seconds, cpu, wait = naive(int(where), client_id, n, sys.argv[5])
+    else:
+        seconds, cpu, wait = kafka_bare(where, client_id, n)
     print(json.dumps({"messages": n, "seconds": seconds, "cpu_s": cpu, "runqueue_wait_s": wait}), flush=True)

@@ -1,4 +1,4 @@
-"""citykpi against Telegraf on MQTT: `python -m bench.peers [--messages 100000] [--rounds 3]`.
+"""citykpi against Telegraf on MQTT and Kafka: `python -m bench.peers [--messages 100000] [--rounds 3]`.
 
 One private Mosquitto (deploy/local/stack.sh: persistence on, `max_inflight_messages 0`, no queue
 cap) holds, per round, one QoS 1 backlog of `--messages` flat JSON messages of one reading each
@@ -14,13 +14,19 @@ process, one after the other, on the same cores and the same TimescaleDB:
 * bare paho draining and counting (bench/drains.py: the Python MQTT limit);
 * naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`.
 
+Kafka, the same backlog on a new 3-partition topic of the local stack's broker: citykpi `run` with a
+flat JSON topic route, Telegraf `inputs.kafka_consumer` (`version = "3.7.0"`, which Kafka 4.x needs,
+oldest offset, its own group, `max_undelivered_messages` 20,000) and aiokafka fetching without
+decoding (bench/drains.py).
+
 rows/s run from the first committed row to the last (polled every 0.1 s: the consumer is connected
 and its backlog is waiting), so citykpi's start-up (imports, numba kernels from their cache) is
 reported apart, as the seconds from the process's start to the last row; the bare and naive drains
 time themselves from connect. Peak RSS is the process's VmHWM. CPU % and run-queue wait % (its
 threads' time runnable but waiting for a core, summed) are per second of that window: on a shared
 machine a single-threaded consumer is starved more than a multi-threaded one. Medians over the rounds go to
-bench/results/peers.json with each round's figures and the ratios to Telegraf.
+bench/results/peers.json with each round's figures and the ratios to Telegraf; next to them the
+peak RSS of a Python that only imports citykpi (the interpreter's import baseline).
 """
 
 from __future__ import annotations
@@ -42,12 +48,21 @@ from pathlib import Path
 
 import asyncpg
 import paho.mqtt.client as mqtt
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.drains import runqueue_wait_s
-from bench.stack import REPO, TSDB_URL, PrivateMosquitto, drop_database, migrated_database
+from bench.stack import (
+    KAFKA_BOOTSTRAP,
+    KAFKA_IMPL,
+    REPO,
+    TSDB_URL,
+    PrivateMosquitto,
+    drop_database,
+    migrated_database,
+)
 from ingest.config import Settings
-from ingest.publishers import MqttPublisher
+from ingest.publishers import KafkaPublisher, MqttPublisher
 from ingest.simulator import SimMessage
 
 RESULTS = Path(__file__).parent / "results" / "peers.json"
@@ -85,8 +100,7 @@ def telegraf_binary() -> tuple[Path | None, str]:
     return binary, f"built {binary}"
 
 
-def telegraf_config(port: int, client_id: str, dsn: str) -> str:
-    return f"""
+TELEGRAF_AGENT = """
 [agent]
   omit_hostname = true
   metric_batch_size = 5000
@@ -94,7 +108,23 @@ def telegraf_config(port: int, client_id: str, dsn: str) -> str:
   flush_interval = "200ms"
   flush_jitter = "0s"
   quiet = true
+"""
 
+JSON_V2 = """
+  data_format = "json_v2"
+  [[inputs.{plugin}.json_v2]]
+    measurement_name = "tg_readings"
+    timestamp_path = "time"
+    timestamp_format = "unix"
+    [[inputs.{plugin}.json_v2.field]]
+      path = "pm25"
+      type = "float"
+"""
+
+
+def telegraf_mqtt_config(port: int, client_id: str, dsn: str) -> str:
+    """Persistent session, QoS 1, acks after the output's write, at most 20,000 unacknowledged."""
+    return f"""{TELEGRAF_AGENT}
 [[inputs.mqtt_consumer]]
   servers = ["tcp://127.0.0.1:{port}"]
   topics = ["{TOPIC_FILTER}"]
@@ -103,17 +133,29 @@ def telegraf_config(port: int, client_id: str, dsn: str) -> str:
   persistent_session = true
   max_undelivered_messages = 20000
   topic_tag = ""
-  data_format = "json_v2"
+{JSON_V2.format(plugin="mqtt_consumer")}
   [[inputs.mqtt_consumer.topic_parsing]]
     topic = "{TOPIC_FILTER}"
     tags = "_/city/_/device"
-  [[inputs.mqtt_consumer.json_v2]]
-    measurement_name = "tg_readings"
-    timestamp_path = "time"
-    timestamp_format = "unix"
-    [[inputs.mqtt_consumer.json_v2.field]]
-      path = "pm25"
-      type = "float"
+[[outputs.postgresql]]
+  connection = "{libpq(dsn)}"
+"""
+
+
+def telegraf_kafka_config(bootstrap: str, topic: str, dsn: str) -> str:
+    """A consumer group from the oldest offset; offsets marked after the output's write."""
+    return f"""{TELEGRAF_AGENT}
+[[inputs.kafka_consumer]]
+  brokers = ["{bootstrap}"]
+  topics = ["{topic}"]
+  version = "3.7.0"
+  consumer_group = "tg-{topic}"
+  offset = "oldest"
+  max_undelivered_messages = 20000
+{JSON_V2.format(plugin="kafka_consumer")}
+    [[inputs.kafka_consumer.json_v2.tag]]
+      path = "device_id"
+      rename = "device"
 
 [[outputs.postgresql]]
   connection = "{libpq(dsn)}"
@@ -207,9 +249,9 @@ async def drain_into(
     }
 
 
-def run_drain(kind: str, port: int, client_id: str, n: int, dsn: str = "") -> dict[str, float]:
+def run_drain(kind: str, where: str, client_id: str, n: int, dsn: str = "") -> dict[str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.drains", kind, str(port), client_id, str(n), dsn],
+        [sys.executable, "-m", "bench.drains", kind, where, client_id, str(n), dsn],
         stdout=subprocess.PIPE,
         cwd=REPO,
     )
@@ -237,52 +279,98 @@ def import_baseline_mib() -> float:
     return float(out.stdout.strip())
 
 
-async def one_round(
+CITYKPI_ENV = {
+    "CITYKPI_HTTP__ENABLED": "false",
+    "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
+}
+
+
+async def peer_database() -> str:
+    """A migrated citykpi database with Telegraf's hypertable and the naive table beside `readings`."""
+    dsn = await migrated_database(TSDB_URL)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "CREATE TABLE tg_readings (time timestamptz NOT NULL, city text, device text, pm25 float8);"
+            "SELECT create_hypertable('tg_readings', 'time');"
+            "CREATE TABLE naive (time timestamptz, device text, pm25 float8, PRIMARY KEY (device, time))"
+        )
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def citykpi_and_telegraf(
+    env: dict[str, str], telegraf_conf: str | None, telegraf: Path | None, dsn: str, n: int, log: Path
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    citykpi = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
+    env = {**os.environ, **CITYKPI_ENV, "CITYKPI_DATABASE__URL": dsn, **env}
+    out["citykpi"] = await drain_into(citykpi, env, dsn, "readings", n, log)
+    if telegraf is not None and telegraf_conf is not None:
+        conf = log.parent / f"telegraf-{uuid.uuid4().hex[:6]}.conf"
+        conf.write_text(telegraf_conf)
+        cmd = [str(telegraf), "--config", str(conf)]
+        out["telegraf"] = await drain_into(cmd, dict(os.environ), dsn, "tg_readings", n, log)
+    return out
+
+
+async def mqtt_round(
     port: int, n: int, naive_n: int, telegraf: Path | None, log: Path
 ) -> dict[str, dict[str, float]]:
     tag = uuid.uuid4().hex[:6]
     ids = {k: f"peer-{k}-{tag}" for k in ("citykpi", "telegraf", "bare", "naive")}
-    if telegraf is None:
-        del ids["telegraf"]
     for cid in ids.values():
         open_session(port, cid)
     pub = MqttPublisher(Settings(mqtt={"port": port}).mqtt, client_id=f"peer-pub-{tag}")  # type: ignore[call-arg]
     await pub.start()
     await pub.publish(backlog(n, int(time.time()) - 86400))
     await pub.stop()
-    out: dict[str, dict[str, float]] = {}
-    dsn = await migrated_database(TSDB_URL)
+    dsn = await peer_database()
     try:
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(
-            "CREATE TABLE tg_readings (time timestamptz NOT NULL, city text, device text, pm25 float8);"
-            "SELECT create_hypertable('tg_readings', 'time');"
-            "CREATE TABLE naive (time timestamptz, device text, pm25 float8, PRIMARY KEY (device, time))"
-        )
-        await conn.close()
         env = {
-            **os.environ,
-            "CITYKPI_DATABASE__URL": dsn,
             "CITYKPI_MQTT__PORT": str(port),
             "CITYKPI_MQTT__CLIENT_ID": ids["citykpi"],
             "CITYKPI_MQTT__ROUTES": json.dumps(CITYKPI_ROUTE),
             "CITYKPI_KAFKA__ENABLED": "false",
-            "CITYKPI_HTTP__ENABLED": "false",
-            "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
         }
-        citykpi = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
-        out["citykpi"] = await drain_into(citykpi, env, dsn, "readings", n, log)
-        if telegraf is not None:
-            conf = log.parent / f"telegraf-{tag}.conf"
-            conf.write_text(telegraf_config(port, ids["telegraf"], dsn))
-            cmd = [str(telegraf), "--config", str(conf)]
-            out["telegraf"] = await drain_into(cmd, dict(os.environ), dsn, "tg_readings", n, log)
-        out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", port, ids["bare"], n)
-        out["naive"] = await asyncio.to_thread(run_drain, "naive", port, ids["naive"], naive_n, dsn)
+        conf = telegraf_mqtt_config(port, ids["telegraf"], dsn)
+        out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log)
+        out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", str(port), ids["bare"], n)
+        out["naive"] = await asyncio.to_thread(run_drain, "naive", str(port), ids["naive"], naive_n, dsn)
     finally:
         await drop_database(TSDB_URL, dsn)
         for cid in ids.values():
             forget_session(port, cid)
+    return out
+
+
+async def kafka_round(n: int, telegraf: Path | None, log: Path) -> dict[str, dict[str, float]]:
+    """The same backlog on a new 3-partition topic; each consumer in a group of its own."""
+    topic = f"peers.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    pub = KafkaPublisher(Settings().kafka, {"json": topic})
+    await pub.start()
+    await pub.publish(backlog(n, int(time.time()) - 86400))
+    await pub.stop()
+    dsn = await peer_database()
+    try:
+        env = {
+            "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
+            "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "json", "city": "demo"}]),
+            "CITYKPI_KAFKA__GROUP_ID": f"citykpi-{topic}",
+            "CITYKPI_MQTT__ENABLED": "false",
+        }
+        conf = telegraf_kafka_config(KAFKA_BOOTSTRAP, topic, dsn)
+        out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log)
+        out["bare_aiokafka"] = await asyncio.to_thread(run_drain, "kafka-bare", KAFKA_BOOTSTRAP, topic, n)
+    finally:
+        await drop_database(TSDB_URL, dsn)
     return out
 
 
@@ -293,11 +381,40 @@ def median_of(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, 
     }
 
 
+def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, object]:
+    """Medians over the rounds, ratios to Telegraf's medians, and each round."""
+    med = median_of(rounds)
+    out: dict[str, object] = {"median": med}
+    if "telegraf" in med:
+        tg = med["telegraf"]
+        out["ratio_to_telegraf"] = {
+            name: {
+                "rows_per_s": round(m["rows_per_s"] / tg["rows_per_s"], 3),
+                "peak_rss": round(m["peak_rss_mib"] / tg["peak_rss_mib"], 2),
+            }
+            for name, m in med.items()
+        }
+    out["per_round"] = rounds
+    return out
+
+
+def print_table(title: str, med: dict[str, dict[str, float]]) -> None:
+    head = ("pipeline", "rows/s", "peak MiB", "CPU %", "wait %", "start->last s")
+    print(f"{title}\n" + "{:14s} {:>9s} {:>9s} {:>6s} {:>6s} {:>13s}".format(*head))
+    for name, m in med.items():
+        start = f"{m['start_to_last_row_s']:13.1f}" if "start_to_last_row_s" in m else ""
+        print(
+            f"{name:14s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} "
+            f"{m['runqueue_wait_percent']:6.0f} {start}"
+        )
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--naive-messages", type=int, default=5_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-kafka", action="store_true")
     args = ap.parse_args()
     telegraf, telegraf_note = telegraf_binary()
     print(telegraf_note, flush=True)
@@ -305,14 +422,18 @@ async def main() -> None:
     broker = PrivateMosquitto(root)
     broker.up()
     log = root / "consumers.log"
+    mqtt_rounds, kafka_rounds = [], []
     try:
-        rounds = []
         for i in range(args.rounds):
-            rounds.append(await one_round(broker.port, args.messages, args.naive_messages, telegraf, log))
-            print(f"round {i + 1}: " + json.dumps(rounds[-1]), flush=True)
+            mqtt_rounds.append(
+                await mqtt_round(broker.port, args.messages, args.naive_messages, telegraf, log)
+            )
+            print(f"mqtt round {i + 1}: " + json.dumps(mqtt_rounds[-1]), flush=True)
+            if not args.no_kafka:
+                kafka_rounds.append(await kafka_round(args.messages, telegraf, log))
+                print(f"kafka round {i + 1}: " + json.dumps(kafka_rounds[-1]), flush=True)
     finally:
         broker.down()
-    med = median_of(rounds)
     result: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(),
         "machine": f"{platform.node()}, {os.cpu_count()} cores, shared with other work (noisy): "
@@ -320,36 +441,23 @@ async def main() -> None:
         "messages_per_round": args.messages,
         "naive_messages": args.naive_messages,
         "rounds": args.rounds,
-        "broker": "private Mosquitto, max_inflight_messages 0, persistence on",
+        "mqtt_broker": "private Mosquitto, max_inflight_messages 0, persistence on",
+        "kafka_broker": f"the local stack's Kafka ({KAFKA_IMPL}), a new 3-partition topic per round",
         "telegraf": telegraf_note,
         "citykpi_import_baseline_mib": round(import_baseline_mib(), 1),
-        "median": med,
-        "per_round": rounds,
+        "mqtt": summary(mqtt_rounds),
     }
-    if "telegraf" in med:
-        tg = med["telegraf"]
-        result["ratio_to_telegraf"] = {
-            name: {
-                "rows_per_s": round(m["rows_per_s"] / tg["rows_per_s"], 3),
-                "peak_rss": round(m["peak_rss_mib"] / tg["peak_rss_mib"], 2),
-            }
-            for name, m in med.items()
-        }
+    if kafka_rounds:
+        result["kafka"] = summary(kafka_rounds)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    head = ("pipeline", "rows/s", "peak MiB", "CPU %", "wait %", "start->last s")
-    print("{:12s} {:>9s} {:>9s} {:>6s} {:>6s} {:>13s}".format(*head))
-    for name, m in med.items():
-        start = f"{m['start_to_last_row_s']:13.1f}" if "start_to_last_row_s" in m else ""
-        print(
-            f"{name:12s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} "
-            f"{m['runqueue_wait_percent']:6.0f} {start}"
-        )
-    print(
-        json.dumps(
-            {k: result[k] for k in ("citykpi_import_baseline_mib", "ratio_to_telegraf") if k in result}
-        )
-    )
+    print(f"citykpi import baseline: {result['citykpi_import_baseline_mib']} MiB; {telegraf_note}")
+    for transport in ("mqtt", "kafka"):
+        if transport in result:
+            part = result[transport]
+            assert isinstance(part, dict)
+            print_table(f"{transport} (median of {args.rounds})", part["median"])
+            print(json.dumps(part.get("ratio_to_telegraf", {})))
 
 
 if __name__ == "__main__":
