@@ -26,7 +26,8 @@ time themselves from connect. Peak RSS is the process's VmHWM. CPU % and run-que
 threads' time runnable but waiting for a core, summed) are per second of that window: on a shared
 machine a single-threaded consumer is starved more than a multi-threaded one. Medians over the rounds go to
 bench/results/peers.json with each round's figures and the ratios to Telegraf; next to them the
-peak RSS of a Python that only imports citykpi (the interpreter's import baseline).
+peak RSS of a Python that only imports citykpi (the interpreter's import baseline) and citykpi's
+decode-validate µs per message without the network (the part of the per-message cost that is ours).
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ from bench.stack import (
     migrated_database,
 )
 from ingest.config import Settings
+from ingest.pipeline import Message, Pipeline
 from ingest.publishers import KafkaPublisher, MqttPublisher
+from ingest.routing import Router
 from ingest.simulator import SimMessage
+from processors.writer import TimescaleWriter, WriteBatch
 
 RESULTS = Path(__file__).parent / "results" / "peers.json"
 TELEGRAF_VERSION = "v1.37.2"
@@ -269,6 +273,23 @@ def run_drain(kind: str, where: str, client_id: str, n: int, dsn: str = "") -> d
     }
 
 
+def decode_us_per_message(n: int = 50_000, repeats: int = 7) -> float:
+    """citykpi's own work per message on the asyncio side, without the network: the backlog's
+    messages through Pipeline's decode-validate path into a write batch (µs, best of `repeats`)."""
+    settings = Settings(mqtt={"routes": CITYKPI_ROUTE})  # type: ignore[call-arg]
+    pipeline = Pipeline(settings, TimescaleWriter("postgresql://unused@127.0.0.1:1/unused"))
+    router, now = Router(settings.mqtt.routes), datetime.now(UTC)
+    messages = [Message(m.payload, m.topic, now) for m in backlog(n, int(time.time()) - 86400)]
+    best = float("inf")
+    for _ in range(repeats):
+        batch, start = WriteBatch(source=""), time.perf_counter()
+        for m in messages:
+            pipeline.decode_message(batch, "mqtt", m, router.match, now)
+        best = min(best, time.perf_counter() - start)
+        assert len(batch) == n and not batch.dead_letters
+    return best / n * 1e6
+
+
 def import_baseline_mib() -> float:
     """Peak RSS of a Python that only imports citykpi's service (interpreter, numba, pydantic...)."""
     code = (
@@ -445,13 +466,17 @@ async def main() -> None:
         "kafka_broker": f"the local stack's Kafka ({KAFKA_IMPL}), a new 3-partition topic per round",
         "telegraf": telegraf_note,
         "citykpi_import_baseline_mib": round(import_baseline_mib(), 1),
+        "citykpi_decode_us_per_message": round(decode_us_per_message(), 2),
         "mqtt": summary(mqtt_rounds),
     }
     if kafka_rounds:
         result["kafka"] = summary(kafka_rounds)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"citykpi import baseline: {result['citykpi_import_baseline_mib']} MiB; {telegraf_note}")
+    print(
+        f"citykpi import baseline: {result['citykpi_import_baseline_mib']} MiB; decode-validate "
+        f"{result['citykpi_decode_us_per_message']} µs/message; {telegraf_note}"
+    )
     for transport in ("mqtt", "kafka"):
         if transport in result:
             part = result[transport]

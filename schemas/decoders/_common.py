@@ -28,15 +28,18 @@ def load_json(payload: bytes) -> Any:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise DecodeError("bad_payload", f"expected bytes, got {type(payload).__name__}")
     payload = bytes(payload) if isinstance(payload, memoryview) else payload
+    text: str | bytes = payload
     if not payload.startswith(_UNICODE_BOMS):
         try:
-            payload.decode("utf-8")
+            decoded = payload.decode("utf-8")
         except UnicodeDecodeError:
             head = payload[:16].hex(" ")
             detail = f"{len(payload)} bytes, not UTF-8 text (starts {head})"
             raise DecodeError("binary_payload", detail) from None
+        if 0 not in payload[:2]:  # else json.loads(bytes) reads it as BOM-less UTF-16/32
+            text = decoded  # parsed from the text decoded here, not decoded a second time
     try:
-        return json.loads(payload)
+        return json.loads(text)
     except RecursionError:
         raise DecodeError("too_deep", "JSON nesting exceeds the recursion limit") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit

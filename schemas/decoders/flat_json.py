@@ -76,6 +76,9 @@ class _Fields:
         return [(alias, key) for key in doc if (alias := canonical_metric_name(key)) is not None]
 
 
+_NO_FIELD_MAP = _Fields({})  # the common case, read once rather than per payload
+
+
 def _long(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: Decoded) -> None:
     device = f.device_of(doc, ctx)
     try:
@@ -123,7 +126,7 @@ def _wide(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: D
 @register("json")
 def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     doc = load_json(payload)
-    f = _Fields(ctx.field_map)
+    f = _Fields(ctx.field_map) if ctx.field_map else _NO_FIELD_MAP
     records = (
         [("", doc)] if isinstance(doc, dict) else list(enumerate(doc)) if isinstance(doc, list) else None
     )
