@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -402,6 +403,21 @@ def median_of(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, 
     }
 
 
+async def retried(
+    run: Callable[[], Awaitable[dict[str, dict[str, float]]]], attempts: int = 3
+) -> dict[str, dict[str, float]]:
+    """A round again when the shared database went away under it (other work restarts it)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await run()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError) as e:
+            if attempt == attempts:
+                raise
+            print(f"round failed ({type(e).__name__}: {e}); again in 10 s", flush=True)
+            await asyncio.sleep(10)
+    raise AssertionError("unreachable")
+
+
 def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, object]:
     """Medians over the rounds, ratios to Telegraf's medians, and each round."""
     med = median_of(rounds)
@@ -443,15 +459,18 @@ async def main() -> None:
     broker = PrivateMosquitto(root)
     broker.up()
     log = root / "consumers.log"
-    mqtt_rounds, kafka_rounds = [], []
+    mqtt_rounds: list[dict[str, dict[str, float]]] = []
+    kafka_rounds: list[dict[str, dict[str, float]]] = []
     try:
         for i in range(args.rounds):
             mqtt_rounds.append(
-                await mqtt_round(broker.port, args.messages, args.naive_messages, telegraf, log)
+                await retried(
+                    lambda: mqtt_round(broker.port, args.messages, args.naive_messages, telegraf, log)
+                )
             )
             print(f"mqtt round {i + 1}: " + json.dumps(mqtt_rounds[-1]), flush=True)
             if not args.no_kafka:
-                kafka_rounds.append(await kafka_round(args.messages, telegraf, log))
+                kafka_rounds.append(await retried(lambda: kafka_round(args.messages, telegraf, log)))
                 print(f"kafka round {i + 1}: " + json.dumps(kafka_rounds[-1]), flush=True)
     finally:
         broker.down()
