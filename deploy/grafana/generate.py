@@ -8,7 +8,7 @@ Plain dicts -> JSON (Grafana dashboard schema 39, PostgreSQL data source with Ti
 built by the package next to this script: `grafana_generator.model` (panels, variables, dashboards),
 `.queries` (SQL building blocks, catalog facts), `.boards` (one module per dashboard),
 `.provisioning`. Why not grafana-foundation-sdk: deploy/grafana/README.md.
-KPI names, WHO/EU thresholds and noise periods are read from kpi_rollups/catalog.toml, so the
+KPI names, WHO/EU thresholds and noise periods come from the KPI catalog (kpi_rollups.catalog), so the
 dashboards follow the catalog (the test fails until they are regenerated). Every panel's SQL is run
 against a real database by tests/integration/test_grafana_dashboards.py.
 """

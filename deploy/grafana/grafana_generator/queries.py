@@ -1,5 +1,5 @@
 """SQL building blocks of the dashboards and the catalog facts they need (KPI names, targets,
-WHO/EU thresholds, noise periods from kpi_rollups/catalog.toml).
+WHO/EU thresholds, noise periods from the KPI catalog, read through kpi_rollups.catalog).
 
 Conventions of the SQL below:
 - `${city:sqlstring}` is a single-value variable (Grafana doubles its quotes); `$area`, `$kind`, `$device` are
@@ -12,21 +12,14 @@ Conventions of the SQL below:
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable
 from typing import Any
 
-from grafana_generator.model import ALL, EU_AQI_UPPER_BOUNDS, POLLUTANTS, REPO, Panel
+from grafana_generator.model import ALL, EU_AQI_UPPER_BOUNDS, POLLUTANTS, Panel
+from kpi_rollups.catalog import KpiDefinition, load_catalog
 
-
-def load_catalog() -> dict[str, Any]:
-    with (REPO / "kpi_rollups" / "catalog.toml").open("rb") as f:
-        return tomllib.load(f)
-
-
-CATALOG = load_catalog()
-KPIS: dict[str, dict[str, Any]] = {k["code"]: k for k in CATALOG["kpi"]}
-KPI_BY_SLUG: dict[str, dict[str, Any]] = {k["slug"]: k for k in CATALOG["kpi"]}
+CATALOG = load_catalog()  # through kpi_rollups.catalog: validated as the KPI refresh reads it
+KPI_BY_SLUG: dict[str, KpiDefinition] = {k.slug: k for k in CATALOG.kpi}
 AIR = KPI_BY_SLUG["air_pollution"]
 NOISE = KPI_BY_SLUG["noise_exposure"]
 WATER = KPI_BY_SLUG["water_consumption"]
@@ -39,12 +32,8 @@ INTERSECTIONS = KPI_BY_SLUG["intersection_control"]
 TTI = KPI_BY_SLUG["travel_time_index"]
 
 
-def component_target(kpi: dict[str, Any], name: str) -> float | None:
-    for c in kpi.get("components", []):
-        if c.get("name", "") == name:
-            t = c.get("target")
-            return None if t is None else float(t)
-    return None
+def component_target(kpi: KpiDefinition, name: str) -> float | None:
+    return kpi.component(name).target if kpi.has_component(name) else None
 
 
 def lit(s: str) -> str:
@@ -101,7 +90,7 @@ def hourly_series(value: str, names: Iterable[str], series: str, *, extra_where:
 
 
 def kpi_names_values() -> str:
-    rows = ",\n    ".join(f"({lit(k['code'])}, {lit(k['name'])})" for k in CATALOG["kpi"])
+    rows = ",\n    ".join(f"({lit(k.code)}, {lit(k.name)})" for k in CATALOG.kpi)
     return f"(VALUES\n    {rows}) AS n(code, name)"
 
 
@@ -212,7 +201,7 @@ def air_hourly_cte() -> str:
 
 
 def who_24h() -> dict[str, float]:
-    return {k: float(v) for k, v in AIR["params"]["who_24h"].items()}
+    return {k: float(v) for k, v in AIR.params["who_24h"].items()}
 
 
 def values_table(alias: str, columns: str, rows: Iterable[tuple[str, ...]]) -> str:
@@ -222,7 +211,7 @@ def values_table(alias: str, columns: str, rows: Iterable[tuple[str, ...]]) -> s
 
 def exceedance_rules() -> list[tuple[str, ...]]:
     """(rule, pollutant, statistic, limit, allowed per year) from the catalog's air parameters."""
-    p = AIR["params"]
+    p = AIR.params
     rules: list[tuple[str, ...]] = []
     for pol, lim in p["who_24h"].items():
         rules.append((lit("WHO 2021 24-h mean"), lit(pol), "'mean'", num(float(lim)), "NULL"))

@@ -155,7 +155,7 @@ def air() -> Dashboard:
             ),
             kpi_stat(
                 "US EPA AQI, worst day ($period KPI)",
-                AIR["code"],
+                AIR.code,
                 "aqi_epa",
                 "EPA AQI",
                 w=6,
@@ -172,7 +172,7 @@ def air() -> Dashboard:
             ),
             kpi_stat(
                 "European AQI, worst day ($period KPI)",
-                AIR["code"],
+                AIR.code,
                 "aqi_eu",
                 "European AQI",
                 w=6,
@@ -247,8 +247,8 @@ def air() -> Dashboard:
             ),
             Panel(
                 "table",
-                f"Air pollution KPI {AIR['code']} ($period)",
-                kpi_table([AIR["code"]]),
+                f"Air pollution KPI {AIR.code} ($period)",
+                kpi_table([AIR.code]),
                 fmt="table",
                 w=24,
                 h=8,

@@ -20,7 +20,7 @@ from grafana_generator.queries import (
 
 
 def noise() -> Dashboard:
-    p = NOISE["params"]
+    p = NOISE.params
     day, evening, night = p["day_start_hour"], p["evening_start_hour"], p["night_start_hour"]
     lden_target = component_target(NOISE, "lden")
     threshold = float(p["threshold_db"])
@@ -68,7 +68,7 @@ def noise() -> Dashboard:
         '  k.target AS "target dB", k.band AS "band", 100 * k.coverage AS "coverage %",\n'
         '  k.quality_label AS "data quality"\n'
         "FROM kpi_values k\n"
-        f"WHERE k.city_id = ${{city:sqlstring}} AND k.kpi_code = {lit(NOISE['code'])}\n"
+        f"WHERE k.city_id = ${{city:sqlstring}} AND k.kpi_code = {lit(NOISE.code)}\n"
         "  AND k.component = 'lden'\n"
         f"  AND k.period_kind = ${{period:sqlstring}} AND k.period_start <= {PERIOD_END}\n"
         f"  AND {KPI_AREA_FILTER}\n"
@@ -96,7 +96,7 @@ def noise() -> Dashboard:
         panels=[
             kpi_stat(
                 f"Inhabitants exposed to Lden > {threshold:g} dB ($period KPI)",
-                NOISE["code"],
+                NOISE.code,
                 "",
                 "exposed %",
                 w=6,
@@ -169,7 +169,7 @@ def noise() -> Dashboard:
             ),
             Panel(
                 "table",
-                f"Lden / Lnight per area, KPI {NOISE['code']} ($period)",
+                f"Lden / Lnight per area, KPI {NOISE.code} ($period)",
                 lden_kpi,
                 fmt="table",
                 w=24,

@@ -21,7 +21,7 @@ from grafana_generator.queries import (
 
 
 def traffic() -> Dashboard:
-    tp = TTI["params"]
+    tp = TTI.params
     speed, count = tp["speed_metric"], tp["count_metric"]
     per_device = (
         f"  SELECT r.bucket, {AREA} AS area, d.device_id,\n"
@@ -94,7 +94,7 @@ def traffic() -> Dashboard:
         panels=[
             kpi_stat(
                 f"Travel time index ($period KPI, peak hours, target {tti_target:g})",
-                TTI["code"],
+                TTI.code,
                 "",
                 "TTI",
                 w=8,
@@ -104,7 +104,7 @@ def traffic() -> Dashboard:
             ),
             kpi_stat(
                 "Major streets monitored ($period KPI)",
-                TRAFFIC_MONITORING["code"],
+                TRAFFIC_MONITORING.code,
                 "",
                 "%",
                 w=8,
@@ -115,7 +115,7 @@ def traffic() -> Dashboard:
             ),
             kpi_stat(
                 "Adaptive-controlled intersections ($period KPI)",
-                INTERSECTIONS["code"],
+                INTERSECTIONS.code,
                 "",
                 "%",
                 w=8,

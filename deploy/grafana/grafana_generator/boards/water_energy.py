@@ -53,11 +53,11 @@ def _consumption(metric: str, series: str) -> str:
 
 def water_energy() -> Dashboard:
     codes = [
-        WATER["code"],
-        WATER_LOSS["code"],
-        ELECTRICITY["code"],
-        SMART_WATER["code"],
-        SMART_ELECTRICITY["code"],
+        WATER.code,
+        WATER_LOSS.code,
+        ELECTRICITY.code,
+        SMART_WATER.code,
+        SMART_ELECTRICITY.code,
     ]
     meters = values_table(
         "x",
@@ -67,13 +67,13 @@ def water_energy() -> Dashboard:
                 "'Water meters'",
                 "'water_volume_total'",
                 "ARRAY['water']",
-                lit(SMART_WATER["params"]["total_fact"]),
+                lit(SMART_WATER.params["total_fact"]),
             ),
             (
                 "'Electricity meters'",
                 "'energy_total'",
                 "ARRAY['electricity', 'energy']",
-                lit(SMART_ELECTRICITY["params"]["total_fact"]),
+                lit(SMART_ELECTRICITY.params["total_fact"]),
             ),
         ],
     )
@@ -121,7 +121,7 @@ def water_energy() -> Dashboard:
         panels=[
             kpi_stat(
                 f"Water consumption ($period KPI, target {component_target(WATER, ''):g})",
-                WATER["code"],
+                WATER.code,
                 "",
                 "L/inhabitant/day",
                 w=6,
@@ -135,7 +135,7 @@ def water_energy() -> Dashboard:
             ),
             kpi_stat(
                 "Electricity consumption ($period KPI, annual rate)",
-                ELECTRICITY["code"],
+                ELECTRICITY.code,
                 "",
                 "kWh/inhabitant/year",
                 w=6,
@@ -146,7 +146,7 @@ def water_energy() -> Dashboard:
             ),
             kpi_stat(
                 "Smart water meters ($period KPI)",
-                SMART_WATER["code"],
+                SMART_WATER.code,
                 "",
                 "%",
                 w=6,
@@ -157,7 +157,7 @@ def water_energy() -> Dashboard:
             ),
             kpi_stat(
                 "Smart electricity meters ($period KPI)",
-                SMART_ELECTRICITY["code"],
+                SMART_ELECTRICITY.code,
                 "",
                 "%",
                 w=6,
