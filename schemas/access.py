@@ -57,6 +57,18 @@ STATISTICS_VIEWS = tuple(
     if not (kind == "stat_xact" and what == "indexes")
 )
 
+# TimescaleDB's internal chunk functions that check no privilege before 2.22 (upstream #10386):
+# any login could drop or freeze every city's chunks. Only the owner calls them.
+UNCHECKED_CHUNK_FUNCTIONS = (
+    "drop_chunk",
+    "drop_osm_chunk",
+    "create_compressed_chunk",
+    "freeze_chunk",
+    "unfreeze_chunk",
+    "hypertable_osm_range_update",
+    "lock_osm_chunk_dimension_slice",
+)
+
 # The cities the session's login may read: its own rows in city_readers, or all of them.
 VISIBLE_CITIES = """
 SELECT c.city_id FROM public.cities c
@@ -195,6 +207,14 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
             views = ", ".join(STATISTICS_VIEWS)
             await conn.execute(f"REVOKE SELECT ON {views} FROM PUBLIC")
             await conn.execute(f"GRANT SELECT ON {views} TO pg_monitor, {ingest}, {kpi}")
+            for function in await conn.fetch(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname IN ('_timescaledb_functions', '_timescaledb_internal') "
+                "AND p.proname = ANY($1)",
+                list(UNCHECKED_CHUNK_FUNCTIONS),
+            ):
+                await conn.execute(f"REVOKE EXECUTE ON FUNCTION {function[0]} FROM PUBLIC")
     return roles
 
 

@@ -567,3 +567,54 @@ async def test_hostile_devices_through_the_service_reach_no_other_city(
         assert reasons.get("device_mismatch", 0) >= 49, reasons
     finally:
         await owner.close()
+
+
+async def test_no_login_can_drop_or_freeze_a_chunk_through_timescaledbs_internal_functions(
+    two_cities: TwoCities, server_url: str
+) -> None:
+    """TimescaleDB before 2.22 checks no privilege in its internal chunk functions (upstream
+    timescale/timescaledb#10386): on 2.19 a city reader dropped every city's readings with
+    `_timescaledb_functions.drop_chunk(chunk)`, even in a read-only transaction. Each of them is
+    refused to the reader, ingest and KPI logins, and the chunks stay."""
+    if "15433" not in server_url:
+        pytest.skip("TimescaleDB only")
+    roles = deployment_of(two_cities.owner_dsn)
+    logins = [two_cities.reader_dsn]
+    logins += [await make_login(two_cities.owner_dsn, g) for g in (roles.ingest, roles.kpi)]
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        chunks = [
+            r[0]
+            for r in await owner.fetch(
+                "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks"
+            )
+        ]
+        functions = [
+            r[0]
+            for r in await owner.fetch(
+                "SELECT p.oid::regproc::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname IN ('_timescaledb_functions', '_timescaledb_internal') "
+                "AND p.proname IN ('drop_chunk', 'freeze_chunk', 'unfreeze_chunk') "
+                "AND p.proargtypes = '2205'::oidvector"
+            )
+        ]
+    finally:
+        await owner.close()
+    assert chunks and len(functions) >= 3
+    allowed = []
+    for dsn in logins:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for function in functions:
+                for chunk in chunks:
+                    try:
+                        await conn.execute(f"SELECT {function}('{chunk}'::regclass)")
+                        allowed.append((dsn.split("://")[1].split(":")[0], function, chunk))
+                    except PRIVILEGE_ERRORS:
+                        pass
+                    except asyncpg.UndefinedTableError:  # an earlier call dropped it
+                        allowed.append(("?", function, chunk))
+        finally:
+            await conn.close()
+    assert not allowed
+    await _other_city_untouched(two_cities.owner_dsn)
