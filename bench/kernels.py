@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from processors import kernels
+from processors.kernels.noise import _utc_offsets_us
 
 HOUR = 3_600_000_000
 MINUTE = 60_000_000
@@ -268,7 +269,7 @@ def machine_info() -> dict[str, Any]:
 def lden_numpy(t, leq_db, tz):
     from zoneinfo import ZoneInfo
 
-    local = t + kernels._utc_offsets_us(t, ZoneInfo(tz))  # the same zoneinfo work as the kernel wrapper
+    local = t + _utc_offsets_us(t, ZoneInfo(tz))  # the same zoneinfo work as the kernel wrapper
     day = local // DAY
     hour = (local - day * DAY) // HOUR
     owner = day - (hour < 7)

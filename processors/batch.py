@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from processors.kernels import _float64_1d, _int64_1d
+from processors.kernels._checks import _float64_1d, _int64_1d
 
 
 @dataclass(frozen=True, slots=True)

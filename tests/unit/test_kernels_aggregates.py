@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_reference import partial_aggregates_ref
 
-from processors import kernels
+from processors import _kernels, kernels
 from processors.batch import ReadingBatch
 from processors.kernels import PartialAggregates, merge_partial_aggregates, partial_aggregates
 
@@ -60,7 +60,7 @@ def random_readings(rng: np.random.Generator, n: int, n_series: int, span_us: in
 @pytest.fixture(params=["dense", "sorted"])
 def path(request, monkeypatch):
     if request.param == "sorted":
-        monkeypatch.setattr(kernels, "_dense_cell_limit", lambda n: 0)
+        monkeypatch.setattr(kernels.aggregates, "_dense_cell_limit", lambda n: 0)
     return request.param
 
 
@@ -77,8 +77,8 @@ def test_matches_reference_on_random_unsorted_data(seed, path):
 def test_sparse_bucket_span_is_compacted(monkeypatch):
     # A reading years late makes the (series x bucket) grid huge; only present buckets get columns.
     calls = []
-    real = kernels.K.mark_present_buckets
-    monkeypatch.setattr(kernels.K, "mark_present_buckets", lambda *a: calls.append(1) or real(*a))
+    real = _kernels.mark_present_buckets
+    monkeypatch.setattr(_kernels, "mark_present_buckets", lambda *a: calls.append(1) or real(*a))
     rng = np.random.default_rng(7)
     series, ts, value = random_readings(rng, 500, 5, HOUR)
     ts[:3] -= 6 * 365 * 24 * HOUR

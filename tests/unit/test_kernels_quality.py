@@ -8,6 +8,7 @@ from kernel_reference import hampel_ref, stuck_ref
 
 from processors import kernels
 from processors.kernels import FLAG_SPIKE, FLAG_STUCK, coverage, hampel_flags, stuck_value_flags
+from processors.kernels._checks import _series_time_order
 
 
 def test_flags_are_distinct_bits():
@@ -83,7 +84,7 @@ def test_series_time_order_equals_lexsort(series_scale):
     series = rng.integers(0, 30, 2000) * series_scale
     ts = rng.integers(0, 50, 2000)
     ts[series == 0] = np.arange(int((series == 0).sum()))  # one series already in time order
-    np.testing.assert_array_equal(kernels._series_time_order(series, ts), np.lexsort((ts, series)))
+    np.testing.assert_array_equal(_series_time_order(series, ts), np.lexsort((ts, series)))
     value = rng.integers(0, 2, 2000).astype(float)
     np.testing.assert_array_equal(stuck_value_flags(series, ts, value, 2), stuck_ref(series, ts, value, 2))
 
@@ -94,4 +95,4 @@ def test_series_time_order_of_a_shuffled_long_series():
     series = np.zeros(3000, dtype=np.int64)
     series[::7] = 1
     ts = rng.integers(0, 500, 3000)
-    np.testing.assert_array_equal(kernels._series_time_order(series, ts), np.lexsort((ts, series)))
+    np.testing.assert_array_equal(_series_time_order(series, ts), np.lexsort((ts, series)))
