@@ -161,12 +161,16 @@ class KafkaSource:
         messages: list[Message] = []
         offsets: dict[TopicPartition, int] = {}
         now = datetime.now(UTC)
+        stamp, sent = None, None  # records of one producer batch mostly share their timestamp
         for tp, records in data.items():
+            topic, partition = tp.topic, tp.partition
             for r in records:
-                headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}
-                sent = datetime.fromtimestamp(r.timestamp / 1000, UTC) if r.timestamp else None
+                headers = {k: v.decode("utf-8", "replace") for k, v in r.headers} if r.headers else None
+                if r.timestamp != stamp:
+                    stamp = r.timestamp
+                    sent = datetime.fromtimestamp(stamp / 1000, UTC) if stamp else None
                 messages.append(
-                    Message(r.value or b"", tp.topic, now, headers, tp.partition, r.offset, sent_at=sent)
+                    Message(r.value or b"", topic, now, headers, partition, r.offset, sent_at=sent)
                 )
             offsets[tp] = records[-1].offset + 1
         n, nbytes = len(messages), sum(len(m.payload) for m in messages)
