@@ -1,0 +1,82 @@
+"""Poison text outside the device id (audit of issue 10): a NUL or a lone surrogate in a SenML metric
+name, unit or string value, an NGSI attribute name or unit code, a flat-JSON key, among valid
+messages over MQTT. Valid neighbours are stored, the poison never reaches PostgreSQL as text it
+rejects, the service stays healthy, and a restart with the poison queued does not crash-loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from ingest.config import Settings
+from ingest.service import Service
+from ingest.simulator import SimMessage
+from tests.conftest import PrivateMosquitto
+from tests.integration.test_mqtt_ingest import T_START, publish, senml_messages, settings_for, wait_for_count
+from tests.integration.test_poison import (
+    FLAT_JSON_ROUTE,
+    assert_healthy,
+    dead_letter_reasons,
+    wait_for_dead_letters,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def poison_fields(bad: str) -> list[SimMessage]:
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    docs = {
+        "city/demo/senml/p1": [{"bn": "p1:", "n": f"pm{bad}25", "u": "ug/m3", "v": 5.0, "bt": T_START}],
+        "city/demo/senml/p2": [{"bn": "p2:", "n": "pm25", "u": f"ug{bad}/m3", "v": 5.0, "bt": T_START}],
+        "city/demo/senml/p3": [{"bn": "p3:", "n": "status", "vs": f"o{bad}k", "bt": T_START}],
+        "city/demo/ngsi-v2/p4": {
+            "id": "p4",
+            "type": "AirQualityObserved",
+            "dateObserved": {"value": now},
+            f"temp{bad}erature": {"value": 12.2},
+        },
+        "city/demo/ngsi-ld/p5": {
+            "id": "urn:ngsi-ld:AirQualityObserved:p5",
+            "type": "AirQualityObserved",
+            "dateObserved": {"type": "Property", "value": {"@type": "DateTime", "@value": now}},
+            "temperature": {"type": "Property", "value": 12.2, "unitCode": f"CE{bad}L"},
+        },
+        "flat/p6": {"device_id": "p6", "city": "demo", "time": now, f"temp{bad}": 12.5},
+        "v3/app/devices/p7/up": {
+            "end_device_ids": {"device_id": "p7"},
+            "received_at": now,
+            "uplink_message": {"decoded_payload": {f"t{bad}emp": 12.5}},
+        },
+    }
+    return [SimMessage(t, json.dumps(d).encode()) for t, d in docs.items()]
+
+
+async def test_poison_text_in_names_units_and_values_never_stops_ingestion(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    routes = [*Settings().mqtt.model_dump()["routes"], FLAT_JSON_ROUTE]
+    settings = settings_for(tsdb, mosquitto.port, client_id="citykpi-poison2", routes=routes)
+    bad = poison_fields("\x00") + poison_fields("\ud800")
+    service = Service(settings)
+    await service.start()
+    try:
+        await publish(mosquitto.port, senml_messages(100) + bad + senml_messages(100, offset=100))
+        assert await wait_for_count(tsdb, 200) == 200
+        await wait_for_dead_letters(tsdb, len(bad))
+        await assert_healthy(service)
+    finally:
+        await service.stop()
+    assert len(await dead_letter_reasons(tsdb)) == len(bad)
+    await publish(mosquitto.port, bad + senml_messages(100, offset=200))
+    again = Service(settings)
+    await again.start()
+    try:
+        assert await wait_for_count(tsdb, 300) == 300
+        await asyncio.sleep(0.5)
+        await assert_healthy(again)
+    finally:
+        await again.stop()
+    assert len(await dead_letter_reasons(tsdb)) == 2 * len(bad)
