@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +16,8 @@ import pytest
 from ingest.config import Settings
 from ingest.service import Service
 from ingest.simulator import SimMessage
-from tests.conftest import PrivateMosquitto
+from tests.conftest import KAFKA_BOOTSTRAP, PrivateMosquitto
+from tests.integration.test_kafka_ingest import new_topic
 from tests.integration.test_mqtt_ingest import T_START, publish, senml_messages, settings_for, wait_for_count
 from tests.integration.test_poison import (
     FLAT_JSON_ROUTE,
@@ -80,3 +83,54 @@ async def test_poison_text_in_names_units_and_values_never_stops_ingestion(
     finally:
         await again.stop()
     assert len(await dead_letter_reasons(tsdb)) == 2 * len(bad)
+
+
+# A producer that writes a record header key that is not UTF-8 (the Kafka protocol does not check
+# it; aiokafka's own builder would refuse, so its pure-Python builder is handed raw bytes).
+RAW_HEADER_PRODUCER = """
+import asyncio, os, sys
+os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
+from aiokafka import AIOKafkaProducer
+class RawKey(str):
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfe"
+async def main(topic, payloads):
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[2])
+    await producer.start()
+    for i, payload in enumerate(payloads):
+        await producer.send_and_wait(topic, payload, headers=[(RawKey("k"), b"v")] if i == 20 else None)
+    await producer.stop()
+asyncio.run(main(sys.argv[1], [bytes.fromhex(h) for h in sys.argv[3:]]))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="open (audit of issue 10): aiokafka raises UnicodeDecodeError on a non-UTF-8 header key; "
+    "the Kafka source dies, the service stops and the same record crash-loops it after a restart",
+)
+async def test_a_kafka_record_with_a_header_key_that_is_not_utf8_stops_nothing(tsdb: str) -> None:
+    """40 SenML records, the 21st with a header key b'\\xff\\xfe': the 39 others are stored and the
+    service stays healthy (the bad record becomes a dead letter, not a stuck partition)."""
+    topic = await new_topic(partitions=1)
+    payloads = [m.payload.hex() for m in senml_messages(40)]
+    subprocess.run([sys.executable, "-c", RAW_HEADER_PRODUCER, topic, KAFKA_BOOTSTRAP, *payloads], check=True)
+    settings = Settings(  # type: ignore[call-arg]
+        database={"url": tsdb},
+        mqtt={"enabled": False},
+        http={"enabled": False},
+        kafka={
+            "bootstrap_servers": KAFKA_BOOTSTRAP,
+            "group_id": "g-" + topic,
+            "topics": [{"filter": topic, "format": "senml", "city": "demo"}],
+        },
+        writer={"batch_max_delay_s": 0.05},
+    )
+    service = Service(settings)
+    await service.start()
+    try:
+        assert await wait_for_count(tsdb, 39, timeout=20) == 39
+        await assert_healthy(service)
+    finally:
+        await service.stop()
