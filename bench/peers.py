@@ -19,15 +19,16 @@ flat JSON topic route, Telegraf `inputs.kafka_consumer` (`version = "3.7.0"`, wh
 oldest offset, its own group, `max_undelivered_messages` 20,000) and aiokafka fetching without
 decoding (bench/drains.py).
 
-rows/s run from the first committed row to the last (polled every 0.1 s: the consumer is connected
-and its backlog is waiting), so citykpi's start-up (imports, numba kernels from their cache) is
-reported apart, as the seconds from the process's start to the last row; the bare and naive drains
-time themselves from connect. Peak RSS is the process's VmHWM. CPU % and run-queue wait % (its
-threads' time runnable but waiting for a core, summed) are per second of that window: on a shared
-machine a single-threaded consumer is starved more than a multi-threaded one. Medians over the rounds go to
-bench/results/peers.json with each round's figures and the ratios to Telegraf; next to them the
-peak RSS of a Python that only imports citykpi (the interpreter's import baseline) and citykpi's
-decode-validate µs per message without the network (the part of the per-message cost that is ours).
+rows/s run from the last poll that saw no committed row to the one that saw them all (polls every
+0.1 s: the consumer is connected and its backlog is waiting), so citykpi's start-up (imports,
+numba kernels from their cache) is reported apart, as the seconds from the process's start to the
+last row; the bare and naive drains time themselves from connect. Peak RSS is the process's VmHWM.
+CPU % and run-queue wait % (its threads' time runnable but waiting for a core, summed) are per
+second of that window: on a shared machine a single-threaded consumer is starved more than a
+multi-threaded one. Medians over the rounds go to bench/results/peers.json with each round's
+figures and the ratios to Telegraf; next to them the peak RSS of a Python that only imports citykpi
+(the interpreter's import baseline) and citykpi's decode-validate µs per message without the
+network (the part of the per-message cost that is ours).
 """
 
 from __future__ import annotations
@@ -127,10 +128,14 @@ JSON_V2 = """
 """
 
 
+def telegraf_config(inputs: str, dsn: str) -> str:
+    """The agent, one input and the PostgreSQL output writing into the database `dsn`."""
+    return f'{TELEGRAF_AGENT}\n{inputs}\n[[outputs.postgresql]]\n  connection = "{libpq(dsn)}"\n'
+
+
 def telegraf_mqtt_config(port: int, client_id: str, dsn: str) -> str:
     """Persistent session, QoS 1, acks after the output's write, at most 20,000 unacknowledged."""
-    return f"""{TELEGRAF_AGENT}
-[[inputs.mqtt_consumer]]
+    inputs = f"""[[inputs.mqtt_consumer]]
   servers = ["tcp://127.0.0.1:{port}"]
   topics = ["{TOPIC_FILTER}"]
   qos = 1
@@ -142,15 +147,13 @@ def telegraf_mqtt_config(port: int, client_id: str, dsn: str) -> str:
   [[inputs.mqtt_consumer.topic_parsing]]
     topic = "{TOPIC_FILTER}"
     tags = "_/city/_/device"
-[[outputs.postgresql]]
-  connection = "{libpq(dsn)}"
 """
+    return telegraf_config(inputs, dsn)
 
 
 def telegraf_kafka_config(bootstrap: str, topic: str, dsn: str) -> str:
     """A consumer group from the oldest offset; offsets marked after the output's write."""
-    return f"""{TELEGRAF_AGENT}
-[[inputs.kafka_consumer]]
+    inputs = f"""[[inputs.kafka_consumer]]
   brokers = ["{bootstrap}"]
   topics = ["{topic}"]
   version = "3.7.0"
@@ -161,10 +164,8 @@ def telegraf_kafka_config(bootstrap: str, topic: str, dsn: str) -> str:
     [[inputs.kafka_consumer.json_v2.tag]]
       path = "device_id"
       rename = "device"
-
-[[outputs.postgresql]]
-  connection = "{libpq(dsn)}"
 """
+    return telegraf_config(inputs, dsn)
 
 
 def libpq(dsn: str) -> str:
@@ -225,22 +226,24 @@ async def drain_into(
     with log.open("ab") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        first, cpu_first, wait_first = None, 0.0, 0.0
+        # the window opens at the last poll that saw no row (so it is never empty: a fast
+        # consumer may commit everything between two polls) and closes at the one that saw all
+        empty_at, cpu_empty, wait_empty = t0, 0.0, 0.0
         try:
             while True:
                 await asyncio.sleep(0.1)
+                cpu_now, wait_now = proc_cpu_s(proc.pid), runqueue_wait_s(proc.pid)
                 rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
                 now = time.perf_counter()
-                if rows and first is None:
-                    first, cpu_first, wait_first = now, proc_cpu_s(proc.pid), runqueue_wait_s(proc.pid)
+                if not rows:
+                    empty_at, cpu_empty, wait_empty = now, cpu_now, wait_now
                 if rows >= n:
                     break
                 if proc.poll() is not None or now - t0 > 900:
                     raise RuntimeError(f"{cmd[0]} stopped at {rows} of {n} rows; see {log}")
-            seconds = now - t0
-            peak, cpu = proc_status(proc.pid, "VmHWM"), proc_cpu_s(proc.pid) - cpu_first
-            wait = runqueue_wait_s(proc.pid) - wait_first
-            steady_s = max(1e-9, now - (first or t0))
+            seconds, steady_s = now - t0, now - empty_at
+            peak, cpu = proc_status(proc.pid, "VmHWM"), proc_cpu_s(proc.pid) - cpu_empty
+            wait = runqueue_wait_s(proc.pid) - wait_empty
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(90)
