@@ -2,6 +2,8 @@
 
 One `[[kpi]]` entry per KPI. Its `formula` names a function registered in `kpi_rollups.formulas`
 with `@formula("name")`; `params` are that function's parameters (each formula validates them).
+The formulas read the catalog, never the reverse: whoever runs them passes their registered names
+(`formulas=`) and the catalog checks every entry names one.
 Targets in the catalog are defaults; per-city targets come from the `kpi_targets` table.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Collection
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -161,10 +164,11 @@ class CatalogError(ValueError):
     pass
 
 
-def parse_catalog(text: str, source: str = "catalog.toml") -> Catalog:
-    """Parse and validate catalog TOML; every formula must be registered in kpi_rollups.formulas."""
-    from kpi_rollups.formulas import FORMULAS
-
+def parse_catalog(
+    text: str, source: str = "catalog.toml", formulas: Collection[str] | None = None
+) -> Catalog:
+    """Parse and validate catalog TOML; with `formulas` (the registered names), every KPI's formula
+    must be one of them."""
     try:
         catalog = Catalog.model_validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as e:
@@ -174,16 +178,20 @@ def parse_catalog(text: str, source: str = "catalog.toml") -> Catalog:
         for err in e.errors():
             lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
         raise CatalogError("\n".join(lines)) from None
-    missing = [f"{k.code} -> {k.formula!r}" for k in catalog.kpi if k.formula not in FORMULAS]
+    missing = [
+        f"{k.code} -> {k.formula!r}"
+        for k in catalog.kpi
+        if formulas is not None and k.formula not in formulas
+    ]
     if missing:
         raise CatalogError(f"{source}: formulas not registered in kpi_rollups.formulas: {missing}")
     return catalog
 
 
 @lru_cache(maxsize=1)
-def load_catalog(path: str | None = None) -> Catalog:
-    """The bundled catalog (or the TOML at `path`), parsed once."""
+def load_catalog(path: str | None = None, formulas: frozenset[str] | None = None) -> Catalog:
+    """The bundled catalog (or the TOML at `path`), parsed once (per set of `formulas` checked)."""
     if path is not None:
-        return parse_catalog(Path(path).read_text(encoding="utf-8"), path)
+        return parse_catalog(Path(path).read_text(encoding="utf-8"), path, formulas)
     text = (resources.files("kpi_rollups") / "catalog.toml").read_text(encoding="utf-8")
-    return parse_catalog(text)
+    return parse_catalog(text, formulas=formulas)

@@ -246,7 +246,7 @@ async def refresh_kpis(
     """
     now = now or datetime.now(UTC)
     options = options or KpiOptions()
-    catalog = load_catalog()
+    catalog = load_catalog(formulas=frozenset(FORMULAS))
     kpis = [catalog.get(c) for c in codes] if codes is not None else list(catalog.kpi)
     async with _connection(conn_or_dsn) as conn:
         tz = await conn.fetchval("SELECT timezone FROM cities WHERE city_id = $1", city_id)
