@@ -12,11 +12,11 @@ A crash before 3 redelivers the messages; step 1 then stores nothing twice and a
 twice, because only rows the insert reports as new reach the rollups.
 
 Retriable errors (connection loss, restart, deadlock…) keep the batch and retry with capped,
-jittered backoff; while the server is unreachable it is probed every `probe_interval_s`, so writes
-resume as soon as it answers. Permanent ones (the database rejects the data) bisect the batch: its
-rows in halves, its dead letters on their own, down to the one row or dead letter at fault, which
-becomes a dead letter (a dead letter at fault is stored stripped to its reason and position; one
-that still fails is logged and dropped). So one message can never stop ingestion.
+full-jitter exponential backoff (tenacity); while the server is unreachable it is probed every
+`probe_interval_s`, so writes resume as soon as it answers. Permanent ones (the database rejects
+the data) bisect the batch: its rows in halves, its dead letters on their own, down to the one row
+or dead letter at fault, which becomes a dead letter (a dead letter at fault is stored stripped to
+its reason and position; one that still fails is logged and dropped). So one message can never stop ingestion.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import tenacity
 
 from ingest import telemetry
 from processors import errors
@@ -334,43 +334,63 @@ class TimescaleWriter:
     async def _write_all(self, batch: WriteBatch) -> WriteResult:
         pending = [batch]  # left to commit, in order; a rejected piece is replaced by its parts
         total = WriteResult(0, 0, 0, 0, 0, 0.0)
-        failures = suspect_failures = 0
         while pending:
             piece = pending[0]
             try:
-                total += await self._write_once(piece)
-                self._progress_at = time.monotonic()
-                pending.pop(0)
-                failures = suspect_failures = 0
-                continue
+                total += await self._write_retrying(piece)
             except errors.PermanentWriteError as e:
-                telemetry.WRITE_FAILURES.labels(e.sqlstate[:2], "permanent").inc()
                 pending[0:1] = self._isolate(piece, e.sqlstate, str(e))
                 continue
             except errors.RetriableWriteError as e:
-                telemetry.WRITE_FAILURES.labels(e.sqlstate[:2] or "connection", "retriable").inc()
                 if self._stopping.is_set():
                     raise
-                failures += 1
-                suspect_failures += e.suspect
-                if suspect_failures >= self._max_attempts:
-                    log.error("write failed %d times (%s); isolating the rows at fault", suspect_failures, e)
-                    pending[0:1] = self._isolate(piece, e.sqlstate, str(e))
-                    suspect_failures = 0
-                    continue
-                delay = min(self._max_backoff_s, 0.1 * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1)
-                if failures == 1 or failures % 10 == 0:
-                    log.warning(
-                        "write failed (%s); retry %d in at most %.1f s, batch kept (%d readings, source %s)",
-                        e,
-                        failures,
-                        delay,
-                        len(piece),
-                        piece.source,
-                    )
-                await self._drop_connection()
-                await self._wait_to_retry(delay, probe=e.unreachable)
+                log.error("write failed %d times (%s); isolating the rows at fault", self._max_attempts, e)
+                pending[0:1] = self._isolate(piece, e.sqlstate, str(e))
+                continue
+            self._progress_at = time.monotonic()
+            pending.pop(0)
         return total
+
+    async def _write_retrying(self, piece: WriteBatch) -> WriteResult:
+        """`_write_once`, retried with full-jitter exponential backoff (tenacity) while the error is
+        retriable; raises the error when the writer stops or after `max_attempts` suspect failures
+        (the caller then isolates the rows at fault), and a permanent error at once."""
+        suspect = 0
+        unreachable = False
+
+        def counted_and_retriable(e: BaseException) -> bool:
+            nonlocal suspect, unreachable
+            if isinstance(e, errors.PermanentWriteError):
+                telemetry.WRITE_FAILURES.labels(e.sqlstate[:2], "permanent").inc()
+            if not isinstance(e, errors.RetriableWriteError):
+                return False
+            telemetry.WRITE_FAILURES.labels(e.sqlstate[:2] or "connection", "retriable").inc()
+            suspect += e.suspect
+            unreachable = e.unreachable
+            return True
+
+        async def before_retry(state: tenacity.RetryCallState) -> None:
+            n = state.attempt_number
+            if n == 1 or n % 10 == 0:
+                log.warning(
+                    "write failed (%s); retry %d in at most %.1f s, batch kept (%d readings, source %s)",
+                    state.outcome.exception() if state.outcome else None,
+                    n,
+                    state.next_action.sleep if state.next_action else 0.0,
+                    len(piece),
+                    piece.source,
+                )
+            await self._drop_connection()
+
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(counted_and_retriable),
+            stop=lambda _: self._stopping.is_set() or suspect >= self._max_attempts,
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=self._max_backoff_s),
+            sleep=lambda delay: self._wait_to_retry(delay, probe=unreachable),
+            before_sleep=before_retry,
+            reraise=True,
+        )
+        return await retrying(self._write_once, piece)
 
     async def _wait_to_retry(self, delay: float, probe: bool) -> None:
         """Sleep `delay`; if the server was unreachable, probe it meanwhile and return once it answers."""
