@@ -19,6 +19,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+import tenacity
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -30,6 +31,7 @@ from ingest.routing import Router
 log = logging.getLogger(__name__)
 
 LAG_EVERY_S = 5.0
+FETCH_RETRY_MAX_S = 5.0
 
 
 def kafka_security_kwargs(s: KafkaSettings) -> dict[str, object]:
@@ -135,25 +137,39 @@ class KafkaSource:
         return self.held_messages >= self.settings.max_held_messages or self.pipeline.is_full()
 
     async def _consume(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+        # A failed fetch is retried with jittered exponential backoff (tenacity), forever while running.
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(KafkaError),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=FETCH_RETRY_MAX_S, jitter=0.5),
+            stop=lambda _: self._stopping,
+            before_sleep=self._fetch_failed,
+            reraise=True,
+        )
         while not self._stopping:
-            # Paused, `getmany` fetches nothing but still counts as a poll, so a long database stall
-            # does not exceed max_poll_interval_ms and evict this consumer from its group.
-            if self._full():
-                consumer.pause(*consumer.assignment())
-            else:
-                consumer.resume(*consumer.paused())
             try:
-                data = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
-            except KafkaError as e:
-                self._set_connected(False)
-                log.warning("Kafka fetch failed (%s); retrying", e)
-                await asyncio.sleep(1)
-                continue
+                data: dict[TopicPartition, list[Any]] = await retrying(self._poll)
+            except KafkaError:  # only when stopping
+                return
             self._set_connected(True)
             if data:
                 await self._submit(data)
+
+    async def _poll(self) -> dict[TopicPartition, list[Any]]:
+        consumer = self._consumer
+        assert consumer is not None
+        # Paused, `getmany` fetches nothing but still counts as a poll, so a long database stall
+        # does not exceed max_poll_interval_ms and evict this consumer from its group.
+        if self._full():
+            consumer.pause(*consumer.assignment())
+        else:
+            consumer.resume(*consumer.paused())
+        return await consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
+
+    def _fetch_failed(self, state: tenacity.RetryCallState) -> None:
+        self._set_connected(False)
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("Kafka fetch failed (%s); retry %d in %.1f s", error, state.attempt_number, wait)
 
     async def _submit(self, data: dict[TopicPartition, list[Any]]) -> None:
         consumer = self._consumer

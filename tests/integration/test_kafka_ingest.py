@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from ingest import telemetry
 from ingest.config import KafkaSettings, Settings
@@ -324,3 +325,48 @@ async def test_a_rebalance_during_a_stall_abandons_the_batch_in_flight_and_its_n
         await a.stop()
         await b.stop()
     assert await rollup_mismatches(tsdb) == []
+
+
+async def test_failed_fetches_are_retried_with_jittered_backoff_and_nothing_is_lost(
+    tsdb: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three fetches fail on the real consumer (a fault injected in front of `getmany`): the source
+    reports itself disconnected, waits 0.2, 0.4, 0.8 s plus up to 0.5 s of jitter, then reads
+    every message once and counts one reconnect."""
+    topic = await new_topic()
+    await produce(topic, 200)
+    service = Service(service_settings(tsdb, topic, "g-" + topic))
+    reconnects = telemetry.RECONNECTS.labels("kafka")._value.get()
+    caplog.set_level(logging.WARNING, "ingest.kafka.source")
+    await service.start()
+    try:
+        source = service.sources[0]
+        consumer = source._consumer  # type: ignore[attr-defined]
+        fetch, failures, seen_down = consumer.getmany, 3, []
+
+        async def failing_then_real(*args: object, **kwargs: object) -> object:
+            nonlocal failures
+            seen_down.append(not source.connected)
+            if failures:
+                failures -= 1
+                raise KafkaConnectionError("injected fetch failure")
+            return await fetch(*args, **kwargs)
+
+        consumer.getmany = failing_then_real
+        assert await wait_for_count(tsdb, 400) == 400
+        async with asyncio.timeout(10):  # the fetches may fail only after the messages were read
+            while len(seen_down) < 5:
+                await asyncio.sleep(0.05)
+    finally:
+        await service.stop()
+    assert seen_down[1:4] == [True, True, True]  # disconnected while retrying
+    waits = [
+        float(r.getMessage().rsplit(" in ", 1)[1].split()[0])
+        for r in caplog.records
+        if r.getMessage().startswith("Kafka fetch failed")
+    ]
+    assert len(waits) == 3
+    for wait, base in zip(waits, (0.2, 0.4, 0.8), strict=True):
+        assert base <= wait <= base + 0.5 + 0.05, waits  # rounded to 0.1 s in the log
+    assert telemetry.RECONNECTS.labels("kafka")._value.get() == reconnects + 1
+    assert service.pipeline.stats.messages == 200
