@@ -566,6 +566,7 @@ def meter_steps_sorted(
     has_ref,
     ref_t,
     ref_v,
+    prev_v,
     has_pend,
     pend_t,
     pend_v,
@@ -574,13 +575,15 @@ def meter_steps_sorted(
 
     Per-series parameters (`rollover_at`, `max_rate_per_us`: NaN when unknown; `tolerance` >= 0)
     and per-series state (reference reading: the last accepted time and the register's high-water
-    value; pending: a rejected rise waiting for confirmation) are indexed by series. The state
-    arrays are updated in place so a caller can continue with the next batch. A step ending at a
-    reading is: accepted (rise within max_rate * dt + tolerance), noise (fall within tolerance: 0,
-    the reference keeps its value), a rollover (fall consistent with a wrap at rollover_at), a reset
-    (other fall: counted from 0 when plausible, else a re-base whose interval is excluded), or a
-    rejected rise (FLAG_IMPLAUSIBLE; confirmed by the next reading it is a re-base, FLAG_RESET, and
-    the time from the reference to the rejected reading is excluded).
+    value; the previous reading that was not a rejected rise; pending: a rejected rise waiting for
+    confirmation) are indexed by series. The state arrays are updated in place so a caller can
+    continue with the next batch. A step ending at a reading is: accepted (rise above the high-water
+    value within max_rate * dt + tolerance), noise (a reading below the high-water value but not
+    more than the tolerance below the previous reading: 0, the reference keeps its value, so
+    jitter neither adds up nor drifts into a reset), a rollover (larger fall consistent with a wrap
+    at rollover_at), a reset (other fall: counted from 0 when plausible, else a re-base whose
+    interval is excluded), or a rejected rise (FLAG_IMPLAUSIBLE; confirmed by the next reading it is
+    a re-base, FLAG_RESET, and the time from the reference to the rejected reading is excluded).
     """
     n = order.shape[0]
     consumption = np.full(n, np.nan)
@@ -601,6 +604,7 @@ def meter_steps_sorted(
             has_ref[s] = True
             ref_t[s] = t
             ref_v[s] = v
+            prev_v[s] = v
             has_pend[s] = False
             continue
         rate = max_rate_per_us[s]
@@ -608,7 +612,8 @@ def meter_steps_sorted(
         dt = t - ref_t[s]
         allowed = rate * dt + tol if rate == rate else np.inf
         d = v - ref_v[s]
-        if -tol <= d <= allowed:
+        if d <= allowed and (d >= -tol or v >= prev_v[s] - tol):
+            prev_v[s] = v
             if d > 0.0:
                 consumption[i] = d
                 ref_v[s] = v
@@ -630,6 +635,7 @@ def meter_steps_sorted(
                     flags[i] = FLAG_RESET
                     ref_t[s] = t
                     ref_v[s] = max(v, pend_v[s])
+                    prev_v[s] = v
                     has_pend[s] = False
                     continue
             flags[i] = FLAG_IMPLAUSIBLE
@@ -652,6 +658,7 @@ def meter_steps_sorted(
             flags[i] = FLAG_RESET | FLAG_IMPLAUSIBLE
         ref_t[s] = t
         ref_v[s] = v
+        prev_v[s] = v
         has_pend[s] = False
     return consumption, covered, excluded, flags, noise
 

@@ -235,6 +235,7 @@ async def meter_steps_of_batch(
         if r is not None and first_new[i] > r["last_us"]:
             recompute[i] = False
             state.has_ref[i], state.ref_t_us[i], state.ref_value[i] = True, r["ref_us"], r["ref_value"]
+            state.prev_value[i] = r["prev_value"]
             if r["pending_us"] is not None:
                 state.has_pending[i] = True
                 state.pending_t_us[i], state.pending_value[i] = r["pending_us"], r["pending_value"]
@@ -302,6 +303,7 @@ async def _save_state(
         last[has].tolist(),
         st.ref_t_us[has].tolist(),
         st.ref_value[has].tolist(),
+        st.prev_value[has].tolist(),
         [int(t) if p else None for t, p in zip(st.pending_t_us[has], st.has_pending[has], strict=True)],
         [float(v) if p else None for v, p in zip(st.pending_value[has], st.has_pending[has], strict=True)],
     )

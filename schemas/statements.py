@@ -168,7 +168,8 @@ FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
 JOIN devices d ON d.device_key = u.device_key JOIN metrics m ON m.metric_id = u.metric_id
 """
 LOCK_METER_STATE = """
-SELECT s.device_key, s.metric_id, s.last_us, s.ref_us, s.ref_value, s.pending_us, s.pending_value
+SELECT s.device_key, s.metric_id, s.last_us, s.ref_us, s.ref_value, s.prev_value, s.pending_us,
+       s.pending_value
 FROM meter_state s JOIN unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
      ON s.device_key = u.device_key AND s.metric_id = u.metric_id
 ORDER BY s.device_key, s.metric_id
@@ -196,8 +197,11 @@ FROM unnest($1::int8[], $2::int4[], $3::int2[], $4::float8[], $5::float8[], $6::
 WHERE t.device_key = u.d AND t.metric_id = u.m AND t.bucket = {EPOCH} + u.b * {US}
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 SAVE_METER_STATE = """
-INSERT INTO meter_state (device_key, metric_id, last_us, ref_us, ref_value, pending_us, pending_value)
-SELECT * FROM unnest($1::int4[], $2::int2[], $3::int8[], $4::int8[], $5::float8[], $6::int8[], $7::float8[])
+INSERT INTO meter_state (device_key, metric_id, last_us, ref_us, ref_value, prev_value, pending_us,
+                         pending_value)
+SELECT * FROM unnest($1::int4[], $2::int2[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::int8[],
+                     $8::float8[])
 ON CONFLICT (device_key, metric_id) DO UPDATE SET last_us = EXCLUDED.last_us, ref_us = EXCLUDED.ref_us,
-    ref_value = EXCLUDED.ref_value, pending_us = EXCLUDED.pending_us, pending_value = EXCLUDED.pending_value
+    ref_value = EXCLUDED.ref_value, prev_value = EXCLUDED.prev_value, pending_us = EXCLUDED.pending_us,
+    pending_value = EXCLUDED.pending_value
 """

@@ -22,12 +22,14 @@ from processors.kernels._checks import (
 
 @dataclass(frozen=True, slots=True)
 class MeterState:
-    """Per series: the reference reading (last accepted time, register high-water value) and a
-    rejected rise waiting for confirmation; carried from one batch to the next."""
+    """Per series: the reference reading (last accepted time, register high-water value), the
+    previous reading (noise is judged against it) and a rejected rise waiting for confirmation;
+    carried from one batch to the next."""
 
     has_ref: npt.NDArray[np.bool_]
     ref_t_us: I64
     ref_value: F64
+    prev_value: F64
     has_pending: npt.NDArray[np.bool_]
     pending_t_us: I64
     pending_value: F64
@@ -37,6 +39,7 @@ class MeterState:
         return cls(
             np.zeros(n_series, dtype=np.bool_),
             np.zeros(n_series, dtype=np.int64),
+            np.zeros(n_series),
             np.zeros(n_series),
             np.zeros(n_series, dtype=np.bool_),
             np.zeros(n_series, dtype=np.int64),
@@ -50,7 +53,8 @@ class MeterState:
 @dataclass(frozen=True, slots=True)
 class MeterSteps:
     """Per input row: accepted consumption (NaN for first, missing and rejected readings), the time
-    it covers, time excluded with a rejected step, flags, noise (a fall within the tolerance);
+    it covers, time excluded with a rejected step, flags, noise (a reading below the high-water
+    value, within the tolerance of the previous one);
     and the state after the last reading of each series."""
 
     consumption: F64
@@ -91,9 +95,10 @@ def meter_steps(
     NaN for no limit) and `tolerance` (register noise, in the register's unit). Rows may come in any
     order (processed by series, then time). A reading steps from the reference reading of its
     series (`state`, else the first reading is FLAG_FIRST):
-    - rise within max_rate·dt + tolerance: consumed;
-    - fall within the tolerance: noise, 0 (the reference keeps its high-water value, so jitter
-      never adds up);
+    - rise above the high-water value within max_rate·dt + tolerance: consumed;
+    - below the high-water value but within the tolerance of it or of the previous reading (the
+      last one not rejected): noise, 0 (the reference keeps its high-water value, so jitter never
+      adds up, and small steps back never add up to a reset);
     - larger fall: a rollover (rollover_at - ref + new, FLAG_ROLLOVER) when that is plausible (or,
       without a rate, below half the register), else a reset counted from 0 (FLAG_RESET); a reset
       whose landing value is implausible re-bases the reference and excludes the interval;

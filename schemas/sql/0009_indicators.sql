@@ -23,8 +23,9 @@ END
 $$;
 
 -- Per meter series, the reference the next reading steps from (times in epoch microseconds): the
--- latest reading folded in, the reference reading (last accepted time, high-water value) and a
--- rejected rise waiting for confirmation. Internal to the writer (grants: schemas/access.py); no
+-- latest reading folded in, the reference reading (last accepted time, high-water value), the
+-- previous reading that was not a rejected rise (noise is a step back within the tolerance of it)
+-- and a rejected rise waiting for confirmation. Internal to the writer (grants: schemas/access.py); no
 -- reader view.
 CREATE TABLE IF NOT EXISTS meter_state (
     device_key    integer NOT NULL,
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS meter_state (
     last_us       bigint NOT NULL,
     ref_us        bigint NOT NULL,
     ref_value     double precision NOT NULL,
+    prev_value    double precision NOT NULL,
     pending_us    bigint,
     pending_value double precision,
     PRIMARY KEY (device_key, metric_id)

@@ -65,12 +65,6 @@ async def test_late_half_replayed_after_the_other_half(tsdb: str, tmp_path: Path
     assert row["value"] == pytest.approx(1800.0), row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="open (audit of issue 13): noise is judged against the high-water mark, so two backward "
-    "steps each within the tolerance make a 'reset'",
-)
 async def test_noise_drifting_down_a_few_litres_each_hour(tsdb: str, tmp_path: Path) -> None:
     """Rises 0.075 m3/h; at 05:00-07:00 it reads 3 L lower each hour (each step within the 5 L
     tolerance, 9 L below the high-water mark at 07:00), then resumes at the 04:00 level + 0.075 per
@@ -92,12 +86,6 @@ async def test_noise_drifting_down_a_few_litres_each_hour(tsdb: str, tmp_path: P
     assert d["resets_handled"] == 0, d
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="open (audit of issue 13): noise is judged against the high-water mark, so two backward "
-    "steps each within the tolerance make a 'reset'",
-)
 async def test_jitter_a_few_litres_back_twice_on_a_new_meter(tsdb: str, tmp_path: Path) -> None:
     """A new meter (index 0.6 m3) rises 0.075 m3/h, except 05:00 and 06:00, each 3 L below the
     reading before (each a backward step within the 5 L tolerance; 06:00 is 6 L below the 04:00

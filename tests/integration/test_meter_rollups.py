@@ -120,3 +120,21 @@ async def test_the_ingest_role_folds_meter_steps_late_ones_too(any_db: str) -> N
         await conn.close()
     assert (day[0], day[1]) == (pytest.approx(0.5), 7200.0)
     assert [h[0] for h in hours] == [0.0, pytest.approx(0.2), pytest.approx(0.3)]
+
+
+async def test_steps_back_judged_against_the_stored_previous_reading(any_db: str) -> None:
+    """0.600, 0.675, 0.672 m3 in one batch, 0.669 and 0.750 in the next (5 L tolerance): the second
+    batch continues from meter_state, whose previous reading (0.672) makes 0.669 noise although it
+    is 6 L below the 0.675 high-water mark: 0.750 - 0.600 = 0.15 m3, two noise steps, no reset."""
+    at = [T0 + timedelta(hours=h) for h in range(5)]
+    async with TimescaleWriter(any_db) as w:
+        await w.write(batch([("w-8", at[0], 0.600), ("w-8", at[1], 0.675), ("w-8", at[2], 0.672)]))
+        await w.write(batch([("w-8", at[3], 0.669), ("w-8", at[4], 0.750)]))
+    conn = await asyncpg.connect(any_db)
+    try:
+        day = await conn.fetchrow("SELECT meter_consumption, meter_resets, meter_noise FROM rollup_1d")
+        state = await conn.fetchrow("SELECT ref_value, prev_value FROM meter_state")
+    finally:
+        await conn.close()
+    assert (day[0], day[1], day[2]) == (pytest.approx(0.15), 0, 2)
+    assert (state[0], state[1]) == (0.750, 0.750)

@@ -243,7 +243,8 @@ def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tol
     flags = np.zeros(n, dtype=np.uint8)
     noise = np.zeros(n, dtype=bool)
     rows = sorted(range(n), key=lambda i: (series[i], ts_us[i]))  # stable: ties keep input order
-    ref: dict[int, tuple[int, float]] = {}
+    ref: dict[int, tuple[int, float]] = {}  # last accepted time, high-water value
+    prev: dict[int, float] = {}  # the previous reading that was not a rejected rise
     pending: dict[int, tuple[int, float]] = {}
     for i in rows:
         s, t, v = int(series[i]), int(ts_us[i]), float(index_value[i])
@@ -251,7 +252,7 @@ def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tol
             flags[i] = FLAG_MISSING
             continue
         if s not in ref:
-            flags[i], ref[s] = FLAG_FIRST, (t, v)
+            flags[i], ref[s], prev[s] = FLAG_FIRST, (t, v), v
             pending.pop(s, None)
             continue
         rt, rv = ref[s]
@@ -261,9 +262,9 @@ def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tol
             return math.inf if math.isnan(rate) else rate * dt_us / 3_600_000_000 + tol
 
         d = v - rv
-        if -tol <= d <= allowed(t - rt):
+        if d <= allowed(t - rt) and (d >= -tol or v >= prev[s] - tol):
             cons[i], covered[i], noise[i] = max(d, 0.0), t - rt, d < 0
-            ref[s] = (t, max(v, rv))
+            ref[s], prev[s] = (t, max(v, rv)), v
             pending.pop(s, None)
         elif d > 0:
             p = pending.get(s)
@@ -274,7 +275,7 @@ def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tol
                     p[0] - rt,
                     FLAG_RESET,
                 )
-                ref[s] = (t, max(v, p[1]))
+                ref[s], prev[s] = (t, max(v, p[1])), v
                 del pending[s]
             else:
                 flags[i], pending[s] = FLAG_IMPLAUSIBLE, (t, v)
@@ -286,7 +287,7 @@ def meter_steps_ref(series, ts_us, index_value, rollover_at, max_rate_per_h, tol
                 cons[i], covered[i], flags[i] = v, t - rt, FLAG_RESET
             else:
                 excluded[i], flags[i] = t - rt, FLAG_RESET | FLAG_IMPLAUSIBLE
-            ref[s] = (t, v)
+            ref[s], prev[s] = (t, v), v
             pending.pop(s, None)
     return cons, covered, excluded, flags, noise
 

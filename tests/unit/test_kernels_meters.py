@@ -72,6 +72,44 @@ def test_a_slight_backward_step_is_noise_not_a_reset():
     assert got.covered_us.tolist() == [0, 15 * MIN, 15 * MIN, 15 * MIN]
 
 
+def test_two_small_backward_steps_are_noise_not_a_reset():
+    """0.600 -> 0.675 -> 0.672 -> 0.669 -> 0.750 m3 (5 L tolerance): each step back is 3 L from the
+    reading before, so noise, though 0.669 is 6 L below the 0.675 high-water mark (not a reset from
+    0, which would add 0.669 m3); then 0.750 - 0.675 = 75 L: 150 L in all, last - first."""
+    got = one([0.600, 0.675, 0.672, 0.669, 0.750], rate=5.0, tol=0.005)
+    assert got.flags.tolist() == [FLAG_FIRST, 0, 0, 0, 0]
+    assert got.noise.tolist() == [False, False, True, True, False]
+    assert got.consumption[1:] == pytest.approx([0.075, 0.0, 0.0, 0.075])
+    assert np.nansum(got.consumption) == pytest.approx(0.750 - 0.600)
+    assert got.covered_us.sum() == 4 * 15 * MIN and got.excluded_us.sum() == 0
+
+
+def test_many_small_backward_steps_never_add_up_to_a_reset_nor_to_consumption():
+    """1234.500 m3, then 40 readings each 3 L below the one before (120 L below the high-water mark
+    in the end, far beyond the 5 L tolerance), then back up to 1234.450 and on to 1234.600: all the
+    steps back and up below 1234.500 are noise (0), only the 100 L above the high-water mark count.
+    A 10 L fall from the previous reading is still a reset."""
+    down = [1234.500 - 0.003 * k for k in range(41)]
+    got = one([*down, 1234.450, 1234.600], tol=0.005, rate=5.0)
+    assert (got.flags == [FLAG_FIRST, *[0] * 42]).all()
+    assert got.noise.tolist() == [False, *[True] * 41, False]
+    assert np.nansum(got.consumption) == pytest.approx(0.100)
+    assert got.consumption[-1] == pytest.approx(0.100)
+    assert got.state.ref_value[0] == 1234.600 and got.state.prev_value[0] == 1234.600
+    fall = one([1234.500, 1234.497, 1234.487], tol=0.005, rate=5.0)
+    assert fall.flags.tolist() == [FLAG_FIRST, 0, FLAG_RESET | FLAG_IMPLAUSIBLE]
+
+
+def test_the_previous_reading_carries_over_batches():
+    """The two 3 L steps back split over two calls: the second call judges 0.669 against 0.672
+    from the state, as a single call does."""
+    params = {"rollover_at": [NAN], "max_rate_per_h": [5.0], "tolerance": [0.005]}
+    ts = np.arange(4, dtype=np.int64) * HOUR
+    a = meter_steps([0, 0, 0], ts[:3], [0.600, 0.675, 0.672], **params)
+    b = meter_steps([0], ts[3:], [0.669], **params, state=a.state)
+    assert b.flags.tolist() == [0] and b.noise.tolist() == [True] and b.consumption[0] == 0.0
+
+
 def test_plausibility_is_a_rate_over_the_elapsed_time():
     """A DN40 meter (5 m3/h allowed) read once a day: +20 m3 in 24 h is 0.83 m3/h, accepted; the same
     +20 m3 in 15 minutes would be 80 m3/h, rejected."""
@@ -131,6 +169,7 @@ def test_state_carries_over_batches_exactly():
     np.testing.assert_array_equal(np.r_[a.consumption, b.consumption], whole.consumption)
     np.testing.assert_array_equal(np.r_[a.flags, b.flags], whole.flags)
     np.testing.assert_array_equal(b.state.ref_value, whole.state.ref_value)
+    np.testing.assert_array_equal(b.state.prev_value, whole.state.prev_value)
 
 
 def test_edges():
