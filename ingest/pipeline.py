@@ -42,6 +42,7 @@ class Message:
     offset: int | None = None
     message_id: UUID | None = None  # set when a dead letter is requeued, so new rejects join its group
     sent_at: datetime | None = None  # the broker's timestamp where it keeps one (Kafka)
+    unreadable: str | None = None  # why the source could not read the record (payload unavailable)
 
 
 async def _no_ack() -> None:
@@ -239,6 +240,9 @@ class Pipeline:
         o = len(batch.origins)
         batch.origins.append(origin)
         reject = partial(self._reject, batch)
+        if m.unreadable is not None:
+            reject(origin, "unreadable_record", m.unreadable)
+            return
         if len(m.payload) > settings.max_payload_bytes:
             reject(origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
             return

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 5.0
 FETCH_RETRY_MAX_S = 5.0
 
+Unreadable = tuple[TopicPartition, int, str]  # a record aiokafka cannot decode: where, and why
+
 
 def kafka_security_kwargs(s: KafkaSettings) -> dict[str, object]:
     """aiokafka keyword arguments for SASL/SSL, shared by the consumer, producer and simulator."""
@@ -146,13 +148,16 @@ class KafkaSource:
             reraise=True,
         )
         while not self._stopping:
+            unreadable: list[Unreadable] = []
             try:
                 data: dict[TopicPartition, list[Any]] = await retrying(self._poll)
             except KafkaError:  # only when stopping
                 return
+            except UnicodeDecodeError:  # e.g. a header key that is not UTF-8
+                data, unreadable = await self._isolate_unreadable()
             self._set_connected(True)
-            if data:
-                await self._submit(data)
+            if data or unreadable:
+                await self._submit(data, unreadable)
 
     async def _poll(self) -> dict[TopicPartition, list[Any]]:
         consumer = self._consumer
@@ -165,13 +170,49 @@ class KafkaSource:
             consumer.resume(*consumer.paused())
         return await consumer.getmany(timeout_ms=200, max_records=self.settings.max_poll_records)
 
+    async def _isolate_unreadable(
+        self,
+    ) -> tuple[dict[TopicPartition, list[Any]], list[Unreadable]]:
+        """A fetch failed to decode a record: read each partition one record at a time up to the
+        unreadable one, and seek past it. It becomes a dead letter, and its offset is committed only
+        with that dead letter, so it cannot stop the partition nor crash-loop the service. (aiokafka
+        decodes a whole producer batch, so the records after it in its batch are dead-lettered too.)"""
+        consumer = self._consumer
+        assert consumer is not None
+        data: dict[TopicPartition, list[Any]] = {}
+        unreadable: list[Unreadable] = []
+        for tp in consumer.assignment() - consumer.paused():
+            for _ in range(self.settings.max_poll_records):
+                try:
+                    got = await consumer.getmany(tp, timeout_ms=500, max_records=1)
+                except UnicodeDecodeError as e:
+                    offset = await consumer.position(tp)
+                    log.warning(
+                        "Kafka record %s/%d@%d unreadable (%s); dead-lettered",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                        e,
+                    )
+                    unreadable.append((tp, offset, f"{type(e).__name__}: {e}"))
+                    consumer.seek(tp, offset + 1)
+                    break
+                if not got:
+                    break
+                data.setdefault(tp, []).extend(got[tp])
+        return data, unreadable
+
     def _fetch_failed(self, state: tenacity.RetryCallState) -> None:
         self._set_connected(False)
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning("Kafka fetch failed (%s); retry %d in %.1f s", error, state.attempt_number, wait)
 
-    async def _submit(self, data: dict[TopicPartition, list[Any]]) -> None:
+    async def _submit(
+        self,
+        data: dict[TopicPartition, list[Any]],
+        unreadable: list[Unreadable],
+    ) -> None:
         consumer = self._consumer
         assert consumer is not None
         messages: list[Message] = []
@@ -189,6 +230,9 @@ class KafkaSource:
                     Message(r.value or b"", topic, now, headers, partition, r.offset, sent_at=sent)
                 )
             offsets[tp] = records[-1].offset + 1
+        for tp, offset, detail in unreadable:
+            messages.append(Message(b"", tp.topic, now, None, tp.partition, offset, unreadable=detail))
+            offsets[tp] = max(offsets.get(tp, 0), offset + 1)
         n, nbytes = len(messages), sum(len(m.payload) for m in messages)
         self.held_messages += n
         self.held_bytes += nbytes
