@@ -286,19 +286,9 @@ class Pipeline:
         the route accepts its city and device; else a dead letter of that message."""
         try:
             value = self.validator.canonical(r, now)
-        except Rejected as e:
-            self._reject(
-                batch,
-                batch.origins[o],
-                e.reason,
-                f"{_located(r)}: {e.detail}",
-                r.city or route.city,
-                r.device_id,
-            )
-            return
-        try:  # the route decides whose word counts for city and device
+            # then the route decides whose word counts for city and device (IdentityMismatch)
             city, device = route.city_of(r.city), route.device_of(r.device_id)
-        except IdentityMismatch as e:
+        except (Rejected, IdentityMismatch) as e:
             self._reject(
                 batch,
                 batch.origins[o],
