@@ -435,6 +435,11 @@ async def _run_access_function(settings: Settings, call: str, *args: str | None)
         await conn.close()
 
 
+PasswordFileOpt = Annotated[
+    Path | None, typer.Option(help="file holding the role's password (a new role needs one)", exists=True)
+]
+
+
 def _report_access_change(settings: Settings, call: str, role: str, *args: str | None) -> None:
     import asyncpg
 
@@ -453,9 +458,7 @@ def roles_grant_reader(
     role: Annotated[str, typer.Argument(help="login role to create or extend")],
     city: Annotated[str | None, typer.Option(help="the city this role may read")] = None,
     all_cities: Annotated[bool, typer.Option("--all-cities", help="read every city (platform)")] = False,
-    password_file: Annotated[
-        Path | None, typer.Option(help="file holding the role's password (a new role needs one)", exists=True)
-    ] = None,
+    password_file: PasswordFileOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create or extend a login that reads one city (or every city) through the reader views;
@@ -472,9 +475,7 @@ def roles_grant_reader(
 def roles_grant_service(
     role: Annotated[str, typer.Argument(help="login role to create or extend")],
     service: Annotated[str, typer.Option(help="ingest (citykpi run) or kpi (the KPI refresh)")],
-    password_file: Annotated[
-        Path | None, typer.Option(help="file holding the role's password (a new role needs one)", exists=True)
-    ] = None,
+    password_file: PasswordFileOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create or extend the service's login for ingestion or the KPI refresh (run as the owner);
