@@ -5,7 +5,6 @@ rejects, the service stays healthy, and a restart with the poison queued does no
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -19,11 +18,11 @@ from ingest.service import Service
 from ingest.simulator import SimMessage
 from tests.conftest import KAFKA_BOOTSTRAP, PrivateMosquitto
 from tests.integration.test_kafka_ingest import new_topic
-from tests.integration.test_mqtt_ingest import T_START, publish, senml_messages, settings_for, wait_for_count
+from tests.integration.test_mqtt_ingest import T_START, senml_messages, wait_for_count
 from tests.integration.test_poison import (
-    FLAT_JSON_ROUTE,
     assert_healthy,
     dead_letter_reasons,
+    poison_among_valid_then_restart,
     wait_for_dead_letters,
 )
 
@@ -61,29 +60,10 @@ def poison_fields(bad: str) -> list[SimMessage]:
 async def test_poison_text_in_names_units_and_values_never_stops_ingestion(
     tsdb: str, mosquitto: PrivateMosquitto
 ) -> None:
-    routes = [*Settings().mqtt.model_dump()["routes"], FLAT_JSON_ROUTE]
-    settings = settings_for(tsdb, mosquitto.port, client_id="citykpi-poison2", routes=routes)
     bad = poison_fields("\x00") + poison_fields("\ud800")
-    service = Service(settings)
-    await service.start()
-    try:
-        await publish(mosquitto.port, senml_messages(100) + bad + senml_messages(100, offset=100))
-        assert await wait_for_count(tsdb, 200) == 200
-        await wait_for_dead_letters(tsdb, len(bad))
-        await assert_healthy(service)
-    finally:
-        await service.stop()
-    assert len(await dead_letter_reasons(tsdb)) == len(bad)
-    await publish(mosquitto.port, bad + senml_messages(100, offset=200))
-    again = Service(settings)
-    await again.start()
-    try:
-        assert await wait_for_count(tsdb, 300) == 300
-        await asyncio.sleep(0.5)
-        await assert_healthy(again)
-    finally:
-        await again.stop()
-    assert len(await dead_letter_reasons(tsdb)) == 2 * len(bad)
+    first, after_restart = await poison_among_valid_then_restart(tsdb, mosquitto.port, "citykpi-poison2", bad)
+    assert len(first) == len(bad)
+    assert len(after_restart) == 2 * len(bad)
 
 
 # A producer that writes a record header key that is not UTF-8 (the Kafka protocol does not check
