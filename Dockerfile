@@ -4,7 +4,7 @@
 #   docker run --rm --env-file my.env citykpi       (default command: run --no-progress)
 #   docker run --rm --env-file my.env citykpi migrate
 #
-# Configuration comes only from the environment (CITYKPI_…, see ingest/config.py) or a TOML file named
+# Configuration comes only from the environment (CITYKPI_…, see core/config.py) or a TOML file named
 # by CITYKPI_CONFIG_FILE; nothing secret is baked into the image.
 FROM python:3.11-slim-bookworm
 
@@ -30,6 +30,7 @@ RUN groupadd --system --gid "$CITYKPI_UID" citykpi \
 # so the only copy the service imports is the one in site-packages.
 WORKDIR /opt/citykpi/src
 COPY pyproject.toml constraints.txt README.md ./
+COPY core ./core
 COPY ingest ./ingest
 COPY processors ./processors
 COPY kpi_rollups ./kpi_rollups

@@ -39,7 +39,7 @@ test: stack test-tools
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check ingest processors kpi_rollups schemas tests bench
+	$(BIN)/ruff format --check core ingest processors kpi_rollups schemas tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.stack import REPO, PrivateMosquitto
-from ingest.config import Settings
+from core.config import Settings
 from ingest.publishers import MqttPublisher
 from ingest.simulator import SimMessage
 

@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 
 from bench.stack import TSDB_URL, count_readings, drop_database, migrated_database
-from ingest.config import Settings, SimulatorSettings
+from core.config import Settings, SimulatorSettings
 from ingest.pipeline import PipelineStats
 from ingest.publishers import KafkaPublisher, MqttPublisher
 from ingest.routing import Router

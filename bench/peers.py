@@ -64,7 +64,7 @@ from bench.stack import (
     drop_database,
     migrated_database,
 )
-from ingest.config import Settings
+from core.config import Settings
 from ingest.pipeline import Message, Pipeline
 from ingest.publishers import KafkaPublisher, MqttPublisher
 from ingest.routing import Router

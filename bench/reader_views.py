@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.database import prepare_database
 from processors.writer import TimescaleWriter, WriteBatch
 

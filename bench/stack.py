@@ -83,7 +83,7 @@ async def drop_database(server_url: str, dsn: str) -> None:
 
 
 async def migrated_database(server_url: str) -> str:
-    from ingest.config import Settings
+    from core.config import Settings
     from ingest.database import prepare_database
 
     dsn = await create_database(server_url)

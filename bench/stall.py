@@ -22,7 +22,7 @@ import asyncpg
 
 from bench.ingest import _readings_or_none, end_service, publish_paced, rss_mib, service_process, wait_rows
 from bench.stack import TSDB_URL, count_readings, migrated_database
-from ingest.config import Settings
+from core.config import Settings
 from ingest.publishers import MqttPublisher
 
 RESULTS = Path(__file__).parent / "results" / "stall.json"

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ingest.config import ConfigError, Settings, load_settings, masked_dump, value_origins
-from ingest.logs import setup_logging
+from core.config import ConfigError, Settings, load_settings, masked_dump, value_origins
+from core.logs import setup_logging
 from kpi_rollups.cli import kpi_app, registry_app, report
 
 if TYPE_CHECKING:

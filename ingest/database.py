@@ -7,7 +7,7 @@ import logging
 import asyncpg
 import tenacity
 
-from ingest.config import Settings
+from core.config import Settings
 from schemas import statements as sql
 from schemas.migrations import migrate
 

@@ -21,7 +21,7 @@ from uuid import UUID
 
 import asyncpg
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 from processors.writer import MAX_TOPIC_CHARS, TimescaleWriter

@@ -19,8 +19,8 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ingest import telemetry
-from ingest.config import Settings
+from core import telemetry
+from core.config import Settings
 from ingest.routing import IdentityMismatch, RouteMatch, Router
 from ingest.validation import Rejected, Validator, bad_text
 from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult

@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.config import KafkaSettings, MqttSettings
+from core.config import KafkaSettings, MqttSettings
 from ingest.kafka.source import kafka_security_kwargs
 from ingest.mqtt.source import apply_credentials
 from ingest.simulator import SimMessage

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.pipeline import Message, Pipeline
 from ingest.routing import RouteMatch
 from processors.writer import MessageOrigin, TimescaleWriter, WriteBatch, WriteResult

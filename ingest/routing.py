@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ingest.config import TopicRoute
+from core.config import TopicRoute
 from schemas.cache import ByteBoundedCache
 
 NGSI_URN_PREFIX = "urn:ngsi-ld:"

@@ -15,8 +15,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ingest import telemetry
-from ingest.config import Settings
+from core import telemetry
+from core.config import Settings
 from ingest.database import prepare_database
 from ingest.endpoints import HealthServer
 from ingest.kafka.dead_letters import DeadLetterTopic

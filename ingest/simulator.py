@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ingest.config import SimulatorSettings
+from core.config import SimulatorSettings
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ingest.config import Settings
+    from core.config import Settings
     from ingest.pipeline import Pipeline
 
 # name -> module defining `from_settings(settings, pipeline) -> Source | None`

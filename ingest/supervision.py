@@ -17,7 +17,7 @@ from typing import Any
 
 import tenacity
 
-from ingest import telemetry
+from core import telemetry
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from ingest.config import ValidationSettings
+from core.config import ValidationSettings
 from schemas.metrics import METRICS
 from schemas.readings import DecodeError, Reading
 from schemas.text import storable

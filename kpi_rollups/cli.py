@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ingest.config import ConfigError, Settings, load_settings
-from ingest.logs import setup_logging
+from core.config import ConfigError, Settings, load_settings
+from core.logs import setup_logging
 
 registry_app = typer.Typer(
     help="Reference data for the KPIs: areas and population, asset counts, targets, device attributes.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from ingest.config import Settings
+from core.config import Settings
 
 LATEST_SQL = """
 SELECT m.name, m.canonical_unit,

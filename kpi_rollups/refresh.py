@@ -39,7 +39,7 @@ from kpi_rollups.values import (
 )
 
 if TYPE_CHECKING:
-    from ingest.config import Settings
+    from core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import numpy as np
 
-from ingest.config import QualitySettings, Settings
+from core.config import QualitySettings, Settings
 from processors.kernels import FLAG_SPIKE, FLAG_STUCK, hampel_flags, stuck_value_flags
 from processors.rollups import rebuild_rollups, series_of
 from schemas import statements as sql

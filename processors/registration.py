@@ -14,7 +14,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
 
-from ingest.telemetry import REGISTRATIONS_REFUSED
+from core.telemetry import REGISTRATIONS_REFUSED
 
 WINDOW_S = 60.0
 

@@ -11,7 +11,7 @@ import logging
 
 import asyncpg
 
-from ingest.config import Settings
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 

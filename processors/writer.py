@@ -36,7 +36,7 @@ import asyncpg
 import numpy as np
 import tenacity
 
-from ingest import telemetry
+from core import telemetry
 from processors import errors
 from processors.batch import ReadingBatch
 from processors.late import mark_late_days

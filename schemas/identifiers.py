@@ -1,4 +1,4 @@
-"""Identifiers and time-zone names as every input accepts them: the configuration (ingest/config.py)
+"""Identifiers and time-zone names as every input accepts them: the configuration (core/config.py)
 and the city registry (kpi_rollups/registry.py) validate with these types, so both agree."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from ingest.config import mask_dsn
+from core.config import mask_dsn
 from tests.conftest import REPO
 
 CITYKPI = str(Path(sys.executable).parent / "citykpi")

@@ -210,12 +210,12 @@ kafka_up() {
     fi
 }
 
-kafka_topics() {  # the service's default topics (ingest/config.py), so a fresh stack has them
+kafka_topics() {  # the service's default topics (core/config.py), so a fresh stack has them
     PYTHONPATH=$REPO "$VENV_DIR/bin/python" - "127.0.0.1:$KAFKA_PORT" <<'EOF' \
         || log "default Kafka topics not created (the service notes their absence)"
 import asyncio, sys
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from ingest.config import KafkaSettings
+from core.config import KafkaSettings
 
 async def main() -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=sys.argv[1])

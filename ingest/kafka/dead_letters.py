@@ -13,8 +13,8 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 
-from ingest import telemetry
-from ingest.config import KafkaSettings
+from core import telemetry
+from core.config import KafkaSettings
 from ingest.kafka.source import kafka_security_kwargs
 from processors.writer import DeadLetter
 

@@ -23,8 +23,8 @@ import tenacity
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ingest import telemetry
-from ingest.config import KafkaSettings, Settings
+from core import telemetry
+from core.config import KafkaSettings, Settings
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 

@@ -35,8 +35,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest import telemetry
-from ingest.config import MqttSettings, Settings
+from core import telemetry
+from core.config import MqttSettings, Settings
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router
 

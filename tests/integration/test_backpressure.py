@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from ingest import telemetry
+from core import telemetry
 from ingest.service import Service
 from processors.writer import TimescaleWriter, WriteBatch
 from tests.conftest import PrivateMosquitto, TcpProxy, free_port

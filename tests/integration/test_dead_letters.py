@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
 from ingest.pipeline import Delivery, Message, Pipeline
 from ingest.routing import Router

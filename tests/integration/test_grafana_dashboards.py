@@ -32,7 +32,7 @@ async def fill_demo_city(dsn: str, hours: int = 96, step_min: int = 10) -> datet
     """`hours` of the demo city every `step_min` minutes, ending a minute ago, through the pipeline.
     Four days always hold weekday peak hours (travel time index) and, on the first day of a month,
     a complete day of the previous month (Lden needs day, evening and night hours)."""
-    from ingest.config import Settings, SimulatorSettings
+    from core.config import Settings, SimulatorSettings
     from ingest.pipeline import Delivery, Message, Pipeline
     from ingest.routing import Router
     from ingest.simulator import CitySimulator

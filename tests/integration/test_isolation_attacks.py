@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from ingest.config import Settings
+from core.config import Settings
 from processors.writer import TimescaleWriter, WriteBatch
 from schemas.access import READER_VIEWS
 from tests.conftest import PrivateMosquitto, as_login, deployment_of, make_login
@@ -451,7 +451,7 @@ async def test_a_hostile_device_cannot_flood_a_city_or_win_the_first_value_race_
     to an earlier one for the same key is dead-lettered and counted per city."""
     from datetime import datetime as dt
 
-    from ingest.telemetry import CONFLICTING_VALUES, REGISTRATIONS_REFUSED
+    from core.telemetry import CONFLICTING_VALUES, REGISTRATIONS_REFUSED
     from ingest.validation import Rejected, Validator
     from processors.registration import RegistrationBudget
     from processors.writer import MessageOrigin
@@ -514,7 +514,7 @@ async def test_hostile_devices_through_the_service_reach_no_other_city(
     its SenML pack on its own topic, the same pack through a gateway route (the per-message cap),
     a value stamped 90 s ahead, a pack naming another city's device: nothing lands in the other
     city, the gateway registers only its cap, every refusal is a dead letter."""
-    from ingest.config import TopicRoute
+    from core.config import TopicRoute
     from ingest.service import Service
     from ingest.simulator import SimMessage
     from tests.integration.test_mqtt_ingest import publish, settings_for

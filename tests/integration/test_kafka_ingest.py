@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from ingest import telemetry
-from ingest.config import KafkaSettings, Settings
+from core import telemetry
+from core.config import KafkaSettings, Settings
 from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service

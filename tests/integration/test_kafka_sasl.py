@@ -7,8 +7,8 @@ import logging
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from ingest.config import KafkaSettings
-from ingest.logs import setup_logging
+from core.config import KafkaSettings
+from core.logs import setup_logging
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
 from tests.conftest import KAFKA_IMPL, STACK_ENV

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
-from ingest.config import Settings
+from core.config import Settings
 from kpi_rollups.cli import kpi_app, registry_app, report
 from kpi_rollups.refresh import kpi_refresh_loop, refresh_city_now
 from kpi_rollups.registry import RegistryImportError, import_registry_file

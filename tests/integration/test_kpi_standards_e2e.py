@@ -203,7 +203,7 @@ async def test_spike_flagged_readings_are_excluded_and_counted_missing(tsdb, tmp
     6 readings, below 75 %, so it is missing. NO2 day mean = (22 x 20 + 20.2) / 23 = 20.0087
     (with the spikes: 26.96); the EEA hourly index stays Good (the 12:00 spike hour was Moderate).
     """
-    from ingest.config import QualitySettings
+    from core.config import QualitySettings
     from processors.quality import flag_quality
 
     reg = registry(1000, 1, 1, '\n[[devices]]\ndevice_id = "no2-1"\nexpected_interval_s = 600\n')

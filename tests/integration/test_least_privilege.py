@@ -111,7 +111,7 @@ async def test_a_non_superuser_owner_migrates_and_makes_the_logins(server_url: s
     """The schema owner needs CREATEROLE and its database, not SUPERUSER (on TimescaleDB a DBA creates
     the extension first): it migrates, makes a reader and an ingest login, and the model holds."""
     from bench.stack import drop_database, with_db
-    from ingest.config import Settings
+    from core.config import Settings
     from ingest.database import prepare_database
     from schemas.migrations import HYPERTABLES
     from tests.conftest import as_login

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from bench.stack import count_readings
-from ingest import telemetry
-from ingest.config import Settings
+from core import telemetry
+from core.config import Settings
 from ingest.publishers import MqttPublisher
 from ingest.service import Service
 from ingest.simulator import SimMessage

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import MqttSettings
+from core.config import MqttSettings
 from ingest.publishers import MqttPublisher
 from ingest.service import Service
 from tests.conftest import REPO, PrivateMosquitto, free_port

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from ingest.config import KafkaSettings, Settings
+from core.config import KafkaSettings, Settings
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
 from ingest.simulator import SimMessage

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from ingest.config import Settings
+from core.config import Settings
 from ingest.service import Service
 from ingest.simulator import SimMessage
 from tests.conftest import KAFKA_BOOTSTRAP, PrivateMosquitto

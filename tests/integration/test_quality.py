@@ -8,7 +8,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from ingest.config import QualitySettings
+from core.config import QualitySettings
 from processors.kernels import FLAG_SPIKE, FLAG_STUCK
 from processors.quality import flag_quality
 from processors.writer import TimescaleWriter, WriteBatch

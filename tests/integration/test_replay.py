@@ -65,7 +65,7 @@ async def test_jsonl_replay_applies_the_live_checks_and_keeps_payloads(tsdb: str
     """Replay decodes each line through the live path (Pipeline.decode_message): an oversized line,
     a payload naming another device than --device, and a bad line are dead letters with their
     payload and line number, as from a broker."""
-    from ingest.config import Settings
+    from core.config import Settings
     from ingest.replay import replay_file
 
     settings = Settings(database={"url": tsdb}, validation={"max_payload_bytes": 1024})  # type: ignore[arg-type]

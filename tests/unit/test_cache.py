@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.config import MqttSettings
+from core.config import MqttSettings
 from ingest.routing import Router
 from schemas.cache import ENTRY_OVERHEAD, ByteBoundedCache
 from schemas.metrics import canonical_metric_name

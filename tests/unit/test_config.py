@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import ConfigError, load_settings, mask_dsn, masked_dump
+from core.config import ConfigError, load_settings, mask_dsn, masked_dump
 
 
 @pytest.fixture(autouse=True)
@@ -222,7 +222,7 @@ def test_a_config_file_applies_to_its_own_call_only(tmp_path: Path) -> None:
     Settings() of a test run) do not read it."""
     import os
 
-    from ingest.config import Settings
+    from core.config import Settings
 
     assert load_settings(_prod_toml(tmp_path)).kafka.group_id == "prod"
     assert "CITYKPI_CONFIG_FILE" not in os.environ
@@ -231,7 +231,7 @@ def test_a_config_file_applies_to_its_own_call_only(tmp_path: Path) -> None:
 
 
 def test_value_origins_name_the_source_that_won(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingest.config import value_origins
+    from core.config import value_origins
 
     _implicit_files(tmp_path)
     monkeypatch.setenv("CITYKPI_LOG_LEVEL", "DEBUG")

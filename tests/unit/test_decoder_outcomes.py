@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ingest.config import ConfigError, TopicRoute, ValidationSettings, load_settings
+from core.config import ConfigError, TopicRoute, ValidationSettings, load_settings
 from ingest.routing import IdentityMismatch, Router
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext, Decoded, DecodeError

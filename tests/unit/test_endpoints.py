@@ -7,7 +7,7 @@ import gzip
 import urllib.error
 import urllib.request
 
-from ingest import telemetry
+from core import telemetry
 from ingest.endpoints import HealthServer
 
 

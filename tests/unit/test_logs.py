@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ingest.logs import JsonFormatter, setup_logging
+from core.logs import JsonFormatter, setup_logging
 
 
 def test_logs_are_json_lines_off_a_terminal_with_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:

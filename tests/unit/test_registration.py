@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.telemetry import REGISTRATIONS_REFUSED
+from core.telemetry import REGISTRATIONS_REFUSED
 from processors.registration import RegistrationBudget
 
 

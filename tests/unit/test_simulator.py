@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from ingest.config import Settings, SimulatorSettings
+from core.config import Settings, SimulatorSettings
 from ingest.routing import Router
 from ingest.simulator import CitySimulator
 from ingest.validation import Rejected, Validator

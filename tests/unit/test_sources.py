@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from core.config import Settings
 from ingest import sources
-from ingest.config import Settings
 
 
 class ConsoleSource:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest import telemetry
+from core import telemetry
 from ingest.supervision import Supervisor
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingest.config import ValidationSettings
+from core.config import ValidationSettings
 from ingest.validation import Rejected, Validator
 from processors.writer import DeadLetter
 from schemas.readings import Reading
