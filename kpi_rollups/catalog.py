@@ -2,8 +2,9 @@
 
 One `[[kpi]]` entry per KPI. Its `formula` names a function registered in `kpi_rollups.formulas`
 with `@formula("name")`; `params` are that function's parameters (each formula validates them).
-The formulas read the catalog, never the reverse: whoever runs them passes their registered names
-(`formulas=`) and the catalog checks every entry names one.
+The formulas read the catalog, never the reverse: `kpi_rollups.formulas.checked_catalog()` passes
+their registered names and the catalog checks every entry names one. That is how everything above
+the formulas loads it (ruff bans `load_catalog` there); the registry, below them, uses `load_catalog`.
 Targets in the catalog are defaults; per-city targets come from the `kpi_targets` table.
 """
 

@@ -127,12 +127,12 @@ def registry_show(
 @kpi_app.command("catalog")
 def kpi_catalog() -> None:
     """List the KPI catalog: code, name, unit, formula, confirmed."""
-    from kpi_rollups.catalog import load_catalog
+    from kpi_rollups.formulas import checked_catalog
 
     t = Table(title="U4SSC KPI catalog")
     for col in ("code", "name", "C/A", "unit", "formula", "confirmed"):
         t.add_column(col)
-    for k in load_catalog().kpi:
+    for k in checked_catalog().kpi:
         t.add_row(
             k.display_code,
             k.name,
@@ -235,10 +235,10 @@ def _history_table(city: str, kind: str, label: str, rows: list[dict[str, Any]])
 
 
 def _table(city: str, kind: str, label: str, rows: list[dict[str, object]]) -> Table:
-    from kpi_rollups.catalog import load_catalog
+    from kpi_rollups.formulas import checked_catalog
     from kpi_rollups.values import fmt_value
 
-    names = {k.code: k.name for k in load_catalog().kpi}
+    names = {k.code: k.name for k in checked_catalog().kpi}
     t = Table(title=f"{city} — KPIs, {kind} {label}", show_lines=False)
     for col, justify in (
         ("code", "left"),
@@ -289,11 +289,11 @@ def kpi_show(
     config: ConfigOpt = None,
 ) -> None:
     """Print the stored KPI values of a city for a period (with --history, their revisions)."""
-    from kpi_rollups.catalog import load_catalog
+    from kpi_rollups.formulas import checked_catalog
     from kpi_rollups.periods import parse_period
 
     settings = _settings(config)
-    order = {code: i for i, code in enumerate(load_catalog().codes)}
+    order = {code: i for i, code in enumerate(checked_catalog().codes)}
 
     async def main() -> None:
         import asyncpg

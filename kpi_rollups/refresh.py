@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from kpi_rollups.catalog import KpiDefinition, load_catalog
-from kpi_rollups.formulas import FORMULAS, FormulaContext
+from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.formulas import FORMULAS, FormulaContext, checked_catalog
 from kpi_rollups.periods import Period, PeriodKind, period_start
 from kpi_rollups.registry import load_snapshot
 from kpi_rollups.sources import CityData
@@ -246,7 +246,7 @@ async def refresh_kpis(
     """
     now = now or datetime.now(UTC)
     options = options or KpiOptions()
-    catalog = load_catalog(formulas=frozenset(FORMULAS))
+    catalog = checked_catalog()
     kpis = [catalog.get(c) for c in codes] if codes is not None else list(catalog.kpi)
     async with _connection(conn_or_dsn) as conn:
         tz = await conn.fetchval("SELECT timezone FROM cities WHERE city_id = $1", city_id)

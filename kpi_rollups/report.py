@@ -20,7 +20,8 @@ import asyncpg
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from kpi_rollups.catalog import KpiDefinition, load_catalog
+from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.formulas import checked_catalog
 from kpi_rollups.periods import Period, periods_in
 from kpi_rollups.refresh import UnknownCityError, refresh_kpis
 from kpi_rollups.values import band_index, fmt_value
@@ -136,7 +137,7 @@ async def build_profile(
 
     month_axis, day_axis = axis("month"), axis("day")
     blocks: list[KpiBlock] = []
-    for kpi in load_catalog().kpi:
+    for kpi in checked_catalog().kpi:
         order = {c.name: i for i, c in enumerate(kpi.components)}
         out_rows: list[Row] = []
         for r in sorted(

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from kpi_rollups.catalog import load_catalog
+from kpi_rollups.formulas import checked_catalog
 from tests.conftest import as_login
 from tests.unit.test_grafana_generator import REPO, dashboards, macros, query_panels
 
@@ -239,7 +239,7 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
         assert await owner.fetchval("SELECT count(*) FROM devices WHERE device_id = $1", HOSTILE) == 1
         assert await owner.fetchval("SELECT count(*) FROM dead_letters WHERE city_id = 'demo'") > 0
         n_kpis = await owner.fetchval("SELECT count(DISTINCT kpi_code) FROM kpi_values")
-        assert n_kpis == len(load_catalog().kpi)
+        assert n_kpis == len(checked_catalog().kpi)
         await owner.execute("INSERT INTO cities (city_id, name) VALUES ('other', 'Other City')")
         await owner.execute("SELECT citykpi_grant_reader($1, NULL, 'pw')", platform)
         await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", city_reader)

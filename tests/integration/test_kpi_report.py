@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_rollups.catalog import load_catalog
+from kpi_rollups.formulas import checked_catalog
 from kpi_rollups.refresh import refresh_kpis
 from kpi_rollups.report import write_report
 from tests.integration.test_kpi_formulas import NOW, REGISTRY_A, city_a_batch, import_text, write
@@ -50,7 +50,7 @@ async def test_report_is_self_contained_and_lists_every_kpi(tsdb: str, tmp_path:
     # self-contained: no script, no external stylesheet, image or font, nothing fetched
     assert not re.search(r"<script|<link|<img|@import|url\(|https?://", html)
     assert html.count("<svg") >= 15
-    for kpi in load_catalog().kpi:
+    for kpi in checked_catalog().kpi:
         assert kpi.name in html and kpi.display_code in html, kpi.code
         assert kpi.name in md and kpi.display_code in md, kpi.code
     for heading in ("Economy", "Environment"):
@@ -79,7 +79,7 @@ async def test_report_renders_in_headless_chromium_with_every_kpi(tsdb: str, tmp
         check=True,
     ).stdout
     assert "</main>" in dom
-    for kpi in load_catalog().kpi:
+    for kpi in checked_catalog().kpi:
         assert f'id="{kpi.slug}"' in dom, kpi.code
         assert kpi.name in dom and kpi.display_code in dom, kpi.code
     assert dom.count("<path") >= 15  # sparklines drawn

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kpi_rollups.catalog import CatalogError, load_catalog, normalize_code, parse_catalog
-from kpi_rollups.formulas import FORMULAS
+from kpi_rollups.catalog import CatalogError, normalize_code, parse_catalog
+from kpi_rollups.formulas import FORMULAS, checked_catalog
 from kpi_rollups.periods import Period, parse_period, periods_in
 from kpi_rollups.registry import RegistryImportError, parse_csv, parse_registry, parse_toml
 from kpi_rollups.report import sparkline_svg, sparkline_text
@@ -20,7 +20,7 @@ CATALOG = Path(__file__).resolve().parents[2] / "kpi_rollups" / "catalog.toml"
 
 
 def test_catalog_has_the_required_kpis_with_registered_formulas() -> None:
-    catalog = load_catalog(formulas=frozenset(FORMULAS))
+    catalog = checked_catalog()
     assert set(catalog.codes) >= {
         "EN:EN:AQ:1C",
         "EN:EN:EQ:2A",
@@ -42,7 +42,7 @@ def test_catalog_has_the_required_kpis_with_registered_formulas() -> None:
 
 
 def test_unconfirmed_codes_and_definitions_are_marked_as_in_the_reference() -> None:
-    catalog = load_catalog()
+    catalog = checked_catalog()
     unconfirmed = {k.code for k in catalog.kpi if not k.confirmed}
     assert unconfirmed == {
         "EN:EN:EQ:2A",
@@ -263,3 +263,10 @@ def test_sparklines() -> None:
     assert "<title>t: 2025-01 – 2025-04, min 1, max 3</title>" in svg
     assert "aria-label" in sparkline_svg([], "t")
     assert sparkline_text([("a", 1.0), ("b", None), ("c", 8.0)]) == "▁ █"
+
+
+def test_the_checked_catalog_rejects_a_kpi_whose_formula_is_not_registered(tmp_path: Path) -> None:
+    broken = tmp_path / "catalog.toml"
+    broken.write_text(CATALOG.read_text().replace('formula = "travel_time_index"', 'formula = "nope"'))
+    with pytest.raises(CatalogError, match="not registered"):
+        checked_catalog(str(broken))

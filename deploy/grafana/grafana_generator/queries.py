@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from grafana_generator.model import ALL, EU_AQI_UPPER_BOUNDS, POLLUTANTS, Panel
-from kpi_rollups.catalog import KpiDefinition, load_catalog
+from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.formulas import checked_catalog
 
-CATALOG = load_catalog()  # through kpi_rollups.catalog: validated as the KPI refresh reads it
+CATALOG = checked_catalog()  # validated as the KPI refresh reads it
 KPI_BY_SLUG: dict[str, KpiDefinition] = {k.slug: k for k in CATALOG.kpi}
 AIR = KPI_BY_SLUG["air_pollution"]
 NOISE = KPI_BY_SLUG["noise_exposure"]
