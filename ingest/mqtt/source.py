@@ -10,8 +10,8 @@ it in chunks into `Delivery`s. A message is PUBACKed only after its batch is com
 is handed back to the network thread, the socket's only user. Acks for messages received on an
 earlier connection are skipped: the broker redelivers those itself (persistent session) and the
 database ignores them as duplicates, while a stale packet id must never acknowledge a different
-message. A lost connection is retried at once, then with jittered exponential backoff capped at
-`reconnect_max_s` (tenacity).
+message. Reconnecting is one tenacity policy (`reconnect_policy`): jittered exponential backoff
+capped at `reconnect_max_s`, started over after a connection that was up is lost.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import select
 import socket
 import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,11 +58,34 @@ def apply_credentials(client: mqtt.Client, s: MqttSettings) -> None:
 
 
 class _Lost(Exception):
-    """The connection was up (CONNACK accepted) and is gone: reconnect at once, backoff reset."""
+    """The connection was up (CONNACK accepted) and is gone: the backoff starts over."""
 
 
 class _NotConnected(Exception):
     """The broker closed the connection before accepting it: retried with backoff."""
+
+
+def _restart_backoff_after_loss(state: tenacity.RetryCallState) -> None:
+    if state.outcome is not None and isinstance(state.outcome.exception(), _Lost):
+        state.attempt_number = 1
+
+
+def reconnect_policy(
+    max_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+) -> tenacity.Retrying:
+    """Retry a session until it returns (closed): waits 0.2 s doubling up to `max_s`, each plus
+    0-0.5 s of jitter so a fleet does not reconnect in step; a lost connection (`_Lost`) starts over
+    at the first wait (0.2-0.7 s)."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((OSError, _NotConnected, _Lost)),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_s, jitter=0.5),
+        after=_restart_backoff_after_loss,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 class MqttSource:
@@ -170,20 +193,7 @@ class MqttSource:
     def _network(self) -> None:
         """Connect, serve, reconnect until closed; an unexpected error ends the thread (`error`)."""
         try:
-            while not self._closing:
-                retrying = tenacity.Retrying(
-                    retry=tenacity.retry_if_exception_type((OSError, _NotConnected)),
-                    wait=tenacity.wait_exponential_jitter(
-                        multiplier=0.2, max=self.settings.reconnect_max_s, jitter=0.5
-                    ),
-                    sleep=self._sleep,
-                    before_sleep=self._log_retry,
-                    reraise=True,
-                )
-                try:
-                    retrying(self._session)
-                except _Lost:
-                    self._sleep(random.uniform(0, 0.5))  # jitter: a fleet does not reconnect in step
+            reconnect_policy(self.settings.reconnect_max_s, self._sleep, self._log_retry)(self._session)
         except Exception as e:
             log.exception("MQTT network thread failed")
             self.error = e
@@ -194,6 +204,8 @@ class MqttSource:
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
+        if isinstance(error, _Lost):
+            return  # _on_disconnect said so already
         log.warning(
             "MQTT broker %s:%d not reachable (%s); retry %d in %.1f s",
             self.settings.host,
