@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -11,7 +11,6 @@ import numpy.typing as npt
 
 from processors import _kernels as K
 from processors.kernels._checks import (
-    _EPOCH,
     DAY_US,
     F64,
     HOUR_US,
@@ -57,25 +56,35 @@ class LdenByDay:
         return int(self.local_date.shape[0])
 
 
-def _utc_offset_at(us: int, tz: ZoneInfo) -> int:
-    off = (_EPOCH + timedelta(microseconds=us)).astimezone(tz).utcoffset()
+def _utc_offset_at(second: int, tz: ZoneInfo) -> int:
+    off = datetime.fromtimestamp(second, tz).utcoffset()  # ~1 µs; offsets change on whole seconds
     return 0 if off is None else off // timedelta(microseconds=1)
 
 
 def _utc_offsets_us(ts_us: I64, tz: ZoneInfo) -> I64:
     """UTC offset (µs) of each instant in `tz`.
 
-    Looked up at both ends of each UTC day present; only a day whose two ends differ (a DST or
-    zone change inside it) is resolved instant by instant. Assumes at most one change per day.
+    Looked up once per UTC midnight: of every day of the span when that is short (no sort), else of
+    each day present and the day after. Only a day whose offset differs from the next midnight's
+    (a DST or zone change inside it) is resolved instant by instant. Assumes at most one change per day.
     """
-    days, inverse = np.unique(ts_us // DAY_US, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    at_start = np.array([_utc_offset_at(d * DAY_US, tz) for d in days.tolist()], dtype=np.int64)
-    at_end = np.array([_utc_offset_at(d * DAY_US + DAY_US - 1, tz) for d in days.tolist()], dtype=np.int64)
-    offsets = at_start[inverse]
-    for k in np.flatnonzero(at_start != at_end).tolist():
-        rows = np.flatnonzero(inverse == k)
-        offsets[rows] = [_utc_offset_at(u, tz) for u in ts_us[rows].tolist()]
+    if ts_us.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    day = ts_us // DAY_US
+    first, last = int(day.min()), int(day.max())
+    if last - first <= ts_us.size + 366:
+        midnights = np.arange(first, last + 2, dtype=np.int64)
+        pos = day - first
+    else:
+        present = np.unique(day)
+        midnights = np.union1d(present, present + 1)
+        pos = np.searchsorted(midnights, day)
+    offset = np.array([_utc_offset_at(d * 86_400, tz) for d in midnights.tolist()], dtype=np.int64)
+    offsets = offset[pos]
+    changes = (offset[:-1] != offset[1:]) & (midnights[1:] == midnights[:-1] + 1)
+    for k in np.flatnonzero(changes).tolist():
+        rows = np.flatnonzero(pos == k)
+        offsets[rows] = [_utc_offset_at(u // 1_000_000, tz) for u in ts_us[rows].tolist()]
     return offsets
 
 
@@ -105,8 +114,10 @@ def lden_from_hourly_leq(
     t = _int64_1d("hour_start_us", hour_start_us)
     lv = _float64_1d("leq_db", leq_db)
     _same_length(hour_start_us=t, leq_db=lv)
-    if t.size and np.unique(t).size != t.size:
-        raise ValueError("hour_start_us has duplicate hours")
+    if t.size > 1 and not (np.diff(t) > 0).all():  # sorted input needs no sort
+        ordered = np.sort(t, kind="stable")
+        if (ordered[1:] == ordered[:-1]).any():
+            raise ValueError("hour_start_us has duplicate hours")
     local_us = t + _utc_offsets_us(t, ZoneInfo(tz))
     local_day = local_us // DAY_US
     local_hour = (local_us - local_day * DAY_US) // HOUR_US

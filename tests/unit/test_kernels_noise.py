@@ -105,7 +105,38 @@ def test_lden_edges():
     assert len(empty) == 0
     with pytest.raises(ValueError, match="duplicate"):
         lden_from_hourly_leq([0, 0], [50.0, 50.0], "UTC")
+    with pytest.raises(ValueError, match="duplicate"):
+        lden_from_hourly_leq([2 * HOUR, 0, 2 * HOUR], [50.0, 50.0, 50.0], "UTC")  # unsorted
     with pytest.raises(ValueError, match="day_start_hour"):
         lden_from_hourly_leq([0], [50.0], "UTC", day_start_hour=20)
     one = lden_from_hourly_leq([12 * HOUR], [50.0], "UTC")
     assert one.lday.tolist() == [50.0] and np.isnan(one.lden[0])
+
+
+def test_lden_far_apart_days_and_southern_dst():
+    """Days decades apart (offsets looked up only for the days present) and DST in both directions
+    in a southern-hemisphere zone (Sydney: clocks go back in April, forward in October)."""
+    rng = np.random.default_rng(4)
+    hours = np.concatenate(
+        [
+            utc_hours(datetime(1995, 3, 24, 0, tzinfo=UTC), 24 * 4),
+            utc_hours(datetime(2025, 4, 3, 0, tzinfo=UTC), 24 * 4),
+            utc_hours(datetime(2025, 10, 2, 0, tzinfo=UTC), 24 * 4),
+        ]
+    )
+    levels = rng.uniform(45, 75, hours.size)
+    for tz in ("Australia/Sydney", "Europe/Paris"):
+        r = lden_from_hourly_leq(hours, levels, tz)
+        ref = lden_ref(hours, levels, tz)
+        assert r.local_date.tolist() == list(ref)
+        for k, (ld, le, ln, lden, hd, he, hn) in enumerate(ref.values()):
+            np.testing.assert_allclose(
+                [r.lday[k], r.levening[k], r.lnight[k], r.lden[k]],
+                [ld, le, ln, lden],
+                atol=1e-9,
+                equal_nan=True,
+            )
+            assert (r.hours_day[k], r.hours_evening[k], r.hours_night[k]) == (hd, he, hn)
+    sydney = lden_from_hourly_leq(hours, levels, "Australia/Sydney")
+    day_lengths = (sydney.hours_day + sydney.hours_evening + sydney.hours_night).tolist()
+    assert 25 in day_lengths and 23 in day_lengths  # 6 April and 5 October 2025
