@@ -308,6 +308,21 @@ class QualitySettings(BaseModel):
         return self
 
 
+class AlertSettings(BaseModel):
+    """The threshold-alert job (processors/alerts.py) and where its events are published."""
+
+    enabled: bool = True
+    interval_s: float = Field(30.0, gt=0, description="seconds between evaluations")
+    settle_s: float = Field(
+        60.0, ge=0, description="readings younger than this wait for the next run (late arrivals join in)"
+    )
+    first_lookback_s: float = Field(3600.0, gt=0, description="how far back a new rule starts looking")
+    mqtt_topic: str = Field("", description="publish each alert event here as JSON (empty: off)")
+    webhook_url: str = Field("", description="POST each batch of alert events here as JSON (empty: off)")
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_attempts: int = Field(4, ge=1, description="tries per batch before it waits for the next run")
+
+
 class HttpSettings(BaseModel):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -335,6 +350,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     cities: list[CitySettings] = Field(
         default_factory=lambda: [CitySettings(city_id="demo", name="Demo City", timezone="Europe/Paris")]
     )

@@ -55,3 +55,12 @@ REGISTRATIONS_REFUSED = Counter(
     "Unknown devices not auto-registered: over validation.max_new_devices_per_message or _per_city_minute",
     ["limit"],
 )
+ALERT_EVENTS = Counter(
+    "citykpi_alert_events_total", "Alert events stored (opened, updated, closed)", ["event", "severity"]
+)
+ALERTS_OPEN = Gauge("citykpi_alerts_open", "Alerts open after the last evaluation", ["severity"])
+ALERT_NOTIFY_FAILURES = Counter(
+    "citykpi_alert_notify_failures_total",
+    "Alert notifications that failed after their retries (they stay queued in the alerts table)",
+    ["channel"],
+)

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from core.config import ConfigError, Settings, load_settings, masked_dump, value_origins
 from core.logs import setup_logging
+from ingest.alerts_cli import alerts_app
 from kpi_rollups.cli import kpi_app, registry_app, report
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(dl_app, name="deadletters")
 app.add_typer(registry_app, name="registry")
 app.add_typer(kpi_app, name="kpi")
+app.add_typer(alerts_app, name="alerts")
 app.command("report")(report)
 roles_app = typer.Typer(
     help="Database logins: the service's (ingest, KPI) and readers of one city or all.", no_args_is_help=True

@@ -95,7 +95,9 @@ class Service:
         self._started = True
 
     def _start_jobs(self) -> None:
+        from ingest.alert_notify import AlertNotifier
         from kpi_rollups.refresh import kpi_refresh_loop
+        from processors.alerts import alerts_loop
         from processors.quality import quality_loop
         from processors.retention import retention_loop
 
@@ -106,6 +108,10 @@ class Service:
             sup.restarting("citykpi-quality", lambda: quality_loop(settings))
         if settings.kpi_refresh_interval_s > 0:
             sup.restarting("citykpi-kpi-refresh", lambda: kpi_refresh_loop(settings))
+        if settings.alerts.enabled:
+            notifier = AlertNotifier(settings.alerts, settings.mqtt)
+            notify = notifier if notifier.enabled else None
+            sup.restarting("citykpi-alerts", lambda: alerts_loop(settings, notify))
 
     async def _monitor(self) -> None:
         """Every second: each source's gauges, and whether its background work is still alive."""

@@ -4,7 +4,8 @@ Each device kind speaks a format real deployments use (SenML packs, NGSI-LD and 
 Data Models, Sensor.Community JSON) with diurnal and weekly shapes from KPI_REFERENCE.md: NO2 at
 rush hours, O3 in the afternoon, PM higher at night, roadside noise 65-75 dB by day, water peaks
 morning and evening, cumulative meters that sometimes reset. Faults are injected at `fault_rate`:
-duplicates, late (out-of-order) readings, dropouts and garbage payloads.
+duplicates, late (out-of-order) readings, dropouts and garbage payloads; and, 20 times rarer, an
+outage: the device goes silent for OUTAGE_TICKS readings (the demo's no_data alerts).
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ class SimDevice:
     scale: float
     meter_index: float = 0.0
     meter_started: bool = False
+    silent_until: datetime | None = None  # an outage: no messages before this time
 
 
 METER_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+OUTAGE_TICKS = 30
+OUTAGE_RARITY = 20  # outages start at fault_rate / OUTAGE_RARITY per device and tick
 
 
 def _rush(hour: float) -> float:
@@ -78,6 +82,7 @@ class CitySimulator:
                 )
         self._late: list[tuple[datetime, SimMessage]] = []
         self.faults: dict[str, int] = {}
+        self._outages = random.Random(settings.seed + 1)  # a stream of its own
 
     def _fault(self, name: str) -> bool:
         if self.s.fault_rate and self.rng.random() < self.s.fault_rate:
@@ -93,6 +98,12 @@ class CitySimulator:
         self._late = [(when, m) for when, m in self._late if when > t]
         yield from due
         for d in self.devices:
+            if d.silent_until is not None and t < d.silent_until:
+                continue
+            if self.s.fault_rate and self._outages.random() < self.s.fault_rate / OUTAGE_RARITY:
+                self.faults["outage"] = self.faults.get("outage", 0) + 1
+                d.silent_until = t + timedelta(seconds=self.s.interval_s * OUTAGE_TICKS)
+                continue
             if self._fault("dropout"):
                 continue
             msg = getattr(self, f"_{d.kind}")(d, t, local_hour, weekend)

@@ -888,3 +888,76 @@ def hampel_sorted(order, series, value, half_window, n_sigmas):
                 flags[order[seg_start + c]] = FLAG_SPIKE
         seg_start = k
     return flags
+
+
+# --------------------------------------------------------------------------------------------------
+# Threshold alerts
+# --------------------------------------------------------------------------------------------------
+
+ALERT_NONE = 0
+ALERT_OPENED = 1
+ALERT_UPDATED = 2
+ALERT_CLOSED = 3
+
+
+@njit(cache=True)
+def threshold_events_sorted(order, series, value, threshold, hysteresis, is_open, peak):
+    """Per row (in `order`, sorted by series then time): opened / updated (a new peak, by at least
+    `hysteresis` when that is > 0) / closed, for an alert that opens above `threshold` and closes
+    below `threshold - hysteresis`. `is_open` and `peak` (per series) are the state before the first
+    row and are updated in place; NaN rows are skipped."""
+    n = order.shape[0]
+    events = np.zeros(n, dtype=np.int8)
+    for k in range(n):
+        i = order[k]
+        v = value[i]
+        if v != v:
+            continue
+        s = series[i]
+        if is_open[s]:
+            if v < threshold - hysteresis:
+                events[i] = ALERT_CLOSED
+                is_open[s] = 0
+            elif v > peak[s] and (hysteresis <= 0.0 or v >= peak[s] + hysteresis):
+                events[i] = ALERT_UPDATED
+                peak[s] = v
+        elif v > threshold:
+            events[i] = ALERT_OPENED
+            is_open[s] = 1
+            peak[s] = v
+    return events
+
+
+@njit(cache=True)
+def rolling_bucket_means_sorted(order, series, bucket_us, count, total, width_us, window_us, min_buckets):
+    """Per bucket row (in `order`, sorted by series then bucket): the mean total/count over the
+    buckets of its series that start within `window_us` before its end (bucket + width), NaN when
+    fewer than `min_buckets` of them hold readings."""
+    n = order.shape[0]
+    out = np.full(n, np.nan)
+    lo = 0
+    sum_total = 0.0
+    sum_count = 0.0
+    filled = 0
+    for k in range(n):
+        i = order[k]
+        if k == 0 or series[i] != series[order[k - 1]]:
+            lo = k
+            sum_total = 0.0
+            sum_count = 0.0
+            filled = 0
+        sum_total += total[i]
+        sum_count += count[i]
+        if count[i] > 0:
+            filled += 1
+        start = bucket_us[i] + width_us - window_us
+        while bucket_us[order[lo]] < start:
+            j = order[lo]
+            sum_total -= total[j]
+            sum_count -= count[j]
+            if count[j] > 0:
+                filled -= 1
+            lo += 1
+        if filled >= min_buckets and sum_count > 0:
+            out[i] = sum_total / sum_count
+    return out

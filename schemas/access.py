@@ -44,6 +44,10 @@ INGEST_GRANTS = (
     "SELECT (batch_id), UPDATE (stored, committed_at) ON ingest_batches",
     "SELECT, INSERT ON dead_letters",
     "UPDATE (requeued_at) ON dead_letters",
+    "SELECT ON alert_rules",  # the alert job (processors/alerts.py)
+    "SELECT, INSERT ON alerts",
+    "UPDATE (notified_at) ON alerts",
+    "SELECT, INSERT, UPDATE, DELETE ON alert_cursors, alert_open",
 )
 KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values, kpi_value_revisions, kpi_pending_days"
 
@@ -93,6 +97,7 @@ READER_VIEWS: dict[str, str | None] = {
     "kpi_values": CITY_FILTER,
     "kpi_value_revisions": CITY_FILTER,
     "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
+    "alerts": CITY_FILTER,
     "readings": DEVICE_FILTER,
     "rollup_1m": DEVICE_FILTER,
     "rollup_15m": DEVICE_FILTER,

@@ -9,6 +9,7 @@ import numpy as np
 from processors.kernels._checks import HOUR_US
 from processors.kernels.aggregates import merge_partial_aggregates, partial_aggregates
 from processors.kernels.air import EPA_POLLUTANTS, daily_means, epa_aqi, european_aqi_band, rolling_mean_hours
+from processors.kernels.alerts import rolling_bucket_means, threshold_events
 from processors.kernels.meters import meter_steps
 from processors.kernels.noise import lden_from_hourly_leq, leq, leq_by_group
 from processors.kernels.quality import hampel_flags, stuck_value_flags
@@ -36,4 +37,6 @@ def warm_up() -> float:
     traffic_hourly(s, v, v, 2)
     stuck_value_flags(s, t, v, 2)
     hampel_flags(v, 1, series=s, ts_us=t)
+    threshold_events(s, t, v, 1.5, 0.5, 2)
+    rolling_bucket_means(s, t, v, v, 60_000_000, 120_000_000, 0.5)
     return time.perf_counter() - start

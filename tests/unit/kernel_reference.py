@@ -347,3 +347,52 @@ def hampel_ref(values, half_window, n_sigmas, series=None, ts_us=None) -> np.nda
             if abs(v[i] - med) > n_sigmas * 1.4826 * mad:
                 flags[i] = FLAG_SPIKE
     return flags
+
+
+def threshold_events_ref(series, ts_us, value, threshold, hysteresis, is_open=None, peak=None):
+    """Per row 0/1 opened/2 updated/3 closed, walking each series in time order (stable)."""
+    state = dict(enumerate(is_open)) if is_open is not None else defaultdict(int)
+    top = dict(enumerate(peak)) if peak is not None else defaultdict(lambda: -math.inf)
+    events = [0] * len(series)
+    for i in sorted(range(len(series)), key=lambda i: (series[i], ts_us[i], i)):
+        v, s = float(value[i]), int(series[i])
+        if math.isnan(v):
+            continue
+        if state[s]:
+            if v < threshold - hysteresis:
+                events[i], state[s] = 3, 0
+            elif v > top[s] and (hysteresis <= 0 or v >= top[s] + hysteresis):
+                events[i], top[s] = 2, v
+        elif v > threshold:
+            events[i], state[s], top[s] = 1, 1, v
+    return events
+
+
+def rolling_bucket_means_ref(series, bucket_us, count, total, width_us, window_us, min_coverage):
+    """Each bucket's window mean by brute force over all buckets of its series."""
+    need = max(1, math.ceil(min_coverage * (window_us // width_us) - 1e-9))
+    out = []
+    for i in range(len(series)):
+        end = bucket_us[i] + width_us
+        inside = [
+            j for j in range(len(series)) if series[j] == series[i] and end - window_us <= bucket_us[j] < end
+        ]
+        n = sum(count[j] for j in inside)
+        filled = sum(1 for j in inside if count[j] > 0)
+        out.append(sum(total[j] for j in inside) / n if filled >= need and n > 0 else math.nan)
+    return out
+
+
+def silences_ref(series, ts_us, gap_us, horizon_us):
+    """(series, opened, closed or -1, last) for every gap longer than gap_us, in (series, time) order."""
+    by: dict[int, list[int]] = defaultdict(list)
+    for s, t in zip(series, ts_us, strict=True):
+        by[int(s)].append(int(t))
+    out = []
+    for s in sorted(by):
+        times = sorted(by[s])
+        for a, b in zip(times, [*times[1:], None], strict=True):
+            until = horizon_us if b is None else b
+            if until - a > gap_us:
+                out.append((s, a + gap_us, -1 if b is None else b, a))
+    return out

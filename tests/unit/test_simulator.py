@@ -79,3 +79,19 @@ def test_faults_are_injected_and_garbage_is_rejected() -> None:
     _, errors, _ = decode_all(sim, hours=6)
     assert {"duplicate", "late", "dropout", "garbage"} <= set(sim.faults)
     assert sum(errors.values()) > 0
+
+
+def test_an_outage_silences_a_device_for_its_ticks_then_it_reports_again() -> None:
+    """The fault behind the demo's no_data alerts."""
+    from itertools import pairwise
+
+    from ingest.simulator import OUTAGE_TICKS
+
+    sim = CitySimulator(SimulatorSettings(fault_rate=0.2, interval_s=10, air_stations=3))
+    seen: dict[str, list[int]] = {}
+    for tick in range(300):
+        for m in sim.tick(T0 + timedelta(seconds=10 * tick)):
+            seen.setdefault(m.topic.rsplit("/", 1)[1], []).append(tick)
+    assert sim.faults["outage"] > 0
+    gaps = [b - a for ticks in seen.values() for a, b in pairwise(ticks) if b - a > 5]
+    assert gaps and max(gaps) >= OUTAGE_TICKS
