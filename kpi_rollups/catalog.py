@@ -53,6 +53,22 @@ class ComponentDef(BaseModel):
     per_area: bool = Field(False, description="one row per area (kpi_values.area_id)")
 
 
+class SdgLink(BaseModel):
+    """A SDG target the KPI serves (U4SSC "SDG reference(s)"); `component` is the value that tracks it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(pattern=r"^\d{1,2}\.[0-9a-z]{1,2}$")
+    indicator: str | None = Field(None, pattern=r"^\d{1,2}\.[0-9a-z]{1,2}\.\d{1,2}$")
+    component: str = ""
+    confirmed: bool
+    source: str = Field(min_length=1, description="where the link is stated, or why it is unconfirmed")
+
+    @property
+    def goal(self) -> str:
+        return self.target.split(".")[0]
+
+
 class KpiDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,6 +94,7 @@ class KpiDefinition(BaseModel):
     target_note: str = ""
     components: list[ComponentDef]
     params: dict[str, Any] = Field(default_factory=dict)
+    sdg: list[SdgLink] = Field(default_factory=list)
 
     @field_validator("code")
     @classmethod
@@ -117,6 +134,9 @@ class KpiDefinition(BaseModel):
             raise ValueError(f"duplicate component names in {names}")
         if not names:
             raise ValueError("a KPI needs at least one component ('' for its headline value)")
+        unknown = [link.component for link in self.sdg if link.component not in names]
+        if unknown:
+            raise ValueError(f"SDG links name components {unknown} that the KPI does not have")
         return self
 
     def component(self, name: str) -> ComponentDef:
@@ -139,6 +159,8 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kpi: list[KpiDefinition]
+    sdg_goals: dict[str, str] = Field(default_factory=dict, description="SDG goal number -> title")
+    sdg_targets: dict[str, str] = Field(default_factory=dict, description="SDG target -> title")
 
     @model_validator(mode="after")
     def _unique(self) -> Catalog:
@@ -147,6 +169,11 @@ class Catalog(BaseModel):
             dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
                 raise ValueError(f"duplicate KPI {attr}s: {dupes}")
+        links = [link for k in self.kpi for link in k.sdg]
+        untitled = sorted({x.target for x in links if x.target not in self.sdg_targets})
+        untitled += sorted({x.goal for x in links if x.goal not in self.sdg_goals})
+        if untitled:
+            raise ValueError(f"SDG goals/targets without a title in sdg_goals/sdg_targets: {untitled}")
         return self
 
     def get(self, code: str) -> KpiDefinition:

@@ -18,6 +18,7 @@ from kpi_rollups.formulas._base import (
     _Params,
     formula,
 )
+from kpi_rollups.formulas.sdg import SDG_11_6_2, pm25_population_weighted
 from kpi_rollups.sources import to_us
 from kpi_rollups.values import KpiResult
 from processors.kernels import (
@@ -125,6 +126,7 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
             max8h[m] = np.where(valid_day[m], max8h[m], np.nan)
 
     results: list[KpiResult] = []
+    stations_of: dict[str, list[dict[str, Any]]] = {}
     for m in p.pollutants:
         have = [i for i in range(n_s) if hours[m][i].sum() > 0]
         if not have:
@@ -141,12 +143,16 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
             st_mean = float(np.nansum(mean[m][i] * w) / w.sum())
             means.append(st_mean)
             sc = counts.get((stations[i], m))
+            dev = devices.get(stations[i])
+            capture = data.capture(sc) if sc else (0.0, 0.0)
             entry: dict[str, Any] = {
-                "device_id": devices[stations[i]].device_id if stations[i] in devices else str(stations[i]),
+                "device_id": dev.device_id if dev else str(stations[i]),
+                "area_id": dev.area_id if dev else None,
                 "mean": st_mean,
                 "hours": int(w.sum()),
                 "readings": int(n_read[m][i]),
-                "coverage": data.capture(sc)[0] if sc else 0.0,
+                "coverage": capture[0],
+                "coverage_so_far": capture[1],
                 "valid_days": int(np.count_nonzero(np.isfinite(daily_metric[i]))),
             }
             who = p.who_o3_8h if m == "o3" else p.who_24h.get(m)
@@ -160,6 +166,7 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
             if m == "no2" and p.eu_no2_hourly is not None:
                 entry["eu_hourly_exceedance_hours"] = int(above[m][i].sum())
             station_rows.append(entry)
+        stations_of[m] = station_rows
         details: dict[str, Any] = {
             "method": "mean of station means; station mean = mean of its hourly means",
             "stations": station_rows,
@@ -202,6 +209,8 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
             )
         )
 
+    if ctx.kpi.has_component(SDG_11_6_2):
+        results.append(pm25_population_weighted(ctx, stations_of.get("pm25", [])))
     if ctx.kpi.has_component("o3_peak_season") and "o3" in max8h:
         results.append(_o3_peak_season(ctx, max8h["o3"], n_read["o3"]))
     if ctx.kpi.has_component("so2_24h_p99") and "so2" in day_mean:
