@@ -329,6 +329,19 @@ class HttpSettings(BaseModel):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class NgsiLdSettings(BaseModel):
+    """Publishing KPI values to an NGSI-LD context broker (`citykpi kpi export --broker`)."""
+
+    broker_url: str | None = Field(
+        None, description="e.g. http://orion-ld:1026; entities go to /ngsi-ld/v1/entityOperations/upsert"
+    )
+    tenant: str | None = Field(None, description="NGSILD-Tenant header, if the broker is multi-tenant")
+    batch_size: int = Field(100, ge=1, description="entities per upsert request")
+    timeout_s: float = Field(10.0, gt=0)
+    attempts: int = Field(5, ge=1, description="tries per request on connection errors, 429 and 5xx")
+    retry_max_wait_s: float = Field(30.0, gt=0, description="cap of the jittered exponential backoff")
+
+
 class CitySettings(BaseModel):
     city_id: Identifier
     name: str
@@ -351,6 +364,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    ngsi_ld: NgsiLdSettings = Field(default_factory=NgsiLdSettings)
     cities: list[CitySettings] = Field(
         default_factory=lambda: [CitySettings(city_id="demo", name="Demo City", timezone="Europe/Paris")]
     )

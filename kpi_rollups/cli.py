@@ -1,13 +1,14 @@
 """Command line of the KPI rollups; `ingest/cli.py` mounts these:
 
 app.add_typer(registry_app, name="registry")   # citykpi registry import FILE | show
-app.add_typer(kpi_app, name="kpi")             # citykpi kpi refresh | show | catalog
+app.add_typer(kpi_app, name="kpi")             # citykpi kpi refresh | show | catalog | export
 app.command("report")(report)                  # citykpi report --city X --year Y --out DIR
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from datetime import UTC, date, datetime
@@ -25,7 +26,7 @@ registry_app = typer.Typer(
     help="Reference data for the KPIs: areas and population, asset counts, targets, device attributes.",
     no_args_is_help=True,
 )
-kpi_app = typer.Typer(help="U4SSC KPIs: refresh, show, catalog.", no_args_is_help=True)
+kpi_app = typer.Typer(help="U4SSC KPIs: refresh, show, catalog, export.", no_args_is_help=True)
 err = Console(stderr=True)
 
 
@@ -350,6 +351,72 @@ def kpi_show(
             out.print(_history_table(city, pkind, label, [dict(r) for r in revisions]))
 
     asyncio.run(main())
+
+
+@kpi_app.command("export")
+def kpi_export(
+    city: CityOpt,
+    period: Annotated[str, typer.Option(help="YYYY, YYYY-MM or YYYY-MM-DD: the stored period to export")],
+    fmt: Annotated[str, typer.Option("--format", help="ngsi-ld")] = "ngsi-ld",
+    key_values: Annotated[
+        bool, typer.Option("--key-values", help="simplified key-values form (default: normalized)")
+    ] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="write the JSON array here (default: stdout)")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="also upsert into this NGSI-LD context broker")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a city's KPI values as NGSI-LD KeyPerformanceIndicator entities (FIWARE Smart Data
+    Models); with --broker (or ngsi_ld.broker_url), upsert them into a context broker."""
+    import httpx
+
+    from kpi_rollups.catalog import load_catalog
+    from kpi_rollups.ngsi_ld import BrokerError, kpi_entities, upsert
+    from kpi_rollups.periods import parse_period
+
+    if fmt != "ngsi-ld":
+        err.print(f"[red]--format must be ngsi-ld, not {fmt!r}[/red]")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    try:
+        kind, start = parse_period(period)
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+    async def main() -> list[dict[str, Any]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(_dsn(settings))
+        try:
+            return await kpi_entities(conn, city, kind, start, load_catalog(), key_values=key_values)
+        finally:
+            await conn.close()
+
+    try:
+        entities = asyncio.run(main())
+    except LookupError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    if not entities:
+        err.print(f"no KPI values stored for {city} {period}; run: citykpi kpi refresh --city {city}")
+        raise typer.Exit(1)
+    text = json.dumps(entities, ensure_ascii=False, indent=2) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+    else:
+        out_file.write_text(text, encoding="utf-8")
+        err.print(f"wrote {len(entities)} entities to {out_file}")
+    if broker or settings.ngsi_ld.broker_url:
+        try:
+            n = asyncio.run(upsert(entities, settings.ngsi_ld, broker))
+        except (BrokerError, httpx.HTTPError) as e:
+            err.print(f"NGSI-LD upsert failed: {e}", style="red", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        err.print(f"upserted {n} entities into {broker or settings.ngsi_ld.broker_url}")
 
 
 def report(
