@@ -350,7 +350,7 @@ async def test_refresh_is_idempotent_and_updates_computed_at(tsdb: str, tmp_path
         second = [tuple(r) for r in await conn.fetch(sql)]
         t2 = await conn.fetchval("SELECT min(computed_at) FROM kpi_values")
         assert first == second
-        assert len(first) == 9 + 3 + 9  # air components, noise (2 areas + headline), 9 single-valued KPIs
+        assert len(first) == 10 + 3 + 9  # air components, noise (2 areas + headline), 9 single-valued KPIs
         assert t2 > t1
         # an area removed from the registry disappears on the next refresh (no stale rows)
         await conn.execute("UPDATE devices SET area_id = NULL WHERE device_id = 'noise-2'")
