@@ -373,7 +373,7 @@ def kpi_export(
     Models); with --broker (or ngsi_ld.broker_url), upsert them into a context broker."""
     import httpx
 
-    from kpi_rollups.catalog import load_catalog
+    from kpi_rollups.formulas import checked_catalog
     from kpi_rollups.ngsi_ld import BrokerError, kpi_entities, upsert
     from kpi_rollups.periods import parse_period
 
@@ -392,7 +392,7 @@ def kpi_export(
 
         conn = await asyncpg.connect(_dsn(settings))
         try:
-            return await kpi_entities(conn, city, kind, start, load_catalog(), key_values=key_values)
+            return await kpi_entities(conn, city, kind, start, checked_catalog(), key_values=key_values)
         finally:
             await conn.close()
 

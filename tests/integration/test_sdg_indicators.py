@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from kpi_rollups.catalog import load_catalog
+from kpi_rollups.formulas import checked_catalog
 from tests.integration.test_kpi_meters_e2e import DAY, at, details, registry, replay_and_refresh, senml
 
 pytestmark = pytest.mark.integration
@@ -99,7 +99,7 @@ async def test_sdg_11_6_2_is_not_valid_when_too_little_population_is_monitored(t
 
 
 def test_every_kpi_names_its_sdg_targets_and_unconfirmed_links_say_so() -> None:
-    catalog = load_catalog()
+    catalog = checked_catalog()
     for kpi in catalog.kpi:
         assert kpi.sdg, kpi.code
         for link in kpi.sdg:
