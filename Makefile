@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 
-.PHONY: venv stack down status demo test test-tools lint bench clean
+.PHONY: venv stack down status demo test test-tools lint bench clean protos
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@command -v python3 >/dev/null || (apt-get update -q && apt-get install -y -q python3)
@@ -28,6 +28,12 @@ demo: stack
 	$(BIN)/citykpi migrate
 	$(BIN)/citykpi registry import kpi_rollups/demo_registry.toml
 	$(BIN)/citykpi run --with-simulator
+
+# the Sparkplug B module from the Eclipse Tahu definition; committed, so installs need no protoc
+# (tests/unit/test_sparkplug_decoder.py fails when it differs from what this makes)
+protos: venv
+	cd schemas/sparkplug && $(abspath $(BIN))/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+		sparkplug_b.proto
 
 # headless Chromium renders the KPI report in its test
 test-tools:

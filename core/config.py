@@ -168,6 +168,8 @@ class MqttSettings(BaseModel):
                 filter="city/+/sensor-community/+", format="sensor-community", city_level=2, device_level=4
             ),
             TopicRoute(filter="v3/+/devices/+/up", format="ttn", city="demo", device_level=4),
+            # Sparkplug B: the group is the city; edge node and device come from the topic
+            TopicRoute(filter="spBv1.0/+/#", format="sparkplug-b", city_level=2),
         ]
     )
 

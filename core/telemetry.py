@@ -64,3 +64,10 @@ ALERT_NOTIFY_FAILURES = Counter(
     "Alert notifications that failed after their retries (they stay queued in the alerts table)",
     ["channel"],
 )
+# Sparkplug B edge nodes and devices by state (an NDEATH/DDEATH takes them offline), and seq gaps.
+SPARKPLUG_SESSIONS = Gauge(
+    "citykpi_sparkplug_sessions", "Sparkplug B edge nodes and devices known, by state", ["state"]
+)
+SPARKPLUG_SEQ_GAPS = Gauge(
+    "citykpi_sparkplug_seq_gaps", "Sparkplug B messages whose seq was not the one expected, since start"
+)

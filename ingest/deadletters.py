@@ -277,6 +277,7 @@ async def _replay(
     """Decode, validate and write the messages through the live pipeline, and count the outcome."""
     routers = {"mqtt": Router(settings.mqtt.routes), "kafka": Router(settings.kafka.topics)}
     pipeline = Pipeline(settings, writer)
+    pipeline.sparkplug.replay = True  # requeued Sparkplug B messages use the stored aliases, change nothing
     await pipeline.start()
     for _key, message, source, ids in replay:
         router = routers.get(source, routers["mqtt"])

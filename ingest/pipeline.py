@@ -26,6 +26,7 @@ from ingest.validation import Rejected, Validator, bad_text
 from processors.writer import DeadLetter, MessageOrigin, TimescaleWriter, WriteBatch, WriteResult
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext, DecodeError, Reading
+from schemas.sparkplug import SparkplugSessions
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,21 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._queued_rows = 0  # decoded, handed to the write loop, not yet written
+        self.sparkplug = SparkplugSessions()  # the one stateful decoder's state, stored by the writer
+
+    async def load_sparkplug_sessions(self) -> None:
+        """Resume the Sparkplug B aliases, seq and online flags stored before a restart."""
+        self.sparkplug.load(await self.writer.sparkplug_sessions())
+        self._report_sparkplug()
+
+    def _report_sparkplug(self) -> None:
+        online, offline = self.sparkplug.counts()
+        telemetry.SPARKPLUG_SESSIONS.labels("online").set(online)
+        telemetry.SPARKPLUG_SESSIONS.labels("offline").set(offline)
+        telemetry.SPARKPLUG_SEQ_GAPS.set(self.sparkplug.seq_gaps)
 
     async def start(self) -> None:
+        await self.load_sparkplug_sessions()
         self._tasks = [
             asyncio.create_task(self._decode_loop(), name="citykpi-decode"),
             asyncio.create_task(self._write_loop(), name="citykpi-write"),
@@ -265,6 +279,7 @@ class Pipeline:
             city=route.city,
             field_map=route.field_map,
             timezone=self._zone_of(route.city),
+            sparkplug=self.sparkplug,
         )
         try:
             decoded = decoder(m.payload, ctx)
@@ -275,6 +290,9 @@ class Pipeline:
             log.exception("decoder %s crashed on %s", route.format, m.topic)
             reject(origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
             return
+        finally:
+            if self.sparkplug.changed:  # stored with this batch, so a redelivery finds what it left
+                batch.sparkplug_sessions.update((r.key, r) for r in self.sparkplug.take_changed())
         for part in decoded.rejected:
             reject(origin, part.reason, part.describe(), route.city, part.device_id or route.device)
         add = self.add_reading
@@ -345,5 +363,6 @@ class Pipeline:
         telemetry.BATCH_ROWS.observe(result.received)
         telemetry.WRITE_SECONDS.observe(result.seconds)
         telemetry.LAST_WRITE.set(time.time())
+        self._report_sparkplug()
         if self._on_write is not None:
             self._on_write(result)

@@ -5,7 +5,7 @@ Commit order (the one place it is written down):
      INSERT … ON CONFLICT DO NOTHING RETURNING the new rows, merge their partial aggregates and
      meter steps (processors/meters.py) into the rollup tables, mark the past local days they
      reach for a KPI recompute (processors/late.py), store dead letters (rejects and same-key
-     conflicts);
+     conflicts) and the Sparkplug B sessions the batch's messages changed (aliases, seq, online);
   2. COMMIT;
   3. only then does the caller acknowledge the messages (MQTT PUBACK, Kafka offset commit).
 A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
@@ -44,6 +44,7 @@ from processors.registration import RegistrationBudget
 from processors.rollups import merge_rollups, series_of
 from schemas import statements as sql
 from schemas.metrics import METRICS
+from schemas.sparkplug import SessionKey, SessionRow
 from schemas.text import escaped, escaped_json
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,9 @@ class WriteBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     position: dict[str, Any] = field(default_factory=dict)
     messages: int = 0
+    sparkplug_sessions: dict[SessionKey, SessionRow] = field(
+        default_factory=dict
+    )  # what its messages changed
 
     def __len__(self) -> int:
         return len(self.value)
@@ -304,6 +308,11 @@ class TimescaleWriter:
         """Each known city's time zone (cities.timezone), as of the writer's last look."""
         return self._cities
 
+    async def sparkplug_sessions(self) -> list[asyncpg.Record]:
+        """Every stored Sparkplug B session (schemas/sparkplug/sessions.py), to resume after a restart."""
+        conn = await self._connect()
+        return list(await conn.fetch(sql.SPARKPLUG_SESSIONS))
+
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
@@ -418,7 +427,7 @@ class TimescaleWriter:
         if len(batch) > 1:
             half = len(batch) // 2
             parts = [batch.take(list(range(half))), batch.take(list(range(half, len(batch))))]
-            if batch.dead_letters:
+            if batch.dead_letters or batch.sparkplug_sessions:
                 parts.append(self._dead_letters_only(batch, batch.dead_letters))
             parts[0].messages = batch.messages
             return parts
@@ -441,7 +450,13 @@ class TimescaleWriter:
 
     @staticmethod
     def _dead_letters_only(batch: WriteBatch, dead_letters: list[DeadLetter]) -> WriteBatch:
-        return WriteBatch(batch.source, dead_letters=dead_letters, position=batch.position)
+        """The dead letters (and the Sparkplug sessions the batch changed) without the readings."""
+        return WriteBatch(
+            batch.source,
+            dead_letters=dead_letters,
+            position=batch.position,
+            sparkplug_sessions=batch.sparkplug_sessions,
+        )
 
     async def _write_once(self, batch: WriteBatch) -> WriteResult:
         t0 = time.perf_counter()
@@ -467,6 +482,9 @@ class TimescaleWriter:
                     await conn.copy_records_to_table(
                         "dead_letters", records=dead_letter_records(dead), columns=sql.DEAD_LETTER_COLUMNS
                     )
+                if batch.sparkplug_sessions:
+                    sessions = [r.record() for r in batch.sparkplug_sessions.values()]
+                    await conn.executemany(sql.UPSERT_SPARKPLUG_SESSION, sessions)
                 await conn.execute(sql.UPDATE_INGEST_BATCH, batch_id, len(new_rows))
         except (errors.RetriableWriteError, errors.PermanentWriteError):
             raise

@@ -48,6 +48,7 @@ INGEST_GRANTS = (
     "SELECT, INSERT ON alerts",
     "UPDATE (notified_at) ON alerts",
     "SELECT, INSERT, UPDATE, DELETE ON alert_cursors, alert_open",
+    "SELECT, INSERT, UPDATE ON sparkplug_sessions",
 )
 KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values, kpi_value_revisions, kpi_pending_days"
 
@@ -98,6 +99,7 @@ READER_VIEWS: dict[str, str | None] = {
     "kpi_value_revisions": CITY_FILTER,
     "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
     "alerts": CITY_FILTER,
+    "sparkplug_sessions": CITY_FILTER,  # edge nodes and devices online/offline, aliases
     "readings": DEVICE_FILTER,
     "rollup_1m": DEVICE_FILTER,
     "rollup_15m": DEVICE_FILTER,

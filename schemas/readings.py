@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schemas.sparkplug.sessions import SparkplugSessions
 
 
 class DecodeError(ValueError):
@@ -45,6 +49,7 @@ class DecodeContext:
     city: str | None = None
     field_map: Mapping[str, str] = field(default_factory=dict)
     timezone: tzinfo | None = None  # zone-less payload times are read in it (the city's); None = UTC
+    sparkplug: SparkplugSessions | None = None  # Sparkplug B aliases and seq, kept by the pipeline
 
 
 @dataclass(slots=True)

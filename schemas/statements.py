@@ -205,3 +205,18 @@ ON CONFLICT (device_key, metric_id) DO UPDATE SET last_us = EXCLUDED.last_us, re
     ref_value = EXCLUDED.ref_value, prev_value = EXCLUDED.prev_value, pending_us = EXCLUDED.pending_us,
     pending_value = EXCLUDED.pending_value
 """
+
+SPARKPLUG_SESSIONS = """
+SELECT city_id, group_id, edge_node_id, device_id, online, bd_seq, seq, metrics::text AS metrics,
+       born_at, died_at
+FROM sparkplug_sessions
+"""
+UPSERT_SPARKPLUG_SESSION = """
+INSERT INTO sparkplug_sessions AS s
+    (city_id, group_id, edge_node_id, device_id, online, bd_seq, seq, metrics, born_at, died_at)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10
+WHERE EXISTS (SELECT 1 FROM cities WHERE city_id = $1)
+ON CONFLICT (city_id, group_id, edge_node_id, device_id) DO UPDATE SET
+    online = EXCLUDED.online, bd_seq = EXCLUDED.bd_seq, seq = EXCLUDED.seq, metrics = EXCLUDED.metrics,
+    born_at = EXCLUDED.born_at, died_at = EXCLUDED.died_at, changed_at = now()
+"""

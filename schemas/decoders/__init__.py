@@ -5,7 +5,7 @@ it rejected) and raises only `DecodeError` (a payload it cannot read at all). Va
 payload's unit (`Reading.unit`); `schemas.units.normalize` converts.
 """
 
-from schemas.decoders import flat_json, ngsi, openaq, senml, sensor_community, ttn
+from schemas.decoders import flat_json, ngsi, openaq, senml, sensor_community, sparkplug, ttn
 from schemas.decoders._common import check_field_map
 from schemas.decoders._registry import DECODERS, get_decoder, register
 from schemas.decoders.openaq import iter_openaq_csv
@@ -23,5 +23,6 @@ __all__ = [
     "register",
     "senml",
     "sensor_community",
+    "sparkplug",
     "ttn",
 ]

@@ -79,6 +79,11 @@ async def two_cities(any_db: str) -> AsyncIterator[TwoCities]:
                 "INSERT INTO dead_letters (source, city_id, device_id, reason) VALUES ('test', $1, 'x', 'r')",
                 city,
             )
+            await owner.execute(
+                "INSERT INTO sparkplug_sessions (city_id, group_id, edge_node_id, online) "
+                "VALUES ($1, $1, 'gateway', true)",
+                city,
+            )
     finally:
         await owner.close()
     batch = WriteBatch(source="test")
@@ -104,6 +109,7 @@ async def _reader_sees_only_demo(conn: asyncpg.Connection) -> None:
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM devices")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM kpi_values")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM dead_letters")} == {"demo"}
+    assert {r[0] for r in await conn.fetch("SELECT city_id FROM sparkplug_sessions")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM city_facts")} == {"demo"}
     assert await conn.fetchval("SELECT max(max) FROM rollup_1m") == max(DEMO_VALUES)
     assert await conn.fetchval("SELECT count(*) FROM ingest_batches") == 0

@@ -1,0 +1,201 @@
+"""Sparkplug B over the real broker (Mosquitto) into readings: BIRTH certificates, DATA by alias,
+DEATH, aliases surviving a restart, DATA before BIRTH dead-lettered and requeued, hostile payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from core.config import Settings
+from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
+from ingest.service import Service
+from ingest.simulator import SimMessage
+from schemas.sparkplug import sparkplug_b_pb2 as pb
+from schemas.sparkplug.payloads import MetricValue, payload
+from tests import sparkplug_messages as sp
+from tests.conftest import PrivateMosquitto
+from tests.integration.test_mqtt_ingest import publish, settings_for
+
+pytestmark = pytest.mark.integration
+
+GROUP = "demo"  # the default route `spBv1.0/+/#` takes the city from the group
+T = (int(time.time()) // 3600 * 3600 - 86400) * 1000  # a day ago, in ms
+NODE_DEVICE = sp.NODE
+DEVICE = f"{sp.NODE}:{sp.DEVICE}"
+
+
+def msg(kind: str, data: bytes, device: str | None = None) -> SimMessage:
+    return SimMessage(sp.topic(kind, device, group=GROUP), data)
+
+
+async def until(dsn: str, query: str, expected: object, timeout: float = 30) -> object:
+    """Poll `query` until it returns `expected` (or the timeout passes); the last answer."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = await conn.fetchval(query)
+            if got == expected or time.monotonic() > deadline:
+                return got
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def stored(dsn: str) -> dict[tuple[str, str], list[float]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT d.device_id, m.name, r.value FROM readings r JOIN devices d USING (device_key) "
+            "JOIN metrics m USING (metric_id) WHERE d.city_id = 'demo' ORDER BY r.time"
+        )
+    finally:
+        await conn.close()
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        out.setdefault((r["device_id"], r["name"]), []).append(round(r["value"], 6))
+    return out
+
+
+async def sessions(dsn: str) -> dict[str, tuple[bool, int | None, int | None]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT device_id, online, bd_seq, seq FROM sparkplug_sessions")
+    finally:
+        await conn.close()
+    return {r["device_id"]: (r["online"], r["bd_seq"], r["seq"]) for r in rows}
+
+
+async def dead_letters(dsn: str) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT reason, detail FROM dead_letters ORDER BY id")
+    finally:
+        await conn.close()
+    return [(r["reason"], r["detail"]) for r in rows]
+
+
+def sparkplug_settings(dsn: str, port: int) -> Settings:
+    return settings_for(dsn, port, client_id="citykpi-sparkplug")
+
+
+async def test_births_data_by_alias_and_death_land_in_readings_and_sessions_across_a_restart(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    """NBIRTH/DBIRTH values and units (L/min -> m³/h, °F -> °C, cm -> m), DDATA by alias, then a
+    restart: the aliases come back from the database, so DDATA decodes with no new BIRTH."""
+    service = Service(sparkplug_settings(tsdb, mosquitto.port))
+    await service.start()
+    try:
+        await publish(
+            mosquitto.port,
+            [
+                msg("NBIRTH", sp.nbirth(bd_seq=3, seq=0, t=T)),
+                msg("DBIRTH", sp.dbirth(seq=1, t=T), sp.DEVICE),
+                msg("DDATA", sp.ddata(seq=2, t=T + 60_000, flow=30.0, level=-7), sp.DEVICE),
+            ],
+        )
+        assert await until(tsdb, "SELECT count(*) FROM readings", 6) == 6
+    finally:
+        await service.stop()
+    assert await stored(tsdb) == {
+        (NODE_DEVICE, "temperature"): [21.5],
+        (DEVICE, "water_flow"): [0.72, 1.8],
+        (DEVICE, "water_temperature"): [16.5],
+        (DEVICE, "water_level"): [-0.03, -0.07],
+    }
+    assert await sessions(tsdb) == {"": (True, 3, 2), sp.DEVICE: (True, None, None)}
+
+    restarted = Service(sparkplug_settings(tsdb, mosquitto.port))
+    await restarted.start()
+    try:
+        await publish(
+            mosquitto.port, [msg("DDATA", sp.ddata(seq=3, t=T + 120_000, flow=6.0, level=-9), sp.DEVICE)]
+        )
+        assert await until(tsdb, "SELECT count(*) FROM readings", 8) == 8
+        assert restarted.pipeline.sparkplug.seq_gaps == 0  # seq 3 follows the stored 2
+        await publish(mosquitto.port, [msg("NDEATH", sp.ndeath(bd_seq=3, t=T + 130_000))])
+        assert await until(tsdb, "SELECT bool_or(online) FROM sparkplug_sessions", False) is False
+        await publish(mosquitto.port, [msg("DDATA", sp.ddata(seq=4, t=T + 180_000), sp.DEVICE)])
+        assert await until(tsdb, "SELECT count(*) FROM dead_letters", 1) == 1
+    finally:
+        await restarted.stop()
+    assert (await stored(tsdb))[(DEVICE, "water_flow")] == [0.72, 1.8, 0.36]
+    assert await sessions(tsdb) == {"": (False, 3, 3), sp.DEVICE: (False, None, None)}  # no seq when dead
+    [(reason, detail)] = await dead_letters(tsdb)
+    assert reason == "no_birth" and "after its NDEATH" in detail
+
+
+async def test_data_before_its_birth_is_a_dead_letter_that_a_requeue_stores_after_the_birth(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    service = Service(sparkplug_settings(tsdb, mosquitto.port))
+    await service.start()
+    try:
+        await publish(mosquitto.port, [msg("DDATA", sp.ddata(seq=5, t=T, flow=12.0), sp.DEVICE)])
+        assert await until(tsdb, "SELECT count(*) FROM dead_letters", 1) == 1
+        assert service.pipeline.sparkplug.rebirths_wanted
+        await publish(
+            mosquitto.port,
+            [msg("NBIRTH", sp.nbirth(t=T + 1000)), msg("DBIRTH", sp.dbirth(seq=1, t=T + 1000), sp.DEVICE)],
+        )
+        assert await until(tsdb, "SELECT count(*) FROM readings", 4) == 4
+    finally:
+        await service.stop()
+    [(reason, detail)] = await dead_letters(tsdb)
+    assert reason == "no_birth" and "before its NBIRTH" in detail
+    result = await requeue_dead_letters(
+        sparkplug_settings(tsdb, mosquitto.port), DeadLetterFilter(("no_birth",))
+    )
+    assert (result.messages, result.stored, result.still_rejected) == (1, 2, 0)
+    assert (await stored(tsdb))[(DEVICE, "water_flow")] == [0.72, 0.72]  # DBIRTH's 12 L/min, then the DDATA's
+    assert await sessions(tsdb) == {
+        "": (True, 0, 1),
+        sp.DEVICE: (True, None, None),
+    }  # the requeue changed none
+
+
+async def test_hostile_sparkplug_payloads_are_dead_lettered_and_their_neighbours_stored(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    """Truncated protobuf, JSON on a Sparkplug topic, 3 MB of metrics, a wrong value type, a stale
+    NDEATH (an older bdSeq) and a seq gap, among valid messages of the same node."""
+    huge = payload([MetricValue(f"m{i}", 1.0) for i in range(150_000)], 3, T)
+    wrong_type = pb.Payload(timestamp=T + 2000, seq=3)
+    wrong_type.metrics.add(alias=2, datatype=pb.String, string_value="12.5")
+    wrong_type.metrics.add(alias=4, int_value=0xFE)  # Int8 -2 cm, stored
+    service = Service(sparkplug_settings(tsdb, mosquitto.port))
+    await service.start()
+    try:
+        await publish(
+            mosquitto.port,
+            [
+                msg("NBIRTH", sp.nbirth(bd_seq=7, t=T)),
+                msg("DBIRTH", sp.dbirth(seq=1, t=T), sp.DEVICE),
+                msg("DDATA", sp.ddata(seq=2, t=T + 1000)[:-4], sp.DEVICE),
+                msg("DDATA", b'{"water_flow": 1}', sp.DEVICE),
+                msg("NDATA", huge),
+                msg("DDATA", wrong_type.SerializeToString(), sp.DEVICE),
+                msg("NDEATH", sp.ndeath(bd_seq=6, t=T + 3000)),
+                msg("DDATA", sp.ddata(seq=9, t=T + 4000, flow=60.0, level=-1), sp.DEVICE),
+            ],
+        )
+        assert await until(tsdb, "SELECT count(*) FROM readings", 7) == 7
+        assert await until(tsdb, "SELECT count(*) FROM dead_letters", 5) == 5
+        assert service.pipeline.sparkplug.seq_gaps == 2  # seq 2 never arrived readable; 9 after 3
+        assert service.healthy()
+    finally:
+        await service.stop()
+    reasons = [r for r, _d in await dead_letters(tsdb)]
+    assert sorted(reasons) == [
+        "bad_protobuf",
+        "bad_protobuf",
+        "payload_too_large",
+        "stale_death",
+        "wrong_type",
+    ]
+    assert (await stored(tsdb))[(DEVICE, "water_level")] == [-0.03, -0.02, -0.01]
+    assert (await sessions(tsdb))[""][0] is True  # the stale NDEATH left the node online
