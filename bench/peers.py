@@ -6,7 +6,9 @@ cap) holds, per round, one QoS 1 backlog of `--messages` flat JSON messages of o
 at once for four offline persistent sessions. Each consumer then drains its session as its own
 process, one after the other, on the same cores and the same TimescaleDB:
 
-* citykpi `run` with a flat JSON route (`format = "json"`), acks after commit;
+* citykpi `run` with a flat JSON route (`format = "json"`), acks after commit, with paho's network
+  loop in a process of its own (`citykpi`, the default `mqtt.network_process`) and in a thread of
+  the service (`citykpi_thread`), each into a database of its own;
 * Telegraf `inputs.mqtt_consumer` -> `outputs.postgresql` into a hypertable, persistent session,
   QoS 1, acks after write, batch 5,000, `max_undelivered_messages` 20,000, flush 200 ms (citykpi's
   batch delay); built once from the Go module proxy into ~/.cache/citykpi/telegraf (skipped, and
@@ -19,10 +21,15 @@ flat JSON topic route, Telegraf `inputs.kafka_consumer` (`version = "3.7.0"`, wh
 oldest offset, its own group, `max_undelivered_messages` 20,000) and aiokafka fetching without
 decoding (bench/drains.py).
 
+Each MQTT round runs twice: unpinned (2 cores here), then with every consumer pinned to one CPU
+(`taskset -c 0`, children included; the broker and the database stay unpinned; `--no-one-core`
+skips it), into `mqtt` and `mqtt_one_core` of the results.
+
 rows/s run from the last poll that saw no committed row to the one that saw them all (polls every
 0.1 s: the consumer is connected and its backlog is waiting), so citykpi's start-up (imports,
 numba kernels from their cache) is reported apart, as the seconds from the process's start to the
-last row; the bare and naive drains time themselves from connect. Peak RSS is the process's VmHWM.
+last row; the bare and naive drains time themselves from connect. Peak RSS is the process's VmHWM
+plus its children's (citykpi's network process, also given apart), CPU counts them too.
 CPU % and run-queue wait % (its threads' time runnable but waiting for a core, summed) are per
 second of that window: on a shared machine a single-threaded consumer is starved more than a
 multi-threaded one. Medians over the rounds go to bench/results/peers.json with each round's
@@ -218,6 +225,17 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def family(pid: int) -> list[int]:
+    """The process and its children (citykpi's MQTT network process)."""
+    kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return [pid, *kids]
+
+
+def pinned(cmd: list[str], cores: int | None) -> list[str]:
+    """`cmd` on the first `cores` CPUs (taskset; its children inherit it), or unpinned."""
+    return ["taskset", "-c", f"0-{cores - 1}", *cmd] if cores else cmd
+
+
 async def drain_into(
     cmd: list[str], env: dict[str, str], dsn: str, table: str, n: int, log: Path
 ) -> dict[str, float]:
@@ -232,7 +250,9 @@ async def drain_into(
         try:
             while True:
                 await asyncio.sleep(0.1)
-                cpu_now, wait_now = proc_cpu_s(proc.pid), runqueue_wait_s(proc.pid)
+                pids = family(proc.pid)
+                cpu_now = sum(proc_cpu_s(p) for p in pids)
+                wait_now = sum(runqueue_wait_s(p) for p in pids)
                 rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
                 now = time.perf_counter()
                 if not rows:
@@ -242,8 +262,10 @@ async def drain_into(
                 if proc.poll() is not None or now - t0 > 900:
                     raise RuntimeError(f"{cmd[0]} stopped at {rows} of {n} rows; see {log}")
             seconds, steady_s = now - t0, now - empty_at
-            peak, cpu = proc_status(proc.pid, "VmHWM"), proc_cpu_s(proc.pid) - cpu_empty
-            wait = runqueue_wait_s(proc.pid) - wait_empty
+            pids = family(proc.pid)
+            peaks = [proc_status(p, "VmHWM") for p in pids]
+            cpu = sum(proc_cpu_s(p) for p in pids) - cpu_empty
+            wait = sum(runqueue_wait_s(p) for p in pids) - wait_empty
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(90)
@@ -251,15 +273,18 @@ async def drain_into(
     return {
         "rows_per_s": n / steady_s,
         "start_to_last_row_s": seconds,
-        "peak_rss_mib": peak,
+        "peak_rss_mib": sum(peaks),  # the process and its children, each at its own peak
+        "children_peak_rss_mib": sum(peaks[1:]),
         "cpu_percent": 100 * cpu / steady_s,
         "runqueue_wait_percent": 100 * wait / steady_s,
     }
 
 
-def run_drain(kind: str, where: str, client_id: str, n: int, dsn: str = "") -> dict[str, float]:
+def run_drain(
+    kind: str, where: str, client_id: str, n: int, dsn: str = "", cores: int | None = None
+) -> dict[str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.drains", kind, where, client_id, str(n), dsn],
+        pinned([sys.executable, "-m", "bench.drains", kind, where, client_id, str(n), dsn], cores),
         stdout=subprocess.PIPE,
         cwd=REPO,
     )
@@ -326,25 +351,49 @@ async def peer_database() -> str:
 
 
 async def citykpi_and_telegraf(
-    env: dict[str, str], telegraf_conf: str | None, telegraf: Path | None, dsn: str, n: int, log: Path
+    env: dict[str, str],
+    telegraf_conf: str | None,
+    telegraf: Path | None,
+    dsn: str,
+    n: int,
+    log: Path,
+    variants: dict[str, dict[str, str]] | None = None,
+    cores: int | None = None,
 ) -> dict[str, dict[str, float]]:
+    """citykpi (each of `variants`: name -> extra environment, into a database of its own after the
+    first), then Telegraf, each on the first `cores` CPUs (None: unpinned)."""
     out: dict[str, dict[str, float]] = {}
-    citykpi = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
-    env = {**os.environ, **CITYKPI_ENV, "CITYKPI_DATABASE__URL": dsn, **env}
-    out["citykpi"] = await drain_into(citykpi, env, dsn, "readings", n, log)
+    citykpi = pinned([str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"], cores)
+    for name, extra in (variants or {"citykpi": {}}).items():
+        own = dsn if not out else await peer_database()
+        try:
+            run_env = {**os.environ, **CITYKPI_ENV, "CITYKPI_DATABASE__URL": own, **env, **extra}
+            out[name] = await drain_into(citykpi, run_env, own, "readings", n, log)
+        finally:
+            if own != dsn:
+                await drop_database(TSDB_URL, own)
     if telegraf is not None and telegraf_conf is not None:
         conf = log.parent / f"telegraf-{uuid.uuid4().hex[:6]}.conf"
         conf.write_text(telegraf_conf)
-        cmd = [str(telegraf), "--config", str(conf)]
+        cmd = pinned([str(telegraf), "--config", str(conf)], cores)
         out["telegraf"] = await drain_into(cmd, dict(os.environ), dsn, "tg_readings", n, log)
     return out
 
 
+MQTT_VARIANTS = {  # citykpi with paho's network loop in a process of its own (the default), in a thread
+    "citykpi": {"CITYKPI_MQTT__NETWORK_PROCESS": "true"},
+    "citykpi_thread": {"CITYKPI_MQTT__NETWORK_PROCESS": "false"},
+}
+
+
 async def mqtt_round(
-    port: int, n: int, naive_n: int, telegraf: Path | None, log: Path
+    port: int, n: int, naive_n: int, telegraf: Path | None, log: Path, cores: int | None = None
 ) -> dict[str, dict[str, float]]:
+    """Every MQTT consumer on one backlog, each pinned to the first `cores` CPUs (None: unpinned);
+    the naive drain only when `naive_n`."""
     tag = uuid.uuid4().hex[:6]
-    ids = {k: f"peer-{k}-{tag}" for k in ("citykpi", "telegraf", "bare", "naive")}
+    names = [*MQTT_VARIANTS, "telegraf", "bare", *(["naive"] if naive_n else [])]
+    ids = {k: f"peer-{k.replace('_', '-')}-{tag}" for k in names}
     for cid in ids.values():
         open_session(port, cid)
     pub = MqttPublisher(Settings(mqtt={"port": port}).mqtt, client_id=f"peer-pub-{tag}")  # type: ignore[call-arg]
@@ -355,14 +404,17 @@ async def mqtt_round(
     try:
         env = {
             "CITYKPI_MQTT__PORT": str(port),
-            "CITYKPI_MQTT__CLIENT_ID": ids["citykpi"],
             "CITYKPI_MQTT__ROUTES": json.dumps(CITYKPI_ROUTE),
             "CITYKPI_KAFKA__ENABLED": "false",
         }
+        variants = {k: {**v, "CITYKPI_MQTT__CLIENT_ID": ids[k]} for k, v in MQTT_VARIANTS.items()}
         conf = telegraf_mqtt_config(port, ids["telegraf"], dsn)
-        out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log)
-        out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", str(port), ids["bare"], n)
-        out["naive"] = await asyncio.to_thread(run_drain, "naive", str(port), ids["naive"], naive_n, dsn)
+        out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log, variants, cores)
+        out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", str(port), ids["bare"], n, "", cores)
+        if naive_n:
+            out["naive"] = await asyncio.to_thread(
+                run_drain, "naive", str(port), ids["naive"], naive_n, dsn, cores
+            )
     finally:
         await drop_database(TSDB_URL, dsn)
         for cid in ids.values():
@@ -434,6 +486,11 @@ def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, object]:
             }
             for name, m in med.items()
         }
+    if "bare_paho" in med:
+        bare = med["bare_paho"]
+        out["ratio_to_bare_paho"] = {
+            name: round(m["rows_per_s"] / bare["rows_per_s"], 3) for name, m in med.items()
+        }
     out["per_round"] = rounds
     return out
 
@@ -455,6 +512,12 @@ async def main() -> None:
     ap.add_argument("--naive-messages", type=int, default=5_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-kafka", action="store_true")
+    ap.add_argument(
+        "--one-core",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run each MQTT round with every consumer pinned to one CPU (taskset -c 0)",
+    )
     args = ap.parse_args()
     telegraf, telegraf_note = telegraf_binary()
     print(telegraf_note, flush=True)
@@ -464,6 +527,7 @@ async def main() -> None:
     log = root / "consumers.log"
     mqtt_rounds: list[dict[str, dict[str, float]]] = []
     kafka_rounds: list[dict[str, dict[str, float]]] = []
+    one_core_rounds: list[dict[str, dict[str, float]]] = []
     try:
         for i in range(args.rounds):
             mqtt_rounds.append(
@@ -472,6 +536,11 @@ async def main() -> None:
                 )
             )
             print(f"mqtt round {i + 1}: " + json.dumps(mqtt_rounds[-1]), flush=True)
+            if args.one_core:
+                one_core_rounds.append(
+                    await retried(lambda: mqtt_round(broker.port, args.messages, 0, telegraf, log, 1))
+                )
+                print(f"mqtt round {i + 1}, one core: " + json.dumps(one_core_rounds[-1]), flush=True)
             if not args.no_kafka:
                 kafka_rounds.append(await retried(lambda: kafka_round(args.messages, telegraf, log)))
                 print(f"kafka round {i + 1}: " + json.dumps(kafka_rounds[-1]), flush=True)
@@ -491,6 +560,8 @@ async def main() -> None:
         "citykpi_decode_us_per_message": round(decode_us_per_message(), 2),
         "mqtt": summary(mqtt_rounds),
     }
+    if one_core_rounds:
+        result["mqtt_one_core"] = summary(one_core_rounds)
     if kafka_rounds:
         result["kafka"] = summary(kafka_rounds)
     RESULTS.parent.mkdir(exist_ok=True)
@@ -499,12 +570,13 @@ async def main() -> None:
         f"citykpi import baseline: {result['citykpi_import_baseline_mib']} MiB; decode-validate "
         f"{result['citykpi_decode_us_per_message']} µs/message; {telegraf_note}"
     )
-    for transport in ("mqtt", "kafka"):
+    for transport in ("mqtt", "mqtt_one_core", "kafka"):
         if transport in result:
             part = result[transport]
             assert isinstance(part, dict)
             print_table(f"{transport} (median of {args.rounds})", part["median"])
             print(json.dumps(part.get("ratio_to_telegraf", {})))
+            print(json.dumps(part.get("ratio_to_bare_paho", {})))
 
 
 if __name__ == "__main__":

@@ -152,6 +152,11 @@ class MqttSettings(BaseModel):
         ge=1024,
         description="payload bytes received but not yet acknowledged: the service stops reading here too",
     )
+    network_process: bool = Field(
+        True,
+        description="paho's network loop runs in a process of its own (its own GIL and core; acks "
+        "still follow the commit) instead of a thread of the service: see bench/results/peers.json",
+    )
     keepalive_s: int = Field(30, ge=5)
     reconnect_max_s: float = Field(
         5.0, gt=0, description="cap of the jittered exponential reconnect backoff (first retry within 1 s)"

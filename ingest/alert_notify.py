@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from core import telemetry
 from core.config import AlertSettings, MqttSettings
-from ingest.mqtt.source import apply_credentials
+from ingest.mqtt.source import credentials
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class AlertNotifier:
         """One QoS 1 message per event on `alerts.mqtt_topic`/<city_id>, each acknowledged by the broker."""
         s = self.mqtt
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
-        apply_credentials(client, s)
+        credentials(s).apply(client)
         connected = threading.Event()
         client.on_connect = lambda *_a: connected.set()
         client.connect(s.host, s.port, 30)

@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from core.config import KafkaSettings, MqttSettings
 from ingest.kafka.source import kafka_security_kwargs
-from ingest.mqtt.source import apply_credentials
+from ingest.mqtt.source import credentials
 from ingest.simulator import SimMessage
 
 # paho loses messages once more than 65,535 wait for their PUBACK (packet ids wrap): our semaphore
@@ -26,7 +26,7 @@ class MqttPublisher:
     def __init__(self, settings: MqttSettings, client_id: str = "citykpi-publisher", qos: int = 1) -> None:
         self.qos = qos
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        apply_credentials(self._client, settings)
+        credentials(settings).apply(self._client)
         self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(0)
         self._settings = settings

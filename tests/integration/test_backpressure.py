@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from core import telemetry
 from ingest.service import Service
 from processors.writer import TimescaleWriter, WriteBatch
 from tests.conftest import PrivateMosquitto, TcpProxy, free_port
-from tests.integration.test_health import get
+from tests.integration.test_health import children, get, wait_for_status
 from tests.integration.test_mqtt_ingest import (
     count_readings,
     publish,
@@ -119,16 +120,6 @@ def metric(body: str, name: str) -> float:
         for line in body.splitlines()
         if line.startswith((f"{name} ", f'{name}{{source="mqtt"}}'))
     )
-
-
-async def wait_for_status(port: int, path: str, status: int, within: float) -> str:
-    deadline = time.monotonic() + within
-    while True:
-        got, body = await asyncio.to_thread(get, port, path)
-        if got == status:
-            return body
-        assert time.monotonic() < deadline, f"{path} still {got}"
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -239,3 +230,25 @@ async def test_a_failed_start_undoes_what_it_started(tsdb: str, mosquitto: Priva
     assert all(t.done() for t in service.pipeline.tasks)
     assert not service.writer.connected
     assert get_or_none(port, "/healthz") is None  # the HTTP server is closed
+
+
+@pytest.mark.slow
+async def test_the_service_exits_1_when_its_mqtt_network_process_dies_and_a_restart_loses_nothing(
+    tsdb: str, mosquitto: PrivateMosquitto, tmp_path: Path
+) -> None:
+    log = tmp_path / "service.log"
+    proc = service_process(tsdb, mosquitto.port, log)
+    try:
+        await wait_for_log(log, "MQTT connected")
+        await publish(mosquitto.port, senml_messages(300))
+        assert await wait_for_count(tsdb, 300) == 300
+        (network,) = children(proc.pid)
+        os.kill(network, signal.SIGKILL)
+        assert await asyncio.to_thread(proc.wait, 30) == 1
+        assert "service failed: mqtt source: network process ended" in log.read_text()
+        await publish(mosquitto.port, senml_messages(300, offset=300))  # queued for the session
+        proc = service_process(tsdb, mosquitto.port, log)
+        assert await wait_for_count(tsdb, 600) == 600
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 30)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -22,12 +26,28 @@ def get(port: int, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-async def test_healthz_readyz_and_metrics(tsdb: str, mosquitto: PrivateMosquitto) -> None:
+async def wait_for_status(port: int, path: str, status: int, within: float) -> str:
+    deadline = time.monotonic() + within
+    while True:
+        got, body = await asyncio.to_thread(get, port, path)
+        if got == status:
+            return body
+        assert time.monotonic() < deadline, f"{path} still {got}"
+        await asyncio.sleep(0.1)
+
+
+async def http_service(tsdb: str, mqtt_port: int) -> tuple[Service, int]:
+    """A started service with its HTTP endpoints on a free port."""
     port = free_port()
-    settings = settings_for(tsdb, mosquitto.port)
+    settings = settings_for(tsdb, mqtt_port)
     settings.http.enabled, settings.http.port = True, port
     service = Service(settings)
     await service.start()
+    return service, port
+
+
+async def test_healthz_readyz_and_metrics(tsdb: str, mosquitto: PrivateMosquitto) -> None:
+    service, port = await http_service(tsdb, mosquitto.port)
     try:
         assert await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
         assert (await asyncio.to_thread(get, port, "/readyz"))[0] == 200
@@ -60,4 +80,26 @@ async def test_healthz_readyz_and_metrics(tsdb: str, mosquitto: PrivateMosquitto
         assert (await asyncio.to_thread(get, port, "/nope"))[0] == 404
     finally:
         mosquitto.up()
+        await service.stop()
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+async def test_a_killed_mqtt_network_process_turns_healthz_red(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    """mqtt.network_process: paho's loop is a process of the service; its death fails the service."""
+    service, port = await http_service(tsdb, mosquitto.port)
+    try:
+        source = service.sources[0]
+        assert source.network_pid in children(os.getpid())  # type: ignore[attr-defined]
+        await publish(mosquitto.port, senml_messages(100))
+        assert await wait_for_count(tsdb, 100) == 100
+        os.kill(source.network_pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        body = await wait_for_status(port, "/healthz", 503, within=5)
+        assert "network process ended (exit code -9)" in body, body
+        assert not source.connected and not source.alive  # type: ignore[attr-defined]
+    finally:
         await service.stop()

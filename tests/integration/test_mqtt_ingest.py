@@ -86,14 +86,21 @@ async def rollup_mismatches(dsn: str) -> list[tuple[object, ...]]:
         await conn.close()
 
 
-async def test_senml_packs_land_once_with_rollups(tsdb: str, mosquitto: PrivateMosquitto) -> None:
-    service = Service(settings_for(tsdb, mosquitto.port))
+@pytest.mark.parametrize("network_process", [True, False], ids=["network-process", "network-thread"])
+async def test_senml_packs_land_once_with_rollups(
+    tsdb: str, mosquitto: PrivateMosquitto, network_process: bool
+) -> None:
+    """Both homes of paho's network loop (`mqtt.network_process`); all held messages acked at the end."""
+    service = Service(settings_for(tsdb, mosquitto.port, network_process=network_process))
     await service.start()
+    source = service.sources[0]
     try:
         await publish(mosquitto.port, senml_messages(500, per_pack=4))
         assert await wait_for_count(tsdb, 2000) == 2000
+        assert source.alive and (source.network_pid is not None) == network_process  # type: ignore[attr-defined]
     finally:
         await service.stop()
+    assert source.held_messages == 0 and not source.alive  # type: ignore[attr-defined]
     assert await rollup_mismatches(tsdb) == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.mqtt.source import _Lost, _NotConnected, reconnect_policy
+from ingest.mqtt.network import _Lost, _NotConnected, reconnect_policy
 
 
 def run(outcomes: list[BaseException | None], max_s: float = 30.0) -> list[float]:
