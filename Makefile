@@ -27,7 +27,7 @@ status:
 demo: stack
 	$(BIN)/citykpi migrate
 	$(BIN)/citykpi registry import kpi_rollups/demo_registry.toml
-	$(BIN)/citykpi run --with-simulator
+	CITYKPI_SIMULATOR__SPARKPLUG_KIND=electricity $(BIN)/citykpi run --with-simulator
 
 # the Sparkplug B module from the Eclipse Tahu definition; committed, so installs need no protoc
 # (tests/unit/test_sparkplug_decoder.py fails when it differs from what this makes)

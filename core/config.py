@@ -291,6 +291,11 @@ class SimulatorSettings(BaseModel):
     speedup: float = Field(1.0, gt=0, description="simulated seconds per wall-clock second")
     fault_rate: float = Field(0.01, ge=0, le=1, description="share of messages with an injected fault")
     seed: int = 42
+    sparkplug_kind: Literal["electricity", "water"] | None = Field(
+        None,
+        description="meters of this kind speak Sparkplug B over MQTT (each an edge node of group <city>: "
+        "NBIRTH, then NDATA by alias); `make demo` sets electricity",
+    )
 
 
 class QualitySettings(BaseModel):

@@ -1,11 +1,13 @@
 """A city that publishes realistic telemetry: the demo's data and the benchmarks' load.
 
 Each device kind speaks a format real deployments use (SenML packs, NGSI-LD and NGSI-v2 Smart
-Data Models, Sensor.Community JSON) with diurnal and weekly shapes from KPI_REFERENCE.md: NO2 at
-rush hours, O3 in the afternoon, PM higher at night, roadside noise 65-75 dB by day, water peaks
-morning and evening, cumulative meters that sometimes reset. Faults are injected at `fault_rate`:
-duplicates, late (out-of-order) readings, dropouts and garbage payloads; and, 20 times rarer, an
-outage: the device goes silent for OUTAGE_TICKS readings (the demo's no_data alerts).
+Data Models, Sensor.Community JSON; over MQTT, one meter kind may speak Sparkplug B: each meter an
+edge node that sends its NBIRTH certificate once, then NDATA by alias) with diurnal and weekly
+shapes from KPI_REFERENCE.md: NO2 at rush hours, O3 in the afternoon, PM higher at night, roadside
+noise 65-75 dB by day, water peaks morning and evening, cumulative meters that sometimes reset.
+Faults are injected at `fault_rate`: duplicates, late (out-of-order) readings, dropouts and garbage
+payloads; and, 20 times rarer, an outage: the device goes silent for OUTAGE_TICKS readings
+(the demo's no_data alerts).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from core.config import SimulatorSettings
+from schemas.sparkplug import sparkplug_b_pb2 as pb
+from schemas.sparkplug.payloads import REBIRTH, MetricValue, bd_seq_metric, payload
 
 
 @dataclass(slots=True)
@@ -36,11 +40,15 @@ class SimDevice:
     meter_index: float = 0.0
     meter_started: bool = False
     silent_until: datetime | None = None  # an outage: no messages before this time
+    sparkplug_seq: int | None = None  # the next Sparkplug B seq, once its NBIRTH is sent
 
 
 METER_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 OUTAGE_TICKS = 30
 OUTAGE_RARITY = 20  # outages start at fault_rate / OUTAGE_RARITY per device and tick
+# A Sparkplug B meter's metrics: (name, alias, engUnit); the alias table maps them to energy_total, power
+SPARKPLUG_INDEX = ("Meter/Active Energy", 1, "kWh")
+SPARKPLUG_RATE = ("Meter/Active Power", 2, "W")
 
 
 def _rush(hour: float) -> float:
@@ -83,6 +91,7 @@ class CitySimulator:
         self._late: list[tuple[datetime, SimMessage]] = []
         self.faults: dict[str, int] = {}
         self._outages = random.Random(settings.seed + 1)  # a stream of its own
+        self._sparkplug_kind = settings.sparkplug_kind if settings.transport == "mqtt" else None
 
     def _fault(self, name: str) -> bool:
         if self.s.fault_rate and self.rng.random() < self.s.fault_rate:
@@ -106,7 +115,11 @@ class CitySimulator:
                 continue
             if self._fault("dropout"):
                 continue
+            birth = d.kind == self._sparkplug_kind and d.sparkplug_seq is None
             msg = getattr(self, f"_{d.kind}")(d, t, local_hour, weekend)
+            if birth:  # a certificate is never faulted: without it no NDATA of the node can be read
+                yield msg
+                continue
             if self._fault("garbage"):
                 yield self._garbage(msg)
                 continue
@@ -191,7 +204,26 @@ class CitySimulator:
         )
         if self._fault("meter_reset"):
             d.meter_index = 0.0
+        if d.kind == self._sparkplug_kind:
+            return self._sparkplug(d, t, d.scale * per_hour * peaks)
         return self._senml(d, t, [(name, unit, d.meter_index)])
+
+    def _sparkplug(self, d: SimDevice, t: datetime, rate_per_hour: float) -> SimMessage:
+        """The meter as a Sparkplug B edge node: its NBIRTH (names, aliases, units) the first time,
+        then NDATA by alias, seq counting 0..255 over both."""
+        ms = round(t.timestamp() * 1000)
+        watts = round(rate_per_hour * 1000, 1)  # kWh per hour = kW
+        metrics = [
+            MetricValue(SPARKPLUG_INDEX[0], round(d.meter_index, 3), pb.Double, *SPARKPLUG_INDEX[1:]),
+            MetricValue(SPARKPLUG_RATE[0], watts, pb.Float, *SPARKPLUG_RATE[1:]),
+        ]
+        kind = "NDATA"
+        if d.sparkplug_seq is None:
+            kind, d.sparkplug_seq = "NBIRTH", 0
+            metrics = [bd_seq_metric(0), MetricValue(REBIRTH, False, pb.Boolean), *metrics]
+        data = payload(metrics, d.sparkplug_seq, ms, birth=kind == "NBIRTH")
+        d.sparkplug_seq = (d.sparkplug_seq + 1) % 256
+        return SimMessage(f"spBv1.0/{self.s.city}/{kind}/{d.device_id}", data)
 
     def _water(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         return self._meter(d, t, h, 0.012, "water_volume_total", "m3")  # ~150 L per person-day, 2 people

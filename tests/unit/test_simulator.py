@@ -11,6 +11,7 @@ from ingest.simulator import CitySimulator
 from ingest.validation import Rejected, Validator
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext
+from schemas.sparkplug import SparkplugSessions
 
 T0 = datetime(2026, 6, 3, 0, 0, tzinfo=UTC)  # a Wednesday
 
@@ -95,3 +96,36 @@ def test_an_outage_silences_a_device_for_its_ticks_then_it_reports_again() -> No
     assert sim.faults["outage"] > 0
     gaps = [b - a for ticks in seen.values() for a, b in pairwise(ticks) if b - a > 5]
     assert gaps and max(gaps) >= OUTAGE_TICKS
+
+
+def test_sparkplug_meters_send_one_nbirth_then_ndata_by_alias_that_decode_in_sequence() -> None:
+    """Electricity meters as Sparkplug B edge nodes: the NBIRTH names the metrics (kWh, W), every
+    NDATA sends aliases only; decoded with one pipeline's sessions, in order, without a seq gap."""
+    settings = SimulatorSettings(fault_rate=0.0, interval_s=600, sparkplug_kind="electricity", air_stations=0)
+    sim, router, sessions = CitySimulator(settings), Router(Settings().mqtt.routes), SparkplugSessions()
+    kinds: Counter[str] = Counter()
+    values: dict[str, list[float]] = {}
+    t = T0
+    for _ in range(3):
+        for m in sim.tick(t):
+            if not m.topic.startswith("spBv1.0/"):
+                continue
+            kinds[m.topic.split("/")[2]] += 1
+            route = router.match(m.topic)
+            assert route is not None and route.format == "sparkplug-b" and route.city == "demo"
+            ctx = DecodeContext(default_time=t, topic=m.topic, city=route.city, sparkplug=sessions)
+            decoded = DECODERS["sparkplug-b"](m.payload, ctx)
+            assert not decoded.rejected
+            for r in decoded:
+                values.setdefault(f"{r.device_id}/{r.metric}", []).append(r.value)
+        t += timedelta(minutes=10)
+    assert kinds == {"NBIRTH": 40, "NDATA": 80}
+    assert sessions.seq_gaps == 0
+    energy = values["electricity-0001/energy_total"]
+    assert len(energy) == 3 and energy == sorted(energy) and len(values["electricity-0001/power"]) == 3
+
+
+def test_sparkplug_is_mqtt_only_so_a_kafka_simulator_keeps_senml() -> None:
+    settings = SimulatorSettings(fault_rate=0.0, transport="kafka", sparkplug_kind="electricity")
+    topics = {m.topic.split("/")[2] for m in CitySimulator(settings).tick(T0)}
+    assert "senml" in topics and not any(t.startswith("N") for t in topics)
