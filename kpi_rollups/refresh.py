@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.eu_aqi import EuAqiHours, store_eu_aqi_hours
 from kpi_rollups.formulas import FORMULAS, FormulaContext, checked_catalog
 from kpi_rollups.periods import Period, PeriodKind, period_start
 from kpi_rollups.registry import load_snapshot
@@ -176,9 +177,11 @@ async def store_values(
     codes: Iterable[str],
     values: list[KpiValue],
     trigger: str = "refresh",
+    eu_aqi: EuAqiHours | None = None,
 ) -> None:
     """Replace the rows of `codes` for (city, period) with `values`, in one transaction; a row whose
-    value, validity or label changed gets the next revision, logged with `trigger`."""
+    value, validity or label changed gets the next revision, logged with `trigger`. With them, the
+    station-hour European AQI the air formula computed (`eu_aqi`)."""
     codes = list(codes)
     async with conn.transaction():
         await conn.execute(
@@ -223,6 +226,8 @@ async def store_values(
             ],
         )
         await conn.execute(_LOG_REVISIONS, city_id, period.kind, period.start, codes)
+        if eu_aqi is not None:
+            await store_eu_aqi_hours(conn, city_id, eu_aqi)
 
 
 async def refresh_kpis(
@@ -258,6 +263,7 @@ async def refresh_kpis(
         data = CityData(conn, city_id, period, now)
         computed_at = datetime.now(UTC)
         values: list[KpiValue] = []
+        eu_aqi: EuAqiHours | None = None
         done: list[str] = []
         failed: list[str] = []
         for kpi in kpis:
@@ -269,6 +275,7 @@ async def refresh_kpis(
                     _finish(kpi, r, city_id, period, now, ctx.threshold, targets, computed_at)
                     for r in results
                 )
+                eu_aqi = next((r.eu_aqi for r in results if r.eu_aqi is not None), eu_aqi)
                 done.append(kpi.code)
             except Exception:
                 log.exception(
@@ -276,7 +283,7 @@ async def refresh_kpis(
                 )
                 failed.append(kpi.code)
             log.debug("KPI %s %s %s: %.3f s", city_id, kpi.code, period.label, time.perf_counter() - t0)
-        await store_values(conn, city_id, period, done, values, trigger)
+        await store_values(conn, city_id, period, done, values, trigger, eu_aqi)
     if failed and strict:
         raise KpiRefreshError(f"KPIs failed for {city_id} {period.label}: {failed} (see the log)")
     return values

@@ -19,11 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from kpi_rollups.catalog import DEFAULT_BAND_EDGES, Direction
+
+if TYPE_CHECKING:
+    from kpi_rollups.eu_aqi import EuAqiHours
 
 Basis = Literal["measurement", "registry"]
 
@@ -63,6 +66,7 @@ class KpiResult:
     label_note: str | None = (
         None  # appended to the data-quality label, e.g. "extrapolated from 40 of 50 meters"
     )
+    eu_aqi: EuAqiHours | None = None  # the station-hours behind an `aqi_eu` value, stored with it
 
 
 class KpiValue(BaseModel):

@@ -50,7 +50,7 @@ INGEST_GRANTS = (
     "SELECT, INSERT, UPDATE, DELETE ON alert_cursors, alert_open",
     "SELECT, INSERT, UPDATE ON sparkplug_sessions",
 )
-KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values, kpi_value_revisions, kpi_pending_days"
+KPI_WRITES = "INSERT, UPDATE, DELETE ON kpi_values, kpi_value_revisions, kpi_pending_days, eu_aqi_hourly"
 
 # Row counts and sizes of every table and chunk (all cities together); a superuser owner takes
 # them from PUBLIC in this database. pg_class.reltuples stays public: clients need pg_class.
@@ -97,6 +97,7 @@ READER_VIEWS: dict[str, str | None] = {
     "kpi_targets": CITY_FILTER,
     "kpi_values": CITY_FILTER,
     "kpi_value_revisions": CITY_FILTER,
+    "eu_aqi_hourly": CITY_FILTER,
     "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
     "alerts": CITY_FILTER,
     "sparkplug_sessions": CITY_FILTER,  # edge nodes and devices online/offline, aliases

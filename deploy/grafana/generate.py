@@ -32,14 +32,10 @@ from grafana_generator.boards.noise import noise  # noqa: E402
 from grafana_generator.boards.overview import overview  # noqa: E402
 from grafana_generator.boards.traffic import traffic  # noqa: E402
 from grafana_generator.boards.water_energy import water_energy  # noqa: E402
-from grafana_generator.model import (  # noqa: E402
-    DATASOURCE_TYPE,
-    DATASOURCE_UID,
-    EU_AQI_UPPER_BOUNDS,
-)
+from grafana_generator.model import DATASOURCE_TYPE, DATASOURCE_UID  # noqa: E402
 from grafana_generator.provisioning import ENV, dashboards_yaml, datasource_yaml  # noqa: E402
 
-__all__ = ["DATASOURCE_TYPE", "DATASOURCE_UID", "ENV", "EU_AQI_UPPER_BOUNDS", "render_all", "stale_files"]
+__all__ = ["DATASOURCE_TYPE", "DATASOURCE_UID", "ENV", "render_all", "stale_files"]
 
 DASHBOARDS = (overview, air, noise, water_energy, traffic, ingestion)
 

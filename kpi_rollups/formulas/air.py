@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from kpi_rollups.eu_aqi import EuAqiHours
 from kpi_rollups.formulas._base import (
     FormulaContext,
     _coverage,
@@ -249,25 +250,24 @@ async def _european_aqi_hourly(ctx: FormulaContext, pollutants: list[str]) -> Kp
             n + (int(r["n"]) if r["bucket"] >= data.start else 0),
         )
     start_us, end_us = to_us(data.start), to_us(data.end)
-    hour_us: list[npt.NDArray[np.int64]] = []
-    band: list[npt.NDArray[np.int8]] = []
-    station: list[npt.NDArray[np.int64]] = []
+    station_series = []
     for (dk, m), (ts, vs, _) in series.items():
         t = np.array(ts, dtype=np.int64)
         v = rolling_mean_hours(t, np.array(vs), 24, 18) if m in EEA_RUNNING_24H else np.array(vs)
         inside = (t >= start_us) & (t < end_us)
-        hour_us.append(t[inside])
-        band.append(european_aqi_band(m, v[inside]))
-        station.append(np.full(int(inside.sum()), dk, dtype=np.int64))
-    hours = np.concatenate(hour_us) if hour_us else np.zeros(0, dtype=np.int64)
-    bands = np.concatenate(band).astype(np.int64) if band else np.zeros(0, dtype=np.int64)
-    uniq, idx = np.unique(hours, return_inverse=True)
+        station_series.append((dk, m, t[inside], european_aqi_band(m, v[inside])))
+    station_hours = EuAqiHours.from_series(data.start, data.end, station_series)
+    uniq, idx = np.unique(station_hours.hour_us, return_inverse=True)
     city_hour = np.zeros(uniq.shape[0], dtype=np.int64)
-    np.maximum.at(city_hour, idx.reshape(-1), bands)  # worst pollutant of the worst station
+    np.maximum.at(city_hour, idx.reshape(-1), station_hours.band)  # worst pollutant of the worst station
     ok = city_hour > 0
     if not ok.any():
-        return KpiResult(component="aqi_eu", not_computable="no hour with a valid European AQI input yet")
-    contributing = {int(dk) for st, b in zip(station, band, strict=True) for dk in st[b > 0].tolist()}
+        return KpiResult(
+            component="aqi_eu",
+            not_computable="no hour with a valid European AQI input yet",
+            eu_aqi=station_hours,
+        )
+    contributing = set(station_hours.device_key.tolist())
     day = _local_days(uniq[ok], period)
     daily: dict[str, float] = {}
     for d, b in zip(day.tolist(), city_hour[ok].tolist(), strict=True):
@@ -292,7 +292,9 @@ async def _european_aqi_hourly(ctx: FormulaContext, pollutants: list[str]) -> Kp
             "averaging": "EEA hourly index: NO2, O3, SO2 hourly means; PM2.5, PM10 24-h running means "
             "(18 of 24 hours)",
             "coverage_so_far": min(1.0, int(ok.sum()) / elapsed_h),
+            "station_hours": "table eu_aqi_hourly",
         },
+        eu_aqi=station_hours,
     )
 
 

@@ -94,6 +94,12 @@ async def two_cities(any_db: str) -> AsyncIterator[TwoCities]:
         await w.write(batch)
     owner = await asyncpg.connect(any_db)
     try:
+        await owner.execute(
+            "INSERT INTO eu_aqi_hourly (city_id, device_key, bucket, pm25, band) "
+            "SELECT city_id, device_key, $1, band, band FROM devices, "
+            "(VALUES ('demo', 2), ('other', 5)) AS v(c, band) WHERE city_id = c",
+            T0,
+        )
         await owner.execute("ANALYZE")  # so pg_stats has histograms to leak
         role = f"reader_demo_{uuid.uuid4().hex[:6]}"
         await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", role)
@@ -111,6 +117,7 @@ async def _reader_sees_only_demo(conn: asyncpg.Connection) -> None:
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM dead_letters")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM sparkplug_sessions")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM city_facts")} == {"demo"}
+    assert [tuple(r) for r in await conn.fetch("SELECT city_id, band FROM eu_aqi_hourly")] == [("demo", 2)]
     assert await conn.fetchval("SELECT max(max) FROM rollup_1m") == max(DEMO_VALUES)
     assert await conn.fetchval("SELECT count(*) FROM ingest_batches") == 0
 

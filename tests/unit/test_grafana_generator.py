@@ -15,7 +15,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,14 +231,19 @@ def test_provisioning_and_dashboards_are_consistent() -> None:
                     assert t["format"] == "time_series"
 
 
-def test_european_aqi_bands_match_the_kernels() -> None:
-    from processors.kernels import european_aqi_band
-
-    for pollutant, bounds in generate.EU_AQI_UPPER_BOUNDS.items():
-        probes = [0.0, *bounds, *(b + 0.01 for b in bounds)]
-        got = european_aqi_band(pollutant, np.array(probes)).tolist()
-        expected = [1, 1, 2, 3, 4, 2, 3, 4, 5]
-        assert got == expected, pollutant
+def test_the_air_dashboard_reads_the_stored_aqi_and_exceedances_instead_of_deriving_them() -> None:
+    """The AQI panels read eu_aqi_hourly (what the kernels computed, stored by the KPI refresh), the
+    exceedances what the air formula counted (kpi_values); no panel recomputes running means,
+    bands or day-validity rules in SQL."""
+    air = next(d for d in dashboards() if d["uid"] == "citykpi-air")
+    aqi = [p for p in query_panels(air) if "European AQI" in p["title"] and "KPI" not in p["title"]]
+    assert len(aqi) == 3
+    for p in aqi:
+        assert all("eu_aqi_hourly" in t["rawSql"] for t in p["targets"])
+    for p in query_panels(air):
+        for t in p["targets"]:
+            assert "23 hours" not in t["rawSql"] and "7 hours" not in t["rawSql"], p["title"]
+            assert "THEN 5" not in t["rawSql"] and "hours >= 18" not in t["rawSql"], p["title"]
 
 
 # --------------------------------------------------------------------------------------------------

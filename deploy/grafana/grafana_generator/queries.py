@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from grafana_generator.model import ALL, EU_AQI_UPPER_BOUNDS, POLLUTANTS, Panel
+from grafana_generator.model import ALL, POLLUTANTS, Panel
 from kpi_rollups.catalog import KpiDefinition
 from kpi_rollups.formulas import checked_catalog
 
@@ -145,56 +145,33 @@ def kpi_stat(title: str, code: str, component: str, label: str, **panel: Any) ->
     return Panel("stat", title, kpi_value(code, component, label), fmt="table", **panel)
 
 
-def eu_band_case(pollutant: str, conc: str) -> str:
-    parts = []
-    for p, bounds in EU_AQI_UPPER_BOUNDS.items():
-        whens = " ".join(f"WHEN {conc} <= {b:g} THEN {i + 1}" for i, b in enumerate(bounds))
-        parts.append(
-            f"    WHEN {lit(p)} THEN CASE WHEN {conc} IS NULL OR {conc} < 0 THEN 0 {whens} ELSE 5 END"
-        )
-    return f"CASE {pollutant}\n" + "\n".join(parts) + "\n  END"
-
-
 def eu_aqi_cte() -> str:
-    """Station-hour European AQI band: worst pollutant; NO2/O3/SO2 hourly means, PM as the 24-h
-    running mean of hourly means (EEA practice). Rows from 23 h before the range start so the
-    running mean is complete at the start; callers filter with $__timeFilter(bucket)."""
+    """Station-hour European AQI bands of the range as the air pollution formula stored them
+    (eu_aqi_hourly: the kernels' sub-indices, PM as 24-h running means of >= 18 valid hours)."""
     return (
-        "WITH h AS (\n"
-        "  SELECT r.bucket, d.device_id, m.name AS pollutant,\n"
-        "    CASE WHEN m.name IN ('pm25', 'pm10') THEN sum(r.sum) OVER w / sum(r.n) OVER w\n"
-        "         ELSE r.sum / r.n END AS conc\n"
-        f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        "  WHERE r.bucket BETWEEN $__timeFrom()::timestamptz - interval '23 hours'\n"
-        "                     AND $__timeTo()::timestamptz\n"
-        f"    AND {metric_in(POLLUTANTS)}\n"
+        "WITH b AS (\n"
+        "  SELECT a.bucket, d.device_id, a.band\n"
+        "  FROM eu_aqi_hourly a\n"
+        "  JOIN devices d ON d.device_key = a.device_key\n"
+        "  WHERE $__timeFilter(a.bucket)\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
-        "  WINDOW w AS (PARTITION BY r.device_key, r.metric_id ORDER BY r.bucket\n"
-        "               RANGE BETWEEN interval '23 hours' PRECEDING AND CURRENT ROW)\n"
-        "), b AS (\n"
-        f"  SELECT bucket, device_id, max({eu_band_case('pollutant', 'conc')}) AS band\n"
-        "  FROM h\n"
-        "  GROUP BY 1, 2\n"
         ")\n"
     )
 
 
 def air_hourly_cte() -> str:
-    """Station-hour means with the 8-h running mean (O3, WHO/EU) and the local day."""
+    """Station-hour means and their local day's mean (a description of the data: the exceedances
+    and indices come from what the formulas stored)."""
     return (
         "WITH hourly AS (\n"
         "  SELECT r.bucket, (r.bucket AT TIME ZONE c.timezone)::date AS day, c.timezone,\n"
-        "    d.device_id, m.name AS pollutant, r.sum / r.n AS conc,\n"
-        "    sum(r.sum) OVER w8 / sum(r.n) OVER w8 AS conc_8h, count(*) OVER w8 AS hours_8h\n"
+        "    d.device_id, m.name AS pollutant, r.sum / r.n AS conc\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
         "  JOIN cities c ON c.city_id = d.city_id\n"
         f"  WHERE $__timeFilter(r.bucket) AND {metric_in(POLLUTANTS)}\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
-        "  WINDOW w8 AS (PARTITION BY r.device_key, r.metric_id ORDER BY r.bucket\n"
-        "                RANGE BETWEEN interval '7 hours' PRECEDING AND CURRENT ROW)\n"
         "), daily AS (\n"
-        "  SELECT day, timezone, device_id, pollutant, avg(conc) AS mean, count(*) AS hours,\n"
-        "    max(conc_8h) FILTER (WHERE hours_8h >= 6) AS max_8h\n"
+        "  SELECT day, timezone, device_id, pollutant, avg(conc) AS mean, count(*) AS hours\n"
         "  FROM hourly\n"
         "  GROUP BY 1, 2, 3, 4\n"
         ")\n"
@@ -210,42 +187,29 @@ def values_table(alias: str, columns: str, rows: Iterable[tuple[str, ...]]) -> s
     return f"(VALUES\n    {body}) AS {alias}({columns})"
 
 
-def exceedance_rules() -> list[tuple[str, ...]]:
-    """(rule, pollutant, statistic, limit, allowed per year) from the catalog's air parameters."""
-    p = AIR.params
-    rules: list[tuple[str, ...]] = []
-    for pol, lim in p["who_24h"].items():
-        rules.append((lit("WHO 2021 24-h mean"), lit(pol), "'mean'", num(float(lim)), "NULL"))
-    rules.append((lit("WHO 2021 max daily 8-h mean"), "'o3'", "'max_8h'", num(float(p["who_o3_8h"])), "NULL"))
-    for pol, lim in p["eu_daily"].items():
-        allowed = p.get("eu_daily_allowed_days", {}).get(pol)
-        rules.append(
-            (
-                lit("EU daily limit"),
-                lit(pol),
-                "'mean'",
-                num(float(lim)),
-                "NULL" if allowed is None else str(allowed),
-            )
-        )
-    for pol, lim in p.get("eu_daily_2030", {}).items():
-        rules.append((lit("EU 2030 daily limit"), lit(pol), "'mean'", num(float(lim)), "NULL"))
-    rules.append(
-        (
-            lit("EU max daily 8-h mean target"),
-            "'o3'",
-            "'max_8h'",
-            num(float(p["eu_o3_8h"])),
-            str(p["eu_o3_8h_allowed_days"]),
-        )
+def air_exceedances() -> str:
+    """Per station, pollutant and rule, the exceedances the air pollution formula counted for the
+    $period (kpi_values.details.stations, see kpi_rollups/formulas/air.py): valid days only (the
+    validity threshold of the period's elapsed hours), 8-h means of >= 6 hours; nothing re-derived."""
+    daily = "CASE WHEN k.component = 'o3' THEN 'max daily 8-h mean' ELSE '24-h mean' END"
+    return (
+        f"WITH latest AS (\n{kpi_latest([AIR.code])}\n)\n"
+        'SELECT s.e->>\'device_id\' AS "station", k.component AS "pollutant", r.rule AS "rule",\n'
+        '  r.lim AS "limit µg/m³", (s.e->>r.field)::int AS "exceedances", r.counted AS "counted in",\n'
+        '  (s.e->>\'valid_days\')::int AS "valid days", r.allowed AS "allowed per year",\n'
+        '  k.period_start AS "period"\n'
+        "FROM latest k\n"
+        "CROSS JOIN LATERAL jsonb_array_elements(k.details->'stations') AS s(e)\n"
+        "CROSS JOIN LATERAL (VALUES\n"
+        f"    ('WHO 2021 ' || {daily}, 'who_exceedance_days', k.details->>'who_threshold', NULL, 'days'),\n"
+        f"    ('EU ' || {daily}, 'eu_exceedance_days', k.details->>'eu_threshold',\n"
+        "     k.details->>'eu_allowed_days', 'days'),\n"
+        "    ('EU 2030 24-h mean', 'eu_2030_exceedance_days', k.details->>'eu_2030_threshold',\n"
+        "     NULL, 'days'),\n"
+        "    ('EU hourly limit', 'eu_hourly_exceedance_hours', k.details->>'eu_hourly_threshold',\n"
+        "     k.details->>'eu_hourly_allowed_hours', 'hours')\n"
+        ") AS r0(rule, field, lim_text, allowed_text, counted)\n"
+        "CROSS JOIN LATERAL (SELECT r0.*, r0.lim_text::float8 AS lim, r0.allowed_text::int AS allowed) AS r\n"
+        "WHERE s.e ? r.field\n"
+        "ORDER BY 1, 2, 3"
     )
-    rules.append(
-        (
-            lit("EU hourly limit"),
-            "'no2'",
-            "'hour'",
-            num(float(p["eu_no2_hourly"])),
-            str(p["eu_no2_hourly_allowed_hours"]),
-        )
-    )
-    return rules

@@ -7,10 +7,11 @@ from grafana_generator.queries import (
     AIR,
     DEVICE_FILTER,
     ROLLUP_1H,
+    air_exceedances,
     air_hourly_cte,
     eu_aqi_cte,
-    exceedance_rules,
     hourly_series,
+    kpi_latest,
     kpi_stat,
     kpi_table,
     lit,
@@ -53,19 +54,18 @@ def air() -> Dashboard:
         eu_aqi_cte()
         + 'SELECT $__timeGroupAlias(bucket, $__interval), device_id AS metric, max(band) AS "band"\n'
         "FROM b\n"
-        "WHERE $__timeFilter(bucket)\n"
         "GROUP BY 1, 2\n"
         "ORDER BY 1, 2"
     )
     aqi_now = (
         eu_aqi_cte() + 'SELECT max(band) AS "European AQI"\n'
         "FROM b\n"
-        "WHERE bucket = (SELECT max(bucket) FROM b WHERE $__timeFilter(bucket))"
+        "WHERE bucket = (SELECT max(bucket) FROM b)"
     )
     aqi_by_station = (
         eu_aqi_cte() + 'SELECT device_id AS "station", band AS "European AQI"\n'
         "FROM b\n"
-        "WHERE bucket = (SELECT max(bucket) FROM b WHERE $__timeFilter(bucket))\n"
+        "WHERE bucket = (SELECT max(bucket) FROM b)\n"
         "ORDER BY 1"
     )
     guidelines = values_table("g", "pollutant, lim", [(lit(p), num(v)) for p, v in who_24h().items()])
@@ -88,30 +88,14 @@ def air() -> Dashboard:
         "GROUP BY 1, 2, g.lim\n"
         "ORDER BY 1 DESC, 2"
     )
-    rules = values_table("ru", "rule, pollutant, stat, lim, allowed", exceedance_rules())
-    exceedances = (
-        air_hourly_cte()
-        + 'SELECT dl.device_id AS "station", ru.pollutant AS "pollutant", ru.rule AS "rule",\n'
-        '  ru.lim AS "limit µg/m³",\n'
-        "  CASE WHEN ru.stat = 'hour'\n"
-        "       THEN (SELECT count(*) FROM hourly x WHERE x.device_id = dl.device_id\n"
-        "               AND x.pollutant = ru.pollutant AND x.conc > ru.lim)\n"
-        "       ELSE count(*) FILTER (WHERE dl.hours >= 18\n"
-        "         AND CASE ru.stat WHEN 'mean' THEN dl.mean ELSE dl.max_8h END > ru.lim)\n"
-        '  END AS "exceedances",\n'
-        "  CASE WHEN ru.stat = 'hour' THEN 'hours' ELSE 'days' END AS \"counted in\",\n"
-        '  count(*) FILTER (WHERE dl.hours >= 18) AS "valid days", ru.allowed AS "allowed per year"\n'
-        "FROM daily dl\n"
-        f"JOIN {rules} ON ru.pollutant = dl.pollutant\n"
-        "GROUP BY dl.device_id, ru.pollutant, ru.rule, ru.lim, ru.stat, ru.allowed\n"
-        "ORDER BY 1, 2, 3"
-    )
+    exceedances = air_exceedances()
     who_days = (
-        air_hourly_cte() + "SELECT dl.device_id || ' · ' || dl.pollutant AS \"station · pollutant\",\n"
-        '  count(*) FILTER (WHERE dl.hours >= 18 AND dl.mean > g.lim) AS "days above"\n'
-        "FROM daily dl\n"
-        f"JOIN {guidelines} ON g.pollutant = dl.pollutant\n"
-        "GROUP BY 1\n"
+        f"WITH latest AS (\n{kpi_latest([AIR.code])}\n)\n"
+        "SELECT s.e->>'device_id' || ' · ' || k.component AS \"station · pollutant\",\n"
+        "  (s.e->>'who_exceedance_days')::int AS \"days above\"\n"
+        "FROM latest k\n"
+        "CROSS JOIN LATERAL jsonb_array_elements(k.details->'stations') AS s(e)\n"
+        "WHERE k.component IN (" + ", ".join(lit(p) for p in who_24h()) + ")\n"
         "ORDER BY 1"
     )
     return Dashboard(
@@ -132,9 +116,10 @@ def air() -> Dashboard:
                 h=6,
                 mappings=AQI_MAPPINGS,
                 thresholds=[{"color": "text", "value": None}],
-                description="Worst pollutant band of the worst station in the newest hour of the range. "
-                "NO2/O3/SO2 hourly means, PM2.5/PM10 24-h running means; bands as in "
-                "processors.kernels.european_aqi_band.",
+                description="Worst pollutant band of the worst station in the newest hour of the range "
+                "that has one. NO2/O3/SO2 hourly means, PM2.5/PM10 24-h running means (18 of 24 hours), "
+                "banded by processors.kernels.european_aqi_band and stored by the KPI refresh "
+                "(eu_aqi_hourly): as new as the last refresh.",
             ),
             Panel(
                 "bargauge",
@@ -227,17 +212,18 @@ def air() -> Dashboard:
             ),
             Panel(
                 "table",
-                "Exceedances in the range: WHO 2021 guidelines and EU limit values",
+                "Exceedances in the $period: WHO 2021 guidelines and EU limit values",
                 exceedances,
                 fmt="table",
                 w=16,
                 h=10,
-                description="Days count only valid days (>= 18 hourly means, 75 %); 8-h means need 6 of 8 "
-                "hours. 'Allowed per year' is the EU number of permitted exceedances.",
+                description="As the air pollution KPI counted them (kpi_values details, "
+                "kpi_rollups/formulas/air.py): valid days only (75 % of the day's hours), 8-h means of "
+                ">= 6 hours. 'Allowed per year' is the EU number of permitted exceedances.",
             ),
             Panel(
                 "bargauge",
-                "Days above the WHO 24-h guideline",
+                "Days above the WHO 24-h guideline ($period)",
                 who_days,
                 fmt="table",
                 w=8,
