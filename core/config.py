@@ -161,6 +161,13 @@ class MqttSettings(BaseModel):
     reconnect_max_s: float = Field(
         5.0, gt=0, description="cap of the jittered exponential reconnect backoff (first retry within 1 s)"
     )
+    sparkplug_rebirth_s: float = Field(
+        60.0,
+        ge=0,
+        description="ask a Sparkplug B edge node whose DATA could not be read (no BIRTH, a seq gap) to "
+        "send its BIRTH again (NCMD Node Control/Rebirth), at most once per node in this many seconds; "
+        "0 = never",
+    )
     startup_wait_s: float = Field(
         5.0, ge=0, description="start-up waits this long for the first SUBACK, then goes on in the background"
     )

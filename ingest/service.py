@@ -96,6 +96,7 @@ class Service:
 
     def _start_jobs(self) -> None:
         from ingest.alert_notify import AlertNotifier
+        from ingest.rebirths import rebirth_loop
         from kpi_rollups.refresh import kpi_refresh_loop
         from processors.alerts import alerts_loop
         from processors.quality import quality_loop
@@ -108,6 +109,14 @@ class Service:
             sup.restarting("citykpi-quality", lambda: quality_loop(settings))
         if settings.kpi_refresh_interval_s > 0:
             sup.restarting("citykpi-kpi-refresh", lambda: kpi_refresh_loop(settings))
+        mqtt = settings.mqtt
+        if (
+            mqtt.enabled
+            and mqtt.sparkplug_rebirth_s > 0
+            and any(r.format == "sparkplug-b" for r in mqtt.routes)
+        ):
+            sessions = self.pipeline.sparkplug
+            sup.restarting("citykpi-sparkplug-rebirth", lambda: rebirth_loop(mqtt, sessions))
         if settings.alerts.enabled:
             notifier = AlertNotifier(settings.alerts, settings.mqtt)
             notify = notifier if notifier.enabled else None

@@ -7,7 +7,9 @@ import asyncio
 import time
 
 import asyncpg
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from core.config import Settings
 from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
@@ -199,3 +201,37 @@ async def test_hostile_sparkplug_payloads_are_dead_lettered_and_their_neighbours
     ]
     assert (await stored(tsdb))[(DEVICE, "water_level")] == [-0.03, -0.02, -0.01]
     assert (await sessions(tsdb))[""][0] is True  # the stale NDEATH left the node online
+
+
+async def test_data_before_birth_sends_one_ncmd_rebirth_to_that_edge_node(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    """The host asks the node for its BIRTH (NCMD `Node Control/Rebirth` = true), once per
+    `sparkplug_rebirth_s` however many unreadable DATA it sends; a node that was born is not asked."""
+    received: list[tuple[str, bytes]] = []
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="i16s-edge-node")
+    listener.on_message = lambda _c, _u, m: received.append((m.topic, m.payload))
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.subscribe("spBv1.0/+/NCMD/#", qos=1)
+    listener.loop_start()
+    service = Service(sparkplug_settings(tsdb, mosquitto.port))
+    await service.start()
+    try:
+        born = SimMessage(sp.topic("NBIRTH", node="born-node", group=GROUP), sp.nbirth(t=T))
+        await publish(mosquitto.port, [born])
+        await publish(mosquitto.port, [msg("DDATA", sp.ddata(seq=i, t=T + i), sp.DEVICE) for i in range(3)])
+        assert await until(tsdb, "SELECT count(*) FROM dead_letters", 3) == 3
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # a second request would have been published by now
+    finally:
+        await service.stop()
+        listener.loop_stop()
+        listener.disconnect()
+    assert [t for t, _p in received] == [sp.topic("NCMD", group=GROUP)]
+    command = pb.Payload()
+    command.ParseFromString(received[0][1])
+    assert [(m.name, m.datatype, m.boolean_value) for m in command.metrics] == [
+        ("Node Control/Rebirth", pb.Boolean, True)
+    ]
