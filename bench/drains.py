@@ -1,9 +1,10 @@
-"""The two reference MQTT consumers of bench/peers.py, each run as its own process so its peak RSS
-is its own: `python -m bench.drains bare|naive PORT CLIENT_ID MESSAGES [DSN]` or
+"""The reference consumers of bench/peers.py, each run as its own process so its peak RSS
+is its own: `python -m bench.drains bare|network|naive PORT CLIENT_ID MESSAGES [DSN]` or
 `python -m bench.drains kafka-bare BOOTSTRAP TOPIC MESSAGES`.
 
 * bare: paho draining its persistent session's QoS 1 backlog and counting (the Python MQTT limit);
 * naive: paho callback -> json.loads -> one INSERT per message (auto-ack, nothing batched);
+* network: citykpi's MQTT network loop alone (paho with its lean receive path), acking each batch;
 * kafka-bare: aiokafka fetching a topic from the start in a new group and counting (no decoding).
 
 Prints one JSON line: messages, seconds from connect to the last message handled, CPU seconds and
@@ -91,6 +92,42 @@ def naive(port: int, client_id: str, n: int, dsn: str) -> tuple[float, float, fl
     return asyncio.run(run())
 
 
+def network_loop(port: int, client_id: str, n: int) -> tuple[float, float, float]:
+    """citykpi's MQTT network loop (ingest/mqtt/network.py) alone: batches acked as they arrive."""
+    from multiprocessing import Pipe
+
+    from ingest.mqtt.network import NetworkConfig, NetworkLoop
+
+    config = NetworkConfig(
+        host="127.0.0.1",
+        port=port,
+        client_id=client_id,
+        protocol="3.1.1",
+        clean_start=False,
+        session_expiry_s=3600,
+        qos=1,
+        subscriptions=["city/+/json/+"],
+        keepalive_s=30,
+        reconnect_max_s=1.0,
+        max_inflight=20000,
+        max_held_bytes=64 << 20,
+    )
+    conn, loop_end = Pipe()
+    loop = threading.Thread(target=NetworkLoop(config, loop_end).run)
+    t0, cpu0, wait0 = time.perf_counter(), cpu_s(), runqueue_wait_s()
+    loop.start()
+    seen = 0
+    while seen < n:
+        item = conn.recv()
+        if item[0] == "batch":
+            seen += len(item[4])
+            conn.send(("ack", item[1]))
+    seconds, cpu, wait = time.perf_counter() - t0, cpu_s() - cpu0, runqueue_wait_s() - wait0
+    conn.send(("close",))
+    loop.join(10)
+    return seconds, cpu, wait
+
+
 def kafka_bare(bootstrap: str, topic: str, n: int) -> tuple[float, float, float]:
     import asyncio
 
@@ -117,6 +154,8 @@ if __name__ == "__main__":
     kind, where, client_id, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     if kind == "bare":
         seconds, cpu, wait = bare(int(where), client_id, n)
+    elif kind == "network":
+        seconds, cpu, wait = network_loop(int(where), client_id, n)
     elif kind == "naive":
         seconds, cpu, wait = naive(int(where), client_id, n, sys.argv[5])
     else:

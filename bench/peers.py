@@ -14,6 +14,8 @@ process, one after the other, on the same cores and the same TimescaleDB:
   batch delay); built once from the Go module proxy into ~/.cache/citykpi/telegraf (skipped, and
   said so, when Go or the build fails);
 * bare paho draining and counting (bench/drains.py: the Python MQTT limit);
+* citykpi's network loop alone, acking each batch as it arrives (its lean paho: citykpi's MQTT
+  ceiling when its decode and write keep up);
 * naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`.
 
 Kafka, the same backlog on a new 3-partition topic of the local stack's broker: citykpi `run` with a
@@ -392,7 +394,7 @@ async def mqtt_round(
     """Every MQTT consumer on one backlog, each pinned to the first `cores` CPUs (None: unpinned);
     the naive drain only when `naive_n`."""
     tag = uuid.uuid4().hex[:6]
-    names = [*MQTT_VARIANTS, "telegraf", "bare", *(["naive"] if naive_n else [])]
+    names = [*MQTT_VARIANTS, "telegraf", "bare", "network", *(["naive"] if naive_n else [])]
     ids = {k: f"peer-{k.replace('_', '-')}-{tag}" for k in names}
     for cid in ids.values():
         open_session(port, cid)
@@ -411,6 +413,9 @@ async def mqtt_round(
         conf = telegraf_mqtt_config(port, ids["telegraf"], dsn)
         out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log, variants, cores)
         out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", str(port), ids["bare"], n, "", cores)
+        out["network_loop"] = await asyncio.to_thread(
+            run_drain, "network", str(port), ids["network"], n, "", cores
+        )
         if naive_n:
             out["naive"] = await asyncio.to_thread(
                 run_drain, "naive", str(port), ids["naive"], naive_n, dsn, cores
