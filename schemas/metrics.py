@@ -104,14 +104,6 @@ _CATALOG = (
 METRICS: dict[str, Metric] = {m.name: m for m in _CATALOG}
 
 
-def get_metric(name: str) -> Metric:
-    """The catalog entry for a canonical metric name; KeyError names the known metrics."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(METRICS))}") from None
-
-
 # The one metric-name alias table, keyed by the folded spelling (see `_fold`). Format-specific
 # vocabularies that clash with ordinary words (Sensor.Community's P1 = PM10) stay in their decoder.
 _NAME_ALIASES: dict[str, str] = {

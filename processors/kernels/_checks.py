@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import numpy.typing as npt
 
@@ -22,9 +20,6 @@ HOUR_US = 3_600_000_000
 
 
 DAY_US = 86_400_000_000
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _int64_1d(name: str, data: npt.ArrayLike) -> I64:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.metrics import METRICS, Metric, canonical_metric_name, get_metric
+from schemas.metrics import METRICS, Metric, canonical_metric_name
 from schemas.units import UNIT_ALIASES
 
 EXPECTED_UNITS = {
@@ -60,12 +60,6 @@ def test_metric_is_frozen_and_validated() -> None:
         Metric("x", "1", "space", "linear", 0, 1, "")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="aggregation"):
         Metric("x", "1", "air", "median", 0, 1, "")  # type: ignore[arg-type]
-
-
-def test_get_metric() -> None:
-    assert get_metric("no2") is METRICS["no2"]
-    with pytest.raises(KeyError, match=r"unknown metric 'pm2\.5'.*pm25"):
-        get_metric("pm2.5")
 
 
 @pytest.mark.parametrize(
