@@ -1,9 +1,12 @@
 """The U4SSC city profile: a self-contained HTML page (inline CSS and SVG, no script, no network)
 and the same content as Markdown.
 
-Layout: dimensions -> sub-dimension and category -> KPI cards; each KPI lists its components with
-value, unit, target, score and band, data coverage, validity, the U4SSC data-quality label and a
-sparkline of its monthly series within the year (daily when fewer than two months have values).
+Layout: the SDG section (goal -> target -> the KPIs serving it: value, target, score band and the
+annual values of every year in the database), then dimensions -> sub-dimension and category -> KPI
+cards; each KPI lists its components with value, unit, target, score and band, data coverage,
+validity, the U4SSC data-quality label and a small chart of its monthly values, months of the year
+across, one line per year present. The Markdown carries a text sparkline of the year's months
+(days when fewer than two months have values).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncpg
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.catalog import KpiDefinition, SdgLink
 from kpi_rollups.formulas import checked_catalog
 from kpi_rollups.periods import Period, periods_in
 from kpi_rollups.refresh import UnknownCityError, refresh_kpis
@@ -28,6 +31,8 @@ from kpi_rollups.values import band_index, fmt_value
 
 BAND_COLOURS = {0: "#9aa3ad", 1: "#c8423b", 2: "#e08a2e", 3: "#c9a527", 4: "#2e8b57"}
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+YEAR_COLOURS = ("#2b6cb0", "#e08a2e", "#2e8b57", "#8e44ad", "#7f8c8d")  # newest year first
+MONTH_INITIALS = tuple("JFMAMJJASOND")
 
 
 @dataclass
@@ -48,6 +53,31 @@ class Row:
     note: str
     series: list[tuple[str, float | None]] = field(default_factory=list)
     series_kind: str = "month"
+    months_by_year: dict[int, list[float | None]] = field(default_factory=dict)
+    annual: list[tuple[int, float | None]] = field(default_factory=list)
+
+
+@dataclass
+class SdgRow:
+    """A KPI serving a SDG target, with its row of the year (None when nothing is stored)."""
+
+    kpi: KpiDefinition
+    link: SdgLink
+    row: Row | None
+
+
+@dataclass
+class SdgTarget:
+    target: str
+    title: str
+    rows: list[SdgRow]
+
+
+@dataclass
+class SdgGoal:
+    goal: str
+    title: str
+    targets: list[SdgTarget]
 
 
 @dataclass
@@ -64,6 +94,7 @@ class CityProfile:
     year: int
     generated_at: datetime
     blocks: list[KpiBlock]
+    sdg: list[SdgGoal] = field(default_factory=list)
 
     def by_dimension(self) -> dict[str, dict[str, list[KpiBlock]]]:
         """dimension -> "sub-dimension › category" -> KPIs, in catalog order, sub-dimensions together."""
@@ -110,6 +141,7 @@ async def build_profile(
         date(year, 1, 1),
         date(year + 1, 1, 1),
     )
+    months_by_year, annual = await _history(conn, city_id, year)
     series: dict[tuple[str, str, str, str], list[tuple[str, float | None]]] = {}
     year_rows: dict[str, list[asyncpg.Record]] = {}
     for r in rows:
@@ -144,6 +176,7 @@ async def build_profile(
             year_rows.get(kpi.code, []), key=lambda r: (order.get(r["component"], 99), r["area_id"])
         ):
             comp = kpi.component(r["component"]) if kpi.has_component(r["component"]) else None
+            key = (kpi.code, r["component"], r["area_id"])
             months = _on_axis(series.get((kpi.code, r["component"], r["area_id"], "month"), []), month_axis)
             days = _on_axis(series.get((kpi.code, r["component"], r["area_id"], "day"), []), day_axis)
             use_days = sum(v is not None for _, v in months) < 2 and sum(v is not None for _, v in days) >= 2
@@ -169,6 +202,8 @@ async def build_profile(
                     note=str(details.get("not_computable") or details.get("warning") or ""),
                     series=days if use_days else months,
                     series_kind="day" if use_days else "month",
+                    months_by_year=months_by_year.get(key, {}),
+                    annual=sorted(annual.get(key, {}).items()),
                 )
             )
         if not out_rows:
@@ -191,7 +226,51 @@ async def build_profile(
                 )
             )
         blocks.append(KpiBlock(kpi, out_rows))
-    return CityProfile(city_id, city["name"], tz, year, now, blocks)
+    return CityProfile(city_id, city["name"], tz, year, now, blocks, _sdg_goals(blocks))
+
+
+async def _history(
+    conn: asyncpg.Connection, city_id: str, year: int
+) -> tuple[
+    dict[tuple[str, str, str], dict[int, list[float | None]]],
+    dict[tuple[str, str, str], dict[int, float | None]],
+]:
+    """Every stored year up to `year`: monthly values by year (12 slots) and annual values, per
+    (KPI, component, area)."""
+    rows = await conn.fetch(
+        """SELECT kpi_code, component, area_id, period_kind, period_start, value FROM kpi_values
+           WHERE city_id = $1 AND period_kind IN ('month', 'year') AND period_start < $2""",
+        city_id,
+        date(year + 1, 1, 1),
+    )
+    months: dict[tuple[str, str, str], dict[int, list[float | None]]] = {}
+    annual: dict[tuple[str, str, str], dict[int, float | None]] = {}
+    for r in rows:
+        key, start = (r["kpi_code"], r["component"], r["area_id"]), r["period_start"]
+        if r["period_kind"] == "year":
+            annual.setdefault(key, {})[start.year] = r["value"]
+        else:
+            months.setdefault(key, {}).setdefault(start.year, [None] * 12)[start.month - 1] = r["value"]
+    return months, annual
+
+
+def _sdg_goals(blocks: list[KpiBlock]) -> list[SdgGoal]:
+    """Goal -> target -> the KPIs linked to it (catalog `sdg`), each with its city-wide row."""
+    catalog = checked_catalog()
+    by_target: dict[str, list[SdgRow]] = {}
+    for b in blocks:
+        for link in b.kpi.sdg:
+            row = next((r for r in b.rows if r.component == link.component and not r.area_id), None)
+            by_target.setdefault(link.target, []).append(SdgRow(b.kpi, link, row))
+
+    def number(code: str) -> tuple[int, ...]:
+        return tuple(int(p) if p.isdigit() else 99 for p in code.split("."))
+
+    goals: dict[str, list[SdgTarget]] = {}
+    for target in sorted(by_target, key=number):
+        goal = target.split(".")[0]
+        goals.setdefault(goal, []).append(SdgTarget(target, catalog.sdg_targets[target], by_target[target]))
+    return [SdgGoal(g, catalog.sdg_goals[g], targets) for g, targets in goals.items()]
 
 
 def _on_axis(points: list[tuple[str, float | None]], axis: list[str]) -> list[tuple[str, float | None]]:
@@ -211,46 +290,96 @@ _TEMPLATES = Environment(
 
 
 @dataclass(frozen=True)
-class _SparkLine:
+class _ChartLine:
+    label: str
+    colour: str
     path: str
-    last_x: float
-    last_y: float
-    tip: str
+    points: list[tuple[float, float, str]]  # x, y, tooltip
 
 
-def _spark_line(
-    points: Sequence[tuple[str, float | None]], title: str, width: int, height: int
-) -> _SparkLine | None:
-    """The SVG path of the series (gaps where a value is missing), its last point and its tooltip."""
-    vals = [(i, v) for i, (_, v) in enumerate(points) if v is not None and math.isfinite(v)]
-    if not vals:
+@dataclass(frozen=True)
+class _Chart:
+    width: int
+    height: int
+    left: float
+    right: float
+    top: float
+    bottom: float
+    lines: list[_ChartLine]
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+    target_y: float | None
+    title: str
+
+
+def _chart(
+    lines: Sequence[tuple[str, Sequence[float | None]]],
+    x_labels: Sequence[str],
+    target: float | None,
+    title: str,
+    width: int,
+    height: int,
+) -> _Chart | None:
+    """Geometry of a small line chart: x = the labels (months, years), one line per series
+    (newest first gets the first colour), the y range spanning the values and the target."""
+    values = [v for _, vs in lines for v in vs if v is not None and math.isfinite(v)]
+    if not values:
         return None
-    lo = min(v for _, v in vals)
-    hi = max(v for _, v in vals)
-    pad = 4.0
-    n = max(1, len(points) - 1)
+    span = [*values, *([target] if target is not None and math.isfinite(target) else [])]
+    lo, hi = min(span), max(span)
+    if hi == lo:
+        lo, hi = lo - (abs(lo) * 0.1 or 1.0), hi + (abs(hi) * 0.1 or 1.0)
+    left, right, top, bottom = 34.0, width - 4.0, 13.0, height - 11.0
+    n = max(1, len(x_labels))
 
-    def xy(i: int, v: float) -> tuple[float, float]:
-        x = pad + (width - 2 * pad) * (i / n if len(points) > 1 else 0.5)
-        y = height / 2 if hi == lo else height - pad - (v - lo) / (hi - lo) * (height - 2 * pad)
-        return x, y
+    def x(i: int) -> float:
+        return left + (right - left) * (i + 0.5) / n
 
-    path, prev = [], None
-    for i, v in vals:
-        x, y = xy(i, v)
-        path.append(f"{'L' if prev == i - 1 else 'M'}{x:.1f},{y:.1f}")
-        prev = i
-    lx, ly = xy(*vals[-1])
-    tip = f"{title}: {points[0][0]} – {points[-1][0]}, min {lo:.4g}, max {hi:.4g}"
-    return _SparkLine(" ".join(path), lx, ly, tip)
+    def y(v: float) -> float:
+        return bottom - (v - lo) / (hi - lo) * (bottom - top)
+
+    drawn = []
+    for k, (label, vs) in enumerate(lines):
+        parts, points, prev = [], [], None
+        for i, v in enumerate(vs):
+            if v is None or not math.isfinite(v):
+                continue
+            parts.append(f"{'L' if prev == i - 1 else 'M'}{x(i):.1f},{y(v):.1f}")
+            points.append((x(i), y(v), f"{label} {x_labels[i]}: {fmt_value(v)}"))
+            prev = i
+        drawn.append(_ChartLine(label, YEAR_COLOURS[k % len(YEAR_COLOURS)], " ".join(parts), points))
+    return _Chart(
+        width,
+        height,
+        left,
+        right,
+        top,
+        bottom,
+        drawn,
+        [(x(i), lab) for i, lab in enumerate(x_labels)],
+        [(y(hi), f"{hi:.3g}"), (y(lo), f"{lo:.3g}")],
+        y(target) if target is not None and math.isfinite(target) else None,
+        title,
+    )
 
 
-def sparkline_svg(
-    points: Sequence[tuple[str, float | None]], title: str, width: int = 120, height: int = 30
-) -> Markup:
-    """Inline SVG line of the series, last point marked (title escaped)."""
-    line = _spark_line(points, title, width, height)
-    return Markup(_TEMPLATES.get_template("sparkline.svg.j2").render(line=line, width=width, height=height))
+def _chart_svg(chart: _Chart | None, width: int, height: int) -> Markup:
+    return Markup(_TEMPLATES.get_template("chart.svg.j2").render(chart=chart, width=width, height=height))
+
+
+def monthly_chart_svg(row: Row, title: str, width: int = 236, height: int = 74) -> Markup:
+    """The row's monthly values, months of the year across, one line per year present (newest
+    first in the legend); the target dashed."""
+    years = sorted(row.months_by_year, reverse=True)
+    lines = [(str(y), row.months_by_year[y]) for y in years]
+    return _chart_svg(_chart(lines, MONTH_INITIALS, row.target, title, width, height), width, height)
+
+
+def annual_chart_svg(row: Row, title: str, width: int = 176, height: int = 60) -> Markup:
+    """The row's annual values over the years present in the database."""
+    lines = [("annual", [v for _, v in row.annual])]
+    labels = [str(y) for y, _ in row.annual]
+    return _chart_svg(_chart(lines, labels, row.target, title, width, height), width, height)
 
 
 def sparkline_text(points: Sequence[tuple[str, float | None]]) -> str:
@@ -268,6 +397,14 @@ def sparkline_text(points: Sequence[tuple[str, float | None]]) -> str:
     return "".join(out)
 
 
+def _quantity(value: float | None, unit: str) -> tuple[str, str]:
+    """(number, unit as shown) of a KPI value, so a long unit can go on its own line."""
+    text = fmt_value(value, unit)
+    if unit and text.endswith(f" {unit}"):
+        return text[: -len(unit) - 1], unit
+    return text, ""
+
+
 def _markdown_cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -276,9 +413,11 @@ _TEMPLATES.filters.update(
     fmt=fmt_value,
     band_colour=lambda band: BAND_COLOURS[band_index(band)],
     cell=_markdown_cell,
+    quantity=_quantity,
+    join_year=lambda year_value: f"{year_value[0]}: {fmt_value(year_value[1])}",
     spark_text=sparkline_text,
 )
-_TEMPLATES.globals["sparkline"] = sparkline_svg
+_TEMPLATES.globals.update(monthly_chart=monthly_chart_svg, annual_chart=annual_chart_svg)
 
 
 def render_html(profile: CityProfile) -> str:

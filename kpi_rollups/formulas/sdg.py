@@ -3,8 +3,9 @@
 SDG 11.6.2 (UN metadata, custodian WHO): annual mean level of fine particulate matter (PM2.5) in
 cities, population-weighted. citykpi computes it at city level from the registry's areas:
 - a station counts when its data capture of the elapsed period is at least the validity threshold
-  (75 % by default: the WHO ambient air quality database's completeness criterion), so a sensor
-  that reported a few hours does not stand for its area;
+  (75 % by default, the WHO ambient air quality database's completeness criterion) of the
+  best-covered station's, so a sensor that reported a few hours does not stand for its area while
+  a period in progress still gets a (not yet valid) value;
 - an area's level is the mean of its counted stations' means (each the mean of its hourly means);
 - the city's level is the mean of the area levels weighted by the areas' populations;
 - its coverage is the share of the registered areas' population living in an area with a counted
@@ -28,8 +29,9 @@ def pm25_population_weighted(ctx: FormulaContext, stations: list[dict[str, Any]]
     """SDG 11.6.2 from the PM2.5 station rows of the air KPI (device_id, area_id, mean, readings,
     coverage, coverage_so_far); see the module docstring for the rule."""
     threshold = ctx.threshold
-    counted = [s for s in stations if s["coverage_so_far"] >= threshold]
-    below = sorted(s["device_id"] for s in stations if s["coverage_so_far"] < threshold)
+    best = max((s["coverage_so_far"] for s in stations), default=0.0)
+    counted = [s for s in stations if s["coverage_so_far"] > 0 and s["coverage_so_far"] >= threshold * best]
+    below = sorted(s["device_id"] for s in stations if s not in counted)
     areas = ctx.registry.areas
     pops = {a: float(info.population) for a, info in areas.items() if info.population}
     by_area: dict[str, list[dict[str, Any]]] = {}
@@ -39,7 +41,7 @@ def pm25_population_weighted(ctx: FormulaContext, stations: list[dict[str, Any]]
     used = [s for a in levels for s in by_area[a]]
     details: dict[str, Any] = {
         "indicator": "SDG 11.6.2: annual mean PM2.5 in cities, population-weighted (UN metadata, WHO)",
-        "station_rule": f"data capture of the elapsed period >= {threshold:g}",
+        "station_rule": f"capture of the elapsed period >= {threshold:g} x the best station's ({best:.3g})",
         "stations_below_capture_rule": below,
         "stations_without_area": sorted(s["device_id"] for s in counted if not s["area_id"]),
         "areas_without_population": sorted(a for a in by_area if a and a not in pops),

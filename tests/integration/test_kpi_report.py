@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as html_lib
+import json
 import re
 import shutil
 import subprocess
@@ -28,6 +30,14 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 DAYS = [date(2025, 6, 10), date(2025, 6, 11), date(2025, 6, 12)]
+EARLIER = [date(2024, 10, 8), date(2024, 11, 12), date(2025, 5, 20)]  # other months, and a 2nd year
+# city a from 2024, its air stations in areas (centre 600 inhabitants, park 400) for SDG 11.6.2
+REGISTRY = REGISTRY_A.replace("valid_from = 2025-01-01", "valid_from = 2024-01-01").replace(
+    'device_ids = ["air-1", "air-2", ', "device_ids = ["
+) + "".join(
+    f'[[devices]]\ndevice_id = "{dev}"\narea_id = "{area}"\nexpected_interval_s = 3600\n'
+    for dev, area in (("air-1", "centre"), ("air-2", "park"))
+)
 
 
 def chromium() -> str | None:
@@ -35,10 +45,14 @@ def chromium() -> str | None:
 
 
 async def _report(dsn: str, tmp_path: Path) -> tuple[Path, Path]:
-    await import_text(dsn, tmp_path, REGISTRY_A)
+    await import_text(dsn, tmp_path, REGISTRY)
     await write(dsn, *(city_a_batch(day=d) for d in DAYS))
-    for d in DAYS:  # daily values give the sparklines a series
+    for d in DAYS:  # daily values give the Markdown sparklines a series
         await refresh_kpis(dsn, "a", "day", d, now=NOW)
+    await write(dsn, *(city_a_batch(day=d) for d in EARLIER))
+    for d in EARLIER:
+        await refresh_kpis(dsn, "a", "month", d, now=NOW)
+    await refresh_kpis(dsn, "a", "year", EARLIER[0], now=NOW)
     return await write_report(dsn, "a", 2025, tmp_path / "out", now=NOW)
 
 
@@ -56,11 +70,42 @@ async def test_report_is_self_contained_and_lists_every_kpi(tsdb: str, tmp_path:
     for heading in ("Economy", "Environment"):
         assert f"<h2>{heading}</h2>" in html and f"## {heading}" in md
     # values, targets, bands and labels made it in (PM2.5 15 µg/m³ vs 5, band 33-66 %)
-    assert "15.00 µg/m³" in html and "33-66%" in html
-    assert "0.6 L/inhabitant/day" in html  # 3 whole days of 2 meters at 0.3 m3/day, 1000 inhabitants
+    assert '<span class="q">15.00</span><span class="u">µg/m³</span>' in html and "33-66%" in html
+    # 2 meters at 0.3 m3/day, 1000 inhabitants; the unit on its own line, under the number
+    assert '<span class="q">0.6</span><span class="u">L/inhabitant/day</span>' in html
     assert "Partial measurements (period in progress)" in html  # 2025 is not over on 1 July
     assert "| PM2.5 | 15.00 µg/m³ | 5.00 µg/m³ | 33 % | 33-66% |" in md
-    assert "▁" in md or "█" in md  # text sparklines from the daily series
+    assert "▁" in md or "█" in md  # text sparklines from the monthly series (May and June)
+
+
+async def test_report_groups_the_kpis_by_sdg_goal_and_target_with_their_years(
+    tsdb: str, tmp_path: Path
+) -> None:
+    """The SDG section: SDG 11 -> target 11.6 -> air pollution through indicator 11.6.2, noise
+    exposure (link unconfirmed); annual values of 2024 and 2025 as the trend; every catalog link
+    appears once. SDG 11.6.2: air-1 (PM2.5 10 µg/m³) in centre (600 inhabitants), air-2 (20) in
+    park (400): (600 x 10 + 400 x 20) / 1000 = 14.0 µg/m³ in both years."""
+    html_path, md_path = await _report(tsdb, tmp_path)
+    html, md = html_path.read_text(), md_path.read_text()
+    start = html.index('<section class="sdg"')
+    sdg_html = html[start : html.index("</section>", start)]
+    sdg_md = md[md.index("## Sustainable Development Goals") : md.index("## Economy")]
+    catalog = checked_catalog()
+    for kpi in catalog.kpi:
+        for link in kpi.sdg:
+            assert f'id="sdg-{link.target}"' in sdg_html and f"**Target {link.target}**" in sdg_md
+            assert sdg_html.count(f'href="#{kpi.slug}"') == len(kpi.sdg), kpi.code
+    assert "<h3>SDG 11 — Sustainable cities and communities</h3>" in sdg_html
+    assert "through SDG indicator 11.6.2" in sdg_html and "link unconfirmed" in sdg_html
+    # noise exposure: 60 % of inhabitants above 55 dB in both years (same days' levels)
+    lines = sdg_md.splitlines()
+    noise = next(line for line in lines if line.startswith("| Noise exposure"))
+    assert "2024: 60.00 · 2025: 60.00" in noise and "link unconfirmed" in noise
+    air = next(line for line in lines if line.startswith("| Air pollution"))
+    assert (
+        "SDG indicator 11.6.2 | 14.00 µg/m³ | 5.00 µg/m³ | 36 % | 33-66% | 2024: 14.00 · 2025: 14.00 |" in air
+    )
+    assert sdg_html.count('<svg class="chart"') == sum(len(k.sdg) for k in catalog.kpi)
 
 
 @pytest.mark.skipif(
@@ -92,6 +137,77 @@ async def test_report_renders_in_headless_chromium_with_every_kpi(tsdb: str, tmp
             "--hide-scrollbars",
             html_path.resolve().as_uri(),
         ],
+        capture_output=True,
+        timeout=90,
+        check=True,
+    )
+    assert shot.stat().st_size > 20_000
+
+
+# Measures, after layout, every report table cell: the bounding box of its content (a Range over
+# it: text, unit lines, chips, charts) must stay inside the cell, and must not intersect the next
+# cell's content. Injected into a copy of the page only for the check: the report itself runs nothing.
+LAYOUT_PROBE = """<script>
+const problems = [];
+let cells = 0;
+const content = (el) => {
+  const r = document.createRange();
+  r.selectNodeContents(el);
+  return r.getBoundingClientRect();
+};
+for (const tr of document.querySelectorAll("main table tr")) {
+  const boxes = [...tr.children].map((td) => ({ cell: td.getBoundingClientRect(), inner: content(td) }));
+  boxes.forEach((b, i) => {
+    cells += 1;
+    if (b.inner.width === 0) return;
+    const where = tr.closest("[id]").id + " row " + tr.rowIndex + " col " + i;
+    if (b.inner.left < b.cell.left - 0.5 || b.inner.right > b.cell.right + 0.5)
+      problems.push(["overflows its cell", where, b.inner.left, b.inner.right, b.cell.left, b.cell.right]);
+    const next = boxes[i + 1];
+    if (next && next.inner.width > 0 && b.inner.right > next.inner.left + 0.5
+        && b.inner.bottom > next.inner.top && next.inner.bottom > b.inner.top)
+      problems.push(["overlaps the next cell", where, b.inner.right, next.inner.left]);
+  });
+}
+const out = document.createElement("pre");
+out.id = "layout-probe";
+out.textContent = JSON.stringify({ cells, problems });
+document.body.appendChild(out);
+</script>"""
+
+
+@pytest.mark.skipif(
+    chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium)"
+)
+@pytest.mark.parametrize("width", [1280, 1024, 800])
+async def test_report_cells_do_not_overlap_in_headless_chromium(
+    tsdb: str, tmp_path: Path, width: int
+) -> None:
+    """Long units (`0.6 L/inhabitant/day` next to `120.0 L/inhabitant/day`, kWh/inhabitant/year)
+    used to run into the next column (on the old layout this probe found 12 problems at 1280 px, e.g.
+    water consumption's value box ending at x = 489.5 over its target cell starting at 484.8);
+    every cell's content now stays inside its cell, at a desktop, a laptop and a narrow window."""
+    html_path, _ = await _report(tsdb, tmp_path)
+    exe = chromium()
+    assert exe is not None
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},2400"]
+    dom = subprocess.run(
+        [*base, "--dump-dom", probe.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
+    found = re.search(r'<pre id="layout-probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result = json.loads(html_lib.unescape(found.group(1)))
+    assert result["cells"] > 150  # every KPI table and the SDG tables were measured
+    assert result["problems"] == []
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*base, f"--screenshot={shot}", "--hide-scrollbars", html_path.resolve().as_uri()],
         capture_output=True,
         timeout=90,
         check=True,

@@ -48,8 +48,8 @@ async def test_sdg_11_6_2_is_the_population_weighted_mean_of_area_levels(tsdb, t
     """SDG 11.6.2 (UN metadata): mean PM2.5 in the city, population-weighted.
     Areas: north 1000 inhabitants, south 3000, east 500 (4500 in all). Hourly PM2.5 all day:
     n1 (north) 10 µg/m³, n2 (north) 20, s1 (south) 5; e1 (east) 40 but only 6 of 24 hours
-    (capture 25 % < 75 %: it does not count, east is unmonitored); x1 (no area) 100 all day
-    (counted by the air KPI, but it stands for no population).
+    (capture 25 % < 75 % of the best station's 100 %: it does not count, east is unmonitored);
+    x1 (no area) 100 all day (counted by the air KPI, but it stands for no population).
     Areas: north = (10 + 20) / 2 = 15, south = 5.
     City: (1000 x 15 + 3000 x 5) / (1000 + 3000) = 30000 / 4000 = 7.5 µg/m³.
     Coverage: monitored population 4000 / 4500 x mean capture of the counted stations (1.0)
