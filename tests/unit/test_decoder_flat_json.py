@@ -1,0 +1,52 @@
+"""Flat JSON (schemas/decoders/flat_json.py): field maps, aliases, identity from the topic."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.decoders import DECODERS
+from schemas.units import normalize
+from tests.unit.decoder_cases import RECEIVED, by_metric, ctx, decode_error, utc
+
+
+def test_json_with_field_map() -> None:
+    doc = {"sensor": "lamp-7", "ts": 1718000000123, "town": "Oulu", "no2_ppb": 10, "t": 68, "other": 1}
+    fm = {"device": "sensor", "time": "ts", "city": "town", "metric:no2": "no2_ppb", "unit:no2": "ppb",
+          "metric:temperature": "t", "unit:temperature": "°F"}  # fmt: skip
+    r = by_metric(DECODERS["json"](json.dumps(doc).encode(), ctx(field_map=fm, city="fallback")))
+    assert set(r) == {"no2", "temperature"}
+    assert r["no2"].device_id == "lamp-7" and r["no2"].city == "Oulu"
+    assert r["no2"].time == datetime(2024, 6, 10, 6, 13, 20, 123000, tzinfo=UTC)  # epoch ms by magnitude
+    assert normalize("no2", r["no2"].value, r["no2"].unit) == pytest.approx(19.0)
+    assert normalize("temperature", r["temperature"].value, r["temperature"].unit) == pytest.approx(20.0)
+
+
+def test_json_auto_mode_uses_known_aliases() -> None:
+    doc = {"device_id": "d1", "time": "2024-06-10T08:00:00+02:00", "pm2.5": 4.2, "temp": 18, "battery": 3.1}
+    readings = DECODERS["json"](json.dumps(doc).encode(), ctx(city="demo"))
+    assert {(r.metric, r.value) for r in readings} == {("pm25", 4.2), ("temperature", 18.0)}
+    assert {(r.device_id, r.time, r.city) for r in readings} == {("d1", utc(2024, 6, 10, 6), "demo")}
+
+
+def test_json_device_from_topic_and_received_time() -> None:
+    (r,) = DECODERS["json"](b'{"laeq": 61.5}', ctx(device_id="topic-device"))
+    assert (r.device_id, r.metric, r.time) == ("topic-device", "laeq", RECEIVED)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field_map", "reason"),
+    [
+        ('{"laeq": 61.5}', {}, "missing_device"),
+        ('{"device_id": "d", "laeq": "61.5"}', {}, "wrong_type"),
+        ('{"device_id": "d", "battery": 3}', {}, "no_known_metrics"),
+        ('{"device_id": "d", "x": 3}', {"metric:pm2.5": "x"}, "bad_field_map"),
+        ('{"device_id": "d", "x": 3, "time": [1]}', {"metric:pm25": "x"}, "bad_time"),
+        ("[]", {}, "bad_structure"),
+        ("5", {}, "bad_structure"),
+    ],
+)
+def test_json_errors(payload: str, field_map: dict[str, str], reason: str) -> None:
+    assert decode_error("json", payload, ctx(field_map=field_map)) == reason
