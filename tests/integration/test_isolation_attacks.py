@@ -3,7 +3,9 @@ servers: each attack either fails with a privilege error or changes nothing, and
 sees a row of the other city.
 
 The database holds two cities, `demo` and `other`, with readings (TimescaleDB chunks), rollups, KPI
-values, dead letters and city facts for both; the reader is a `citykpi_grant_reader` login of demo.
+values, station-hour AQI, dead letters and city facts for both; the reader is a `citykpi_grant_reader`
+login of demo. One module of about 650 lines on purpose: it is the threat model read in one place,
+every attack against the same fixture and the same access model (schemas/access.py).
 """
 
 from __future__ import annotations
