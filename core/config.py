@@ -225,6 +225,16 @@ class KafkaSettings(BaseModel):
     )
     session_timeout_ms: int = Field(10000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="consumer processes in the group (ingest/kafka/workers.py), each with its own pipeline "
+        "and database connection: more cores for Kafka; use at least as many partitions",
+    )
+    worker_index: int = Field(
+        0, ge=0, description="set by the service for the workers it starts (0: the service itself)"
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -20,6 +20,7 @@ from core.config import Settings
 from ingest.database import prepare_database
 from ingest.endpoints import HealthServer
 from ingest.kafka.dead_letters import DeadLetterTopic
+from ingest.kafka.workers import KafkaWorkers
 from ingest.pipeline import Pipeline
 from ingest.sources import Source, enabled_sources
 from ingest.supervision import Supervisor
@@ -58,6 +59,7 @@ class Service:
         self.sources: list[Source] = []
         self.supervisor = Supervisor()
         self._http: HealthServer | None = None
+        self.kafka_workers: KafkaWorkers | None = None  # worker processes 1..N-1 (kafka.workers)
         self._started = False
         self.warm_up_s = 0.0
 
@@ -80,6 +82,10 @@ class Service:
             )
             self._http.start()
         await prepare_database(self.settings, self.settings.database.migrate_on_start)
+        kafka = self.settings.kafka
+        if kafka.enabled and kafka.workers > 1 and kafka.worker_index == 0:
+            self.kafka_workers = KafkaWorkers(self.settings, self.supervisor, Service)
+            self.kafka_workers.spawn()  # they start while this process warms up
         self.warm_up_s = await asyncio.to_thread(warm_up)
         log.info("numba kernels ready in %.2f s", self.warm_up_s)
         await self.writer.start()
@@ -89,6 +95,8 @@ class Service:
         for task in self.pipeline.tasks:
             self.supervisor.vital(task.get_name(), task)
         self.sources.extend(enabled_sources(self.settings, self.pipeline))
+        if self.kafka_workers is not None:
+            await self.kafka_workers.ready()
         for s in self.sources:
             await s.start()
         self._start_jobs()
@@ -104,6 +112,8 @@ class Service:
 
         settings, sup = self.settings, self.supervisor
         sup.restarting("citykpi-monitor", self._monitor)
+        if settings.kafka.worker_index > 0:
+            return  # a Kafka worker process: the service that started it runs the jobs once for all
         sup.restarting("citykpi-retention", lambda: retention_loop(settings))
         if settings.quality.enabled:
             sup.restarting("citykpi-quality", lambda: quality_loop(settings))
@@ -181,6 +191,8 @@ class Service:
         )
 
     async def _drain(self) -> None:
+        if self.kafka_workers is not None:
+            self.kafka_workers.signal_stop()  # they drain alongside
         for s in self.sources:
             await s.stop()
         await self.pipeline.drain_and_stop()
@@ -202,6 +214,8 @@ class Service:
     async def _close(self) -> None:
         """Disconnect everything; each step runs even if one before it fails."""
         closers = [s.close for s in self.sources] + [self.writer.stop]
+        if self.kafka_workers is not None:
+            closers.insert(0, self.kafka_workers.stop)
         if self.dead_letter_topic is not None:
             closers.append(self.dead_letter_topic.stop)
         for close in closers:
