@@ -37,13 +37,20 @@ from schemas.decoders._registry import register
 from schemas.metrics import METRICS, canonical_metric_name
 from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 from schemas.sparkplug import sparkplug_b_pb2 as pb
-from schemas.sparkplug.sessions import MetricDefinition, Session, SessionKey, SparkplugSessions
+from schemas.sparkplug.sessions import (
+    SEQ_MODULUS,
+    MetricDefinition,
+    Session,
+    SessionKey,
+    SparkplugSessions,
+)
 
 NAMESPACE = "spBv1.0"
 NODE_TYPES = frozenset({"NBIRTH", "NDATA", "NDEATH", "NCMD"})
 DEVICE_TYPES = frozenset({"DBIRTH", "DDATA", "DDEATH", "DCMD"})
 BD_SEQ = "bdSeq"
 ENG_UNIT_KEYS = ("engUnit", "engUnits")
+MAX_BD_SEQ = 2**63  # bdSeq counts 0..255; anything up to a bigint is stored as sent
 
 # datatype -> (the value field it travels in, bits of a signed integer or 0)
 _INTEGERS: dict[int, tuple[str, int]] = {
@@ -168,6 +175,8 @@ def _definitions(payload: Any) -> tuple[list[MetricDefinition], int | None]:
             raise DecodeError("bad_birth", f"metrics[{i}]: alias {alias} of {m.name!r} is {taken!r}'s")
         if m.name == BD_SEQ and m.WhichOneof("value") in ("long_value", "int_value"):
             bd_seq = int(getattr(m, m.WhichOneof("value")))
+            if bd_seq >= MAX_BD_SEQ:  # 0..255 by the specification; stored as a bigint
+                raise DecodeError("bad_birth", f"metrics[{i}]: bdSeq {bd_seq} is not a sequence number")
         definitions.append(MetricDefinition(m.name, m.datatype, _eng_unit(m.properties), alias))
     return definitions, bd_seq
 
@@ -262,6 +271,8 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     sent = _time(message.timestamp) if message.HasField("timestamp") else as_utc(ctx.default_time)
     kind = topic.message_type
     seq = int(message.seq) if message.HasField("seq") else None
+    if seq is not None and seq >= SEQ_MODULUS:
+        raise DecodeError("bad_seq", f"seq {seq} outside 0..{SEQ_MODULUS - 1}")
     if kind == "NBIRTH":
         definitions, bd_seq = _definitions(message)
         session = Session.born(definitions, sent, bd_seq)

@@ -241,6 +241,14 @@ def test_commands_and_host_state_store_nothing() -> None:
     assert decode(s, "spBv1.0/STATE/host-1", b'{"online": true}') == []
 
 
+def test_sequence_numbers_the_store_cannot_hold_are_refused_before_any_state_changes() -> None:
+    s = SparkplugSessions()
+    assert reason(s, sp.topic("NBIRTH"), sp.nbirth(seq=256)) == "bad_seq"
+    huge_bd_seq = payload([MetricValue("bdSeq", 2**64 - 1, pb.UInt64)], 0, sp.T0, birth=True)
+    assert reason(s, sp.topic("NBIRTH"), huge_bd_seq) == "bad_birth"
+    assert s.get(NODE_KEY) is None and not s.changed
+
+
 def test_a_birth_that_gives_one_alias_two_names_is_bad_birth() -> None:
     data = payload([MetricValue("a", 1.0, alias=1), MetricValue("b", 2.0, alias=1)], 0, sp.T0, birth=True)
     assert reason(SparkplugSessions(), sp.topic("NBIRTH"), data) == "bad_birth"
