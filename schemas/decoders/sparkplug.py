@@ -65,6 +65,7 @@ _INTEGERS: dict[int, tuple[str, int]] = {
 }
 _FLOATS: dict[int, str] = {pb.Float: "float_value", pb.Double: "double_value"}
 _TEXTS = frozenset({pb.String, pb.Text, pb.UUID})
+_DATATYPE_NAMES: dict[int, str] = {number: name for name, number in pb.DataType.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ def _signed(raw: int, bits: int) -> int:
 def _number(metric: str, datatype: int, holder: Any, what: str) -> float:
     """The value of a metric or a DataSet cell, as its datatype says; DecodeError with the reason."""
     field = holder.WhichOneof("value")
-    name = pb.DataType.Name(datatype) if datatype in pb.DataType.values() else str(datatype)
+    name = _DATATYPE_NAMES.get(datatype) or str(datatype)
     if datatype in _INTEGERS:
         expected, bits = _INTEGERS[datatype]
     elif datatype in _FLOATS:
