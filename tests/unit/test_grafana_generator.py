@@ -272,3 +272,12 @@ def test_every_query_inserts_variables_as_sqlstring() -> None:
     for d in dashboards():
         walk(d, d["uid"])
     assert not loose
+
+
+def test_the_noise_dashboard_shows_the_formulas_lden_instead_of_deriving_it() -> None:
+    """Lday, Levening, Lnight and Lden come from kpi_values (the noise formula); no panel applies
+    the evening and night penalties in SQL."""
+    noise = next(d for d in dashboards() if d["uid"] == "citykpi-noise")
+    sql = [t["rawSql"] for p in query_panels(noise) for t in p["targets"]]
+    assert not [s for s in sql if "power(10" in s]
+    assert any("'lden'" in s and "kpi_values" in s for s in sql)

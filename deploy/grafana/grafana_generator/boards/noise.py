@@ -35,30 +35,6 @@ def noise() -> Dashboard:
         "GROUP BY 1, 2\n"
         "ORDER BY 1, 2"
     )
-    periods = (
-        "WITH h AS (\n"
-        f"  SELECT {AREA} AS area, r.device_key, r.energy / r.n AS e,\n"
-        "    extract(hour FROM r.bucket AT TIME ZONE c.timezone) AS hr\n"
-        f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        "  JOIN cities c ON c.city_id = d.city_id\n"
-        "  WHERE $__timeFilter(r.bucket) AND m.name = 'laeq' AND r.energy > 0\n"
-        f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
-        "), p AS (\n"
-        "  SELECT area, count(DISTINCT device_key) AS sensors,\n"
-        f"    10 * log(avg(e) FILTER (WHERE hr >= {day} AND hr < {evening})) AS lday,\n"
-        f"    10 * log(avg(e) FILTER (WHERE hr >= {evening} AND hr < {night})) AS levening,\n"
-        f"    10 * log(avg(e) FILTER (WHERE hr >= {night} OR hr < {day})) AS lnight\n"
-        "  FROM h\n"
-        "  GROUP BY area\n"
-        ")\n"
-        'SELECT area AS "area", lday AS "Lday dB", levening AS "Levening dB", lnight AS "Lnight dB",\n'
-        f"  10 * log(({evening - day} * power(10, lday / 10)\n"
-        f"    + {night - evening} * power(10, (levening + 5) / 10)\n"
-        f'    + {24 - night + day} * power(10, (lnight + 10) / 10)) / 24) AS "Lden dB",\n'
-        '  sensors AS "sensors"\n'
-        "FROM p\n"
-        "ORDER BY 1"
-    )
     lden_kpi = (
         'SELECT DISTINCT ON (k.area_id) k.area_id AS "area", k.period_start AS "period",\n'
         '  k.value AS "Lden dB", (k.details ->> \'lday\')::float8 AS "Lday dB",\n'
@@ -88,8 +64,8 @@ def noise() -> Dashboard:
     return Dashboard(
         uid="citykpi-noise",
         title="citykpi · Noise",
-        description="Hourly Leq from rollup_1h energy sums (Leq = 10·log10(mean of 10^(L/10))), "
-        "Lday/Levening/Lnight/Lden per area, and the noise exposure KPI.",
+        description="Hourly Leq from rollup_1h energy sums (Leq = 10·log10(mean of 10^(L/10))), and "
+        "the noise exposure KPI with its Lday/Levening/Lnight/Lden per area.",
         time_from="now-24h",
         period=True,
         tags=("noise",),
@@ -156,25 +132,15 @@ def noise() -> Dashboard:
             ),
             Panel(
                 "table",
-                f"Lday ({day:02d}–{evening:02d}), Levening, Lnight ({night:02d}–{day:02d}), Lden "
-                "over the range",
-                periods,
+                f"Lday ({day:02d}–{evening:02d}), Levening, Lnight ({night:02d}–{day:02d}) and Lden per "
+                f"area, KPI {NOISE.code} ($period)",
+                lden_kpi,
                 fmt="table",
                 w=12,
                 h=8,
-                unit="dB",
                 decimals=1,
-                description="Computed in SQL from hourly energy means over the selected range, local hours "
-                "of the city; evening +5 dB and night +10 dB in Lden. Empty when a period has no hour.",
-            ),
-            Panel(
-                "table",
-                f"Lden / Lnight per area, KPI {NOISE.code} ($period)",
-                lden_kpi,
-                fmt="table",
-                w=24,
-                h=7,
-                decimals=1,
+                description="As the noise exposure formula computed them (kpi_values): local hours of "
+                "the city, evening +5 dB and night +10 dB in Lden.",
             ),
         ],
     )
