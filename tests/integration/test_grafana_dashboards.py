@@ -37,6 +37,8 @@ async def fill_demo_city(dsn: str, hours: int = 96, step_min: int = 10) -> datet
     from ingest.simulator import CitySimulator
     from kpi_rollups.refresh import refresh_kpis
     from kpi_rollups.registry import import_registry_file
+    from processors.alert_rules import DEFAULT_RULES, import_rules
+    from processors.alerts import evaluate_alerts
     from processors.writer import TimescaleWriter, WriteBatch
 
     await import_registry_file(dsn, REPO / "kpi_rollups" / "demo_registry.toml")
@@ -92,6 +94,10 @@ async def fill_demo_city(dsn: str, hours: int = 96, step_min: int = 10) -> datet
                 if key not in starts:
                     starts.add(key)
                     await refresh_kpis(conn, "demo", kind, d)
+        # the shipped alert rules over the last hours (readings every step_min: no_data alerts)
+        await import_rules(dsn, DEFAULT_RULES)
+        await evaluate_alerts(conn, Settings(alerts={"first_lookback_s": 6 * 3600}))  # type: ignore[call-arg]
+        assert await conn.fetchval("SELECT count(*) FROM alerts WHERE city_id = 'demo'") > 0
     finally:
         await conn.close()
     return end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafana_generator.model import ALL, SCORE_STEPS, Dashboard, Panel
 from grafana_generator.queries import (
+    AREA,
     DEVICE_FILTER,
     KPI_AREA_FILTER,
     PERIOD_END,
@@ -83,6 +84,27 @@ def overview() -> Dashboard:
         "FROM city_facts f\n"
         f"WHERE f.city_id = ${{city:sqlstring}} AND f.valid_from <= {PERIOD_END}\n"
         "ORDER BY f.key, f.valid_from DESC"
+    )
+    alert_rows = (
+        "FROM alerts a\n"
+        "JOIN devices d ON d.city_id = a.city_id AND d.device_id = a.device_id\n"
+        f"WHERE {DEVICE_FILTER}\n"
+        "  AND $__timeFilter(a.at)\n"
+    )
+    alert_events = (
+        'SELECT a.at AS "time", a.event AS "event", a.severity AS "severity", a.rule_id AS "rule",\n'
+        f'  a.device_id AS "device", {AREA} AS "area", a.metric AS "metric", a.statistic AS "statistic",\n'
+        '  a.value AS "value", a.threshold AS "threshold", a.opened_at AS "opened"\n'
+        f"{alert_rows}"
+        "ORDER BY a.at DESC, a.event\n"
+        "LIMIT 500"
+    )
+    alert_counts = (
+        "SELECT $__timeGroupAlias(a.at, $__interval), a.severity || ' ' || a.event AS metric,\n"
+        '  count(*) AS "events"\n'
+        f"{alert_rows}"
+        "GROUP BY 1, 2\n"
+        "ORDER BY 1, 2"
     )
     return Dashboard(
         uid="citykpi-overview",
@@ -178,5 +200,23 @@ def overview() -> Dashboard:
                 description="Reference data (citykpi registry import), the version valid at the range's end.",
             ),
             Panel("table", "City facts (registry)", facts, fmt="table", w=12, h=7),
+            Panel(
+                "table",
+                "Alert events",
+                alert_events,
+                fmt="table",
+                w=16,
+                h=9,
+                description="Threshold alerts (citykpi alerts import; processors/alerts.py): opened, updated "
+                "(a new peak) and closed, with the value that triggered each; latest 500 in the range.",
+            ),
+            Panel(
+                "timeseries",
+                "Alert events by severity",
+                alert_counts,
+                w=8,
+                h=9,
+                description="Alert events per interval, by severity and event.",
+            ),
         ],
     )
