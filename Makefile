@@ -27,6 +27,7 @@ status:
 demo: stack
 	$(BIN)/citykpi migrate
 	$(BIN)/citykpi registry import kpi_rollups/demo_registry.toml
+	$(BIN)/citykpi alerts import processors/default_alert_rules.toml
 	CITYKPI_SIMULATOR__SPARKPLUG_KIND=electricity $(BIN)/citykpi run --with-simulator
 
 # the Sparkplug B module from the Eclipse Tahu definition; committed, so installs need no protoc
