@@ -19,6 +19,7 @@ import asyncpg
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import REGISTRY
 
 from core.config import AlertSettings, QualitySettings, Settings
 from ingest.alert_notify import AlertNotifier
@@ -187,9 +188,13 @@ async def test_every_statistic_opens_updates_and_closes_alerts_as_derived_by_han
       opens at 0, closes at the first unflagged reading, minute 10.
     """
     owner, ingest = stored
+    opened_critical = {"event": "opened", "severity": "critical"}
+    before = REGISTRY.get_sample_value("citykpi_alert_events_total", opened_critical) or 0.0
     n = await evaluate_as(ingest, NOW)
     events = await stored_events(owner)
     assert n == len(EXPECTED)
+    assert REGISTRY.get_sample_value("citykpi_alert_events_total", opened_critical) == before + 2
+    assert REGISTRY.get_sample_value("citykpi_alerts_open", {"severity": "critical"}) == 1  # no2-eu
     assert_expected(events)
     conn = await asyncpg.connect(owner)
     try:
