@@ -6,7 +6,7 @@ edge node that sends its NBIRTH certificate once, then NDATA by alias) with diur
 shapes from KPI_REFERENCE.md: NO2 at rush hours, O3 in the afternoon, PM higher at night, roadside
 noise 65-75 dB by day, water peaks morning and evening, cumulative meters that sometimes reset.
 Faults are injected at `fault_rate`: duplicates, late (out-of-order) readings, dropouts and garbage
-payloads; and, 20 times rarer, an outage: the device goes silent for OUTAGE_TICKS readings
+payloads; and, 4 times rarer, an outage: the device goes silent for OUTAGE_TICKS readings
 (the demo's no_data alerts).
 """
 
@@ -44,8 +44,8 @@ class SimDevice:
 
 
 METER_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-OUTAGE_TICKS = 30
-OUTAGE_RARITY = 20  # outages start at fault_rate / OUTAGE_RARITY per device and tick
+OUTAGE_TICKS = 18
+OUTAGE_RARITY = 4  # outages start at fault_rate / OUTAGE_RARITY per device and tick
 # A Sparkplug B meter's metrics: (name, alias, engUnit); the alias table maps them to energy_total, power
 SPARKPLUG_INDEX = ("Meter/Active Energy", 1, "kWh")
 SPARKPLUG_RATE = ("Meter/Active Power", 2, "W")

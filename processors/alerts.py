@@ -10,7 +10,8 @@ settle_s], in one transaction with the events it raises, the alerts it leaves op
 Idempotent: an alert's id is a UUID derived from its rule, series and opening time, and an event
 is keyed by (alert id, event, data time); the kernels carry their state across runs (open, peak),
 so evaluating the same data again, in any pieces, derives the same events, and storing them again
-adds nothing. Readings that arrive later than settle_s after their time are not evaluated.
+adds nothing. Alerts are for live data: a reading whose time is already behind its rule's cursor
+when it arrives (more than settle_s late, or from a replayed archive) is stored but not evaluated.
 """
 
 from __future__ import annotations

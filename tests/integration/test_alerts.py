@@ -23,11 +23,14 @@ from prometheus_client import REGISTRY
 
 from core.config import AlertSettings, QualitySettings, Settings
 from ingest.alert_notify import AlertNotifier
+from ingest.service import Service
+from ingest.simulator import SimMessage
 from processors.alert_rules import DEFAULT_RULES, import_rules
 from processors.alerts import evaluate_alerts, notify_pending
 from processors.quality import flag_quality
 from processors.writer import TimescaleWriter, WriteBatch
-from tests.conftest import MQTT_PORT, as_login, deployment_of, make_login
+from tests.conftest import MQTT_PORT, PrivateMosquitto, as_login, deployment_of, make_login
+from tests.integration.test_mqtt_ingest import publish, settings_for, wait_for_count
 
 pytestmark = pytest.mark.integration
 
@@ -240,7 +243,7 @@ async def test_importing_rules_validates_everything_and_is_idempotent(tsdb: str,
     good.write_text(RULES)
     assert await import_rules(tsdb, good) == (5, 5)
     assert await import_rules(tsdb, good) == (5, 0)
-    assert await import_rules(tsdb, DEFAULT_RULES) == (8, 8)  # weather-silent redefined, 7 new
+    assert await import_rules(tsdb, DEFAULT_RULES) == (10, 10)  # weather-silent redefined, 9 new
     bad = tmp_path / "bad.toml"
     bad.write_text(RULES.replace('"pm25-high"\ncity_id = "demo"', '"pm25-high"\ncity_id = "nowhere"'))
     with pytest.raises(ValueError, match="unknown city"):
@@ -248,7 +251,7 @@ async def test_importing_rules_validates_everything_and_is_idempotent(tsdb: str,
     conn = await asyncpg.connect(tsdb)
     try:
         assert await conn.fetchval("SELECT city_id FROM alert_rules WHERE rule_id = 'pm25-high'") == "demo"
-        assert await conn.fetchval("SELECT count(*) FROM alert_rules") == 12
+        assert await conn.fetchval("SELECT count(*) FROM alert_rules") == 14
         assert await conn.fetchval("SELECT window_min FROM alert_rules WHERE rule_id = 'weather-silent'") == 2
     finally:
         await conn.close()
@@ -429,3 +432,59 @@ async def test_a_failing_webhook_keeps_events_queued_and_costs_ingestion_nothing
         assert await notify_pending(conn, notifier) == len(EXPECTED)
     finally:
         await conn.close()
+
+
+async def test_the_service_raises_alerts_from_mqtt_readings_while_its_webhook_fails(
+    tsdb: str, mosquitto: PrivateMosquitto, webhook: Any, tmp_path: Path
+) -> None:
+    """The whole service: readings over MQTT are stored and acknowledged, the supervised alert job
+    raises the rule's alerts from them, and the webhook answering 500 to everything (slowly) costs
+    ingestion nothing: every reading lands, the service stays healthy, the events wait unsent."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nrule_id = "pm25-high"\nmetric = "pm25"\nstatistic = "reading"\nthreshold = 100.0\n'
+    )
+    await import_rules(tsdb, rules)
+    webhook.statuses, webhook.delay_s = [500] * 1000, 0.5
+    s = settings_for(tsdb, mosquitto.port)
+    s.alerts = AlertSettings(
+        interval_s=0.2,
+        settle_s=0,
+        webhook_url=f"http://127.0.0.1:{webhook.server_port}/hook",
+        webhook_attempts=2,
+    )
+    service = Service(s)
+    await service.start()
+    start = time.time() + 1  # live data: stamped after the job's first run (its cursor)
+    messages = [
+        SimMessage(
+            f"city/demo/senml/air-{i % 5}",
+            json.dumps(
+                [{"bn": f"air-{i % 5}:", "bt": round(start + i / 100, 3), "n": "pm25", "u": "ug/m3", "v": v}]
+            ).encode(),
+        )
+        for i, v in enumerate([20.0] * 100 + [150.0] * 10 + [20.0] * 100)
+    ]
+    try:
+        await publish(mosquitto.port, messages)
+        assert await wait_for_count(tsdb, len(messages)) == len(messages)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(webhook.requests) < 2:
+            await asyncio.sleep(0.2)
+        assert service.healthy() and service.ready()
+        pack = [{"bn": "air-9:", "bt": round(time.time(), 3), "n": "pm25", "u": "ug/m3", "v": 21.0}]
+        more = [SimMessage("city/demo/senml/air-9", json.dumps(pack).encode())]
+        await publish(mosquitto.port, more)  # ingestion goes on while the notifier is retrying
+        assert await wait_for_count(tsdb, len(messages) + 1) == len(messages) + 1
+    finally:
+        await service.stop()
+    conn = await asyncpg.connect(tsdb)
+    try:
+        rows = await conn.fetch("SELECT device_id, event, value, notified_at FROM alerts ORDER BY at, event")
+    finally:
+        await conn.close()
+    assert [(r["device_id"], r["event"], r["value"]) for r in rows] == [
+        (f"air-{i % 5}", "opened", 150.0) for i in range(100, 105)
+    ] + [(f"air-{i % 5}", "closed", 20.0) for i in range(110, 115)]
+    assert all(r["notified_at"] is None for r in rows)
+    assert len(webhook.requests[-1][2]["events"]) == 10  # every run offers all the pending events again
