@@ -149,6 +149,16 @@ async def evaluate_as(dsn: str, now: datetime, s: Settings | None = None) -> int
 @pytest.fixture
 async def stored(tsdb: str, tmp_path: Path) -> tuple[str, str]:
     """The rules imported, the readings written, the quality job run: (owner DSN, ingest DSN)."""
+    return await store(tsdb, tmp_path)
+
+
+@pytest.fixture
+async def stored_on_both(any_db: str, tmp_path: Path) -> tuple[str, str]:
+    """`stored`, on TimescaleDB and on plain PostgreSQL."""
+    return await store(any_db, tmp_path)
+
+
+async def store(tsdb: str, tmp_path: Path) -> tuple[str, str]:
     owner = await asyncpg.connect(tsdb)
     try:
         await owner.execute(
@@ -258,11 +268,11 @@ async def test_importing_rules_validates_everything_and_is_idempotent(tsdb: str,
 
 
 async def test_a_city_reader_sees_only_its_citys_alerts_and_nothing_of_the_rules_or_state(
-    stored: tuple[str, str],
+    stored_on_both: tuple[str, str],
 ) -> None:
     """Both cities raise alerts (a rule for every city); demo's reader reads demo's events through
     reader.alerts only: no base table, no evaluator state, no write, no leak through a function."""
-    owner, ingest = stored
+    owner, ingest = stored_on_both
     conn = await asyncpg.connect(owner)
     try:
         await conn.execute(
