@@ -56,6 +56,7 @@ async def fill_demo_city(dsn: str, hours: int = 96, step_min: int = 10) -> datet
             interval_s=step_min * 60,
             fault_rate=0.01,
             seed=7,
+            sparkplug_kind="electricity",  # the ingestion board's Sparkplug B table has rows
         )
     )
     router = Router(settings.mqtt.routes)

@@ -105,6 +105,14 @@ def ingestion() -> Dashboard:
         "  / nullif((SELECT sum(received) FROM ingest_batches WHERE $__timeFilter(committed_at)), 0)\n"
         '  AS "dead letters per 1000 readings"'
     )
+    sparkplug = (
+        'SELECT city_id AS "city", group_id AS "group", edge_node_id AS "edge node",\n'
+        '  nullif(device_id, \'\') AS "device", online AS "online", born_at AS "last birth",\n'
+        '  died_at AS "last death", seq AS "last seq", bd_seq AS "bdSeq",\n'
+        '  jsonb_array_length(metrics) AS "metrics in birth"\n'
+        "FROM sparkplug_sessions\n"
+        "ORDER BY online, city_id, group_id, edge_node_id, device_id"
+    )
     since_commit = (
         'SELECT extract(epoch FROM now() - max(committed_at)) AS "since last commit"\nFROM ingest_batches'
     )
@@ -231,6 +239,15 @@ def ingestion() -> Dashboard:
             ),
             Panel("table", "Sources (range)", sources, fmt="table", w=12, h=7, decimals=1),
             Panel("table", "Dead letters by source and reason", by_source_reason, fmt="table", w=12, h=7),
+            Panel(
+                "table",
+                "Sparkplug B edge nodes and devices (offline first)",
+                sparkplug,
+                fmt="table",
+                w=24,
+                h=8,
+                description="sparkplug_sessions: NDEATH/DDEATH set online to false, a BIRTH back to true",
+            ),
             Panel(
                 "table",
                 "Latest rejected payloads",
