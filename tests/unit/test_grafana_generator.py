@@ -281,3 +281,14 @@ def test_the_noise_dashboard_shows_the_formulas_lden_instead_of_deriving_it() ->
     sql = [t["rawSql"] for p in query_panels(noise) for t in p["targets"]]
     assert not [s for s in sql if "power(10" in s]
     assert any("'lden'" in s and "kpi_values" in s for s in sql)
+
+
+def test_the_consumption_panels_read_what_the_meter_kernels_accepted() -> None:
+    """Hourly consumption is the rollups' meter_consumption (resets, rollovers and noise judged by
+    processors.kernels), not index differences re-derived with window functions in SQL."""
+    board = next(d for d in dashboards() if d["uid"] == "citykpi-water-energy")
+    consumption = [p for p in query_panels(board) if "consumption by area" in p["title"]]
+    assert len(consumption) == 2
+    for p in consumption:
+        (t,) = p["targets"]
+        assert "meter_consumption" in t["rawSql"] and "lag(" not in t["rawSql"]

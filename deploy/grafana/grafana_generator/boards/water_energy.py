@@ -25,29 +25,10 @@ from grafana_generator.queries import (
 
 
 def _consumption(metric: str, series: str) -> str:
-    """Hourly consumption from a cumulative index: last value minus the previous hour's last value
-    (same meter, consecutive hour), else last minus first of the hour; after a reset (index went
-    down) the new index. Summed over meters and averaged to a per-hour rate."""
-    return (
-        "WITH x AS (\n"
-        f"  SELECT r.bucket, {series} AS series, r.first_value, r.last_value,\n"
-        "    lag(r.last_value) OVER w AS prev, lag(r.bucket) OVER w AS prev_bucket\n"
-        f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        "  WHERE r.bucket BETWEEN $__timeFrom()::timestamptz - interval '1 hour'\n"
-        "                     AND $__timeTo()::timestamptz\n"
-        f"    AND m.name = {lit(metric)}\n"
-        f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
-        "  WINDOW w AS (PARTITION BY r.device_key ORDER BY r.bucket)\n"
-        ")\n"
-        "SELECT $__timeGroupAlias(bucket, $__interval), series AS metric,\n"
-        "  sum(CASE WHEN prev_bucket = bucket - interval '1 hour' AND last_value >= prev\n"
-        "           THEN last_value - prev\n"
-        "           WHEN last_value >= first_value THEN last_value - first_value\n"
-        '           ELSE last_value END) / ($__interval_ms / 3600000.0) AS "per hour"\n'
-        "FROM x\n"
-        "WHERE $__timeFilter(bucket)\n"
-        "GROUP BY 1, 2\n"
-        "ORDER BY 1, 2"
+    """Consumption per hour as the meter kernels accepted it (rollup meter_consumption: resets,
+    rollovers, noise and implausible steps handled by processors.kernels), summed over meters."""
+    return hourly_series(
+        'sum(r.meter_consumption) / ($__interval_ms / 3600000.0) AS "per hour"', [metric], series
     )
 
 
