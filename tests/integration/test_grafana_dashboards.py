@@ -388,3 +388,61 @@ async def test_the_air_dashboards_european_aqi_is_the_kernels_for_the_same_data(
     assert day_kpis and {r["period_start"]: r["value"] for r in day_kpis} == {
         d: float(daily_worst[d]) for d in (r["period_start"] for r in day_kpis)
     }
+
+
+@pytest.mark.integration
+async def test_the_sdg_panel_shows_every_kpi_under_its_goal_and_target_with_its_years(tsdb: str) -> None:
+    """The overview's SDG panel as the demo city's reader: one row per catalog SDG link, in goal and
+    target order, unconfirmed links marked; the value is the latest month's (as kpi_latest picks
+    it); the annual values list every stored year. Last year holds one day: air-0001 (area centre,
+    the only area monitored then) at 8 µg/m³ all day, so SDG 11.6.2 = 8.00 for that year."""
+    from kpi_rollups.refresh import refresh_kpis
+    from processors.writer import TimescaleWriter, WriteBatch
+
+    end = await fill_demo_city(tsdb, hours=24)
+    last_year = date(end.year - 1, 12, 15)  # within raw_retention_days (400) of any "now"
+    batch = WriteBatch(source="test")
+    for minute in range(0, 24 * 60, 10):  # every 10 min, as fill_demo_city's devices expect
+        t = datetime(last_year.year, 12, 15, tzinfo=UTC) + timedelta(minutes=minute)
+        batch.add("demo", "air-0001", "pm25", t, 8.0)
+    async with TimescaleWriter(tsdb) as w:
+        await w.write(batch)
+    await refresh_kpis(tsdb, "demo", "year", last_year)
+    reader = f"sdg_demo_{uuid.uuid4().hex[:6]}"
+    owner = await asyncpg.connect(tsdb)
+    try:
+        await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", reader)
+        years = await owner.fetch(
+            "SELECT extract(year FROM period_start)::int AS y, round(value::numeric, 2)::text AS v "
+            "FROM kpi_values WHERE city_id = 'demo' AND kpi_code = 'EN:EN:AQ:1C' "
+            "AND component = 'sdg_11_6_2' AND period_kind = 'year' ORDER BY 1"
+        )
+        month_value = await owner.fetchval(
+            "SELECT value FROM kpi_values WHERE city_id = 'demo' AND kpi_code = 'EN:EN:AQ:1C' "
+            "AND component = 'sdg_11_6_2' AND area_id = '' AND period_kind = 'month' "
+            "ORDER BY value IS NULL, period_start DESC LIMIT 1"
+        )
+    finally:
+        await owner.close()
+    overview = next(d for d in dashboards() if d["uid"] == "citykpi-overview")
+    conn = await asyncpg.connect(as_login(tsdb, reader))
+    try:
+        rows = await _panel_rows(conn, overview, "KPIs by SDG goal and target ($period)", datetime.now(UTC))
+    finally:
+        await conn.close()
+        owner = await asyncpg.connect(tsdb)
+        await owner.execute(f"DROP ROLE IF EXISTS {reader}")
+        await owner.close()
+    catalog = checked_catalog()
+    links = [(link, k) for k in catalog.kpi for link in k.sdg]
+    assert len(rows) == len(links)
+    targets = [r["SDG target"].split(" ")[0] for r in rows]
+    assert targets == sorted(targets, key=lambda t: tuple(int(p) for p in t.split(".")))
+    assert {(r["SDG target"].split(" ")[0], r["KPI"].split(" (SDG")[0], r["link"]) for r in rows} == {
+        (link.target, k.name, "U4SSC" if link.confirmed else "unconfirmed") for link, k in links
+    }
+    air = next(r for r in rows if r["KPI"] == "Air pollution (SDG 11.6.2)")
+    assert air["goal"] == "SDG 11 Sustainable cities and communities"
+    assert [y["y"] for y in years] == [last_year.year, end.year] and years[0]["v"] == "8.00"
+    assert air["annual values"] == " · ".join(f"{y['y']}: {y['v']}" for y in years)
+    assert air["value"] == pytest.approx(month_value) and month_value is not None

@@ -213,3 +213,47 @@ def air_exceedances() -> str:
         "WHERE s.e ? r.field\n"
         "ORDER BY 1, 2, 3"
     )
+
+
+def sdg_progress() -> str:
+    """The KPIs grouped by the SDG goal and target each serves (catalog `sdg` links, in goal and
+    target order): the value chosen as in kpi_latest, its target, score and band, and the annual
+    values of every stored year up to the range's end as the trend."""
+
+    def order(target: str) -> tuple[int, ...]:
+        return tuple(int(p) if p.isdigit() else 99 for p in target.split("."))
+
+    links = sorted(
+        ((link, k) for k in CATALOG.kpi for link in k.sdg), key=lambda lk: (order(lk[0].target), lk[1].code)
+    )
+    rows = [
+        (
+            str(i),
+            lit(f"SDG {link.goal} {CATALOG.sdg_goals[link.goal]}"),
+            lit(f"{link.target} {CATALOG.sdg_targets[link.target]}"),
+            lit(k.code),
+            lit(link.component),
+            lit(k.name + (f" (SDG {link.indicator})" if link.indicator else "")),
+            "true" if link.confirmed else "false",
+        )
+        for i, (link, k) in enumerate(links)
+    ]
+    latest = kpi_latest().replace(f"AND {KPI_AREA_FILTER}", "AND k.area_id = ''")
+    return (
+        f"WITH latest AS (\n{latest}\n), annual AS (\n"
+        "  SELECT k.kpi_code, k.component, string_agg(extract(year FROM k.period_start)::int || ': '\n"
+        "      || coalesce(round(k.value::numeric, 2)::text, '–'), ' · ' ORDER BY k.period_start) AS trend\n"
+        "  FROM kpi_values k\n"
+        "  WHERE k.city_id = ${city:sqlstring} AND k.period_kind = 'year' AND k.area_id = ''\n"
+        f"    AND k.period_start <= {PERIOD_END}\n"
+        "  GROUP BY 1, 2\n"
+        ")\n"
+        'SELECT s.goal AS "goal", s.target AS "SDG target", s.name AS "KPI",\n'
+        "  CASE WHEN s.confirmed THEN 'U4SSC' ELSE 'unconfirmed' END AS \"link\",\n"
+        '  k.value AS "value", k.unit AS "unit", k.target AS "KPI target", k.score AS "score %",\n'
+        '  k.band AS "band", a.trend AS "annual values"\n'
+        f"FROM {values_table('s', 'ord, goal, target, code, component, name, confirmed', rows)}\n"
+        "LEFT JOIN latest k ON k.kpi_code = s.code AND k.component = s.component\n"
+        "LEFT JOIN annual a ON a.kpi_code = s.code AND a.component = s.component\n"
+        "ORDER BY s.ord"
+    )

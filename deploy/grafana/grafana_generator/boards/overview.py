@@ -11,7 +11,18 @@ from grafana_generator.queries import (
     hourly_series,
     kpi_latest,
     kpi_table,
+    sdg_progress,
 )
+
+# table cells of the score column: coloured by band
+SCORE_CELL = {
+    "matcher": {"id": "byName", "options": "score %"},
+    "properties": [
+        {"id": "thresholds", "value": {"mode": "absolute", "steps": SCORE_STEPS}},
+        {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+        {"id": "decimals", "value": 0},
+    ],
+}
 
 
 def overview() -> Dashboard:
@@ -138,14 +149,7 @@ def overview() -> Dashboard:
                 "capped at 100; band: score interval (default edges 33/66/95 %). Coverage: share of "
                 "the period's expected readings that arrived. Area '' is the city-wide value.",
                 overrides=[
-                    {
-                        "matcher": {"id": "byName", "options": "score %"},
-                        "properties": [
-                            {"id": "thresholds", "value": {"mode": "absolute", "steps": SCORE_STEPS}},
-                            {"id": "custom.cellOptions", "value": {"type": "color-background"}},
-                            {"id": "decimals", "value": 0},
-                        ],
-                    },
+                    SCORE_CELL,
                     {
                         "matcher": {"id": "byName", "options": "coverage %"},
                         "properties": [
@@ -217,6 +221,18 @@ def overview() -> Dashboard:
                 w=8,
                 h=9,
                 description="Alert events per interval, by severity and event.",
+            ),
+            Panel(
+                "table",
+                "KPIs by SDG goal and target ($period)",
+                sdg_progress(),
+                fmt="table",
+                w=24,
+                h=12,
+                description="Each KPI under the SDG target it serves (U4SSC 'SDG reference(s)'; "
+                "'unconfirmed' marks citykpi's own mapping): the city-wide value of the latest $period, its "
+                "target, score and band, and the annual values of every stored year (the trend).",
+                overrides=[SCORE_CELL],
             ),
         ],
     )
