@@ -347,7 +347,9 @@ class AlertSettings(BaseModel):
     )
     first_lookback_s: float = Field(3600.0, gt=0, description="how far back a new rule starts looking")
     mqtt_topic: str = Field("", description="publish each alert event here as JSON (empty: off)")
-    webhook_url: str = Field("", description="POST each batch of alert events here as JSON (empty: off)")
+    webhook_url: SecretStr | None = Field(
+        None, description="POST each batch of alert events here as JSON (a secret: such URLs carry tokens)"
+    )
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_attempts: int = Field(4, ge=1, description="tries per batch before it waits for the next run")
 

@@ -32,8 +32,12 @@ class AlertNotifier:
         self.mqtt = mqtt_settings
 
     @property
+    def webhook_url(self) -> str:
+        return self.alerts.webhook_url.get_secret_value() if self.alerts.webhook_url else ""
+
+    @property
     def enabled(self) -> bool:
-        return bool(self.alerts.webhook_url or self.alerts.mqtt_topic)
+        return bool(self.webhook_url or self.alerts.mqtt_topic)
 
     async def __call__(self, events: list[dict[str, Any]]) -> None:
         """Publish to every configured channel; raises if one failed after its retries."""
@@ -44,12 +48,15 @@ class AlertNotifier:
             except Exception as e:
                 telemetry.ALERT_NOTIFY_FAILURES.labels("mqtt").inc()
                 failed.append(f"mqtt: {e}")
-        if self.alerts.webhook_url:
+        if self.webhook_url:
             try:
                 await self._post_webhook(events)
+            except httpx.HTTPStatusError as e:  # the message would quote the URL, a secret
+                telemetry.ALERT_NOTIFY_FAILURES.labels("webhook").inc()
+                failed.append(f"webhook: HTTP {e.response.status_code}")
             except Exception as e:
                 telemetry.ALERT_NOTIFY_FAILURES.labels("webhook").inc()
-                failed.append(f"webhook: {e}")
+                failed.append(f"webhook: {type(e).__name__}")
         if failed:
             raise RuntimeError("; ".join(failed))
 
@@ -64,7 +71,7 @@ class AlertNotifier:
                 reraise=True,
             ):
                 with attempt:
-                    response = await client.post(a.webhook_url, json={"events": events})
+                    response = await client.post(self.webhook_url, json={"events": events})
                     if response.status_code >= 500 or response.status_code == 429:
                         response.raise_for_status()
                     if response.status_code >= 400:  # the receiver refuses them: retrying will not help

@@ -105,3 +105,19 @@ def test_config_show_from_a_checkout_uses_the_given_file_and_says_where_values_c
     assert f"mqtt.port: .env in {tmp_path} (CITYKPI_MQTT__PORT)" in origins
     assert "log_level: environment (CITYKPI_LOG_LEVEL)" in origins
     assert "s3cr3t-pw" not in out.stdout + out.stderr
+
+
+def test_alerts_import_evaluate_and_list_as_a_user_runs_them(tsdb: str, tmp_path: Path) -> None:
+    """A file with an error imports nothing and names the rule; the shipped rules import; one
+    evaluation runs; the city's events list (none yet: a fresh database has no readings)."""
+    env = {"CITYKPI_DATABASE__URL": tsdb}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rules]]\nrule_id = "x"\nmetric = "pm25"\nstatistic = "reading"\n')
+    out = run("alerts", "import", str(bad), env=env)
+    assert out.returncode == 2 and "rule 1 (x)" in out.stderr and "needs a threshold" in out.stderr
+    out = run("alerts", "import", "processors/default_alert_rules.toml", env=env)
+    assert out.returncode == 0 and "10 rules, 10 new or changed" in out.stdout, out.stderr
+    out = run("alerts", "evaluate", env=env)
+    assert out.returncode == 0 and "0 new alert events" in out.stdout, out.stderr
+    out = run("alerts", "list", "--city", "demo", env=env)
+    assert out.returncode == 0 and "demo: latest alert events" in out.stdout, out.stderr
