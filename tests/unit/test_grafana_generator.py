@@ -292,3 +292,12 @@ def test_the_consumption_panels_read_what_the_meter_kernels_accepted() -> None:
     for p in consumption:
         (t,) = p["targets"]
         assert "meter_consumption" in t["rawSql"] and "lag(" not in t["rawSql"]
+
+
+def test_the_traffic_dashboard_shows_the_formulas_travel_time_index() -> None:
+    """The travel time index per sensor is the formula's (kpi_values details: harmonic peak speed,
+    free flow from the registry, night speeds or the city fact), not a second TTI rule in SQL."""
+    board = next(d for d in dashboards() if d["uid"] == "citykpi-traffic")
+    sql = {p["title"]: p["targets"][0]["rawSql"] for p in query_panels(board)}
+    assert [t for t in sql if "Travel time index" in t and "$period" not in t] == []
+    assert not [t for t, s in sql.items() if "free_flow" in s and "details" not in s]

@@ -14,6 +14,7 @@ from grafana_generator.queries import (
     TTI,
     component_target,
     hourly_series,
+    kpi_latest,
     kpi_stat,
     lit,
     metric_in,
@@ -23,25 +24,16 @@ from grafana_generator.queries import (
 def traffic() -> Dashboard:
     tp = TTI.params
     speed, count = tp["speed_metric"], tp["count_metric"]
-    per_device = (
+    mean_speed = (
+        "WITH s AS (\n"
         f"  SELECT r.bucket, {AREA} AS area, d.device_id,\n"
         f"    max(r.sum / r.n) FILTER (WHERE m.name = {lit(speed)}) AS speed,\n"
-        f"    max(r.sum) FILTER (WHERE m.name = {lit(count)}) AS vehicles,\n"
-        "    coalesce(max((d.metadata ->> 'free_flow_kmh')::float8), (SELECT value FROM ff)) AS free_flow\n"
+        f"    max(r.sum) FILTER (WHERE m.name = {lit(count)}) AS vehicles\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
         f"  WHERE $__timeFilter(r.bucket) AND {metric_in([speed, count])}\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         "  GROUP BY 1, 2, 3\n"
-    )
-    ff = (
-        "WITH ff AS (\n"
-        "  SELECT f.value FROM city_facts f\n"
-        f"  WHERE f.city_id = ${{city:sqlstring}} AND f.key = {lit(tp['free_flow_fact'])}\n"
-        "  ORDER BY f.valid_from DESC LIMIT 1\n"
-        "), s AS (\n"
-    )
-    mean_speed = (
-        ff + per_device + ")\n"
+        ")\n"
         "SELECT $__timeGroupAlias(bucket, $__interval), area AS metric,\n"
         "  coalesce(sum(speed * vehicles) / nullif(sum(vehicles) FILTER (WHERE speed IS NOT NULL), 0),\n"
         '           avg(speed)) AS "km/h"\n'
@@ -50,15 +42,16 @@ def traffic() -> Dashboard:
         "GROUP BY 1, 2\n"
         "ORDER BY 1, 2"
     )
-    tti = (
-        ff + per_device + ")\n"
-        "SELECT $__timeGroupAlias(bucket, $__interval), area AS metric,\n"
-        "  coalesce(sum(free_flow / speed * vehicles) / nullif(sum(vehicles) FILTER (WHERE speed > 0), 0),\n"
-        '           avg(free_flow / speed)) AS "TTI"\n'
-        "FROM s\n"
-        "WHERE speed > 0 AND free_flow IS NOT NULL\n"
-        "GROUP BY 1, 2\n"
-        "ORDER BY 1, 2"
+    tti_by_sensor = (
+        f"WITH latest AS (\n{kpi_latest([TTI.code])}\n)\n"
+        "SELECT s.e->>'device_id' AS \"sensor\", (s.e->>'tti')::float8 AS \"TTI\",\n"
+        "  (s.e->>'peak_speed_kmh')::float8 AS \"peak speed km/h\",\n"
+        "  (s.e->>'free_flow_kmh')::float8 AS \"free-flow km/h\",\n"
+        "  s.e->>'free_flow_source' AS \"free-flow from\", (s.e->>'segment_km')::float8 AS \"km\",\n"
+        '  k.period_start AS "period"\n'
+        "FROM latest k\n"
+        "CROSS JOIN LATERAL jsonb_array_elements(k.details->'sensors') AS s(e)\n"
+        "ORDER BY 2 DESC NULLS LAST, 1"
     )
     counters = (
         f'SELECT d.device_id AS "counter", coalesce(d.area_id, \'\') AS "area",\n'
@@ -86,8 +79,8 @@ def traffic() -> Dashboard:
     return Dashboard(
         uid="citykpi-traffic",
         title="citykpi · Traffic",
-        description="Flow (vehicle_count summed per hour), count-weighted mean speed, travel time index "
-        "(free-flow speed / mean speed) from rollup_1h; traffic KPIs from kpi_values.",
+        description="Flow (vehicle_count summed per hour) and count-weighted mean speed from rollup_1h; "
+        "the traffic KPIs, the travel time index per sensor included, from kpi_values.",
         time_from="now-24h",
         period=True,
         tags=("traffic",),
@@ -150,16 +143,16 @@ def traffic() -> Dashboard:
                 interval="1h",
             ),
             Panel(
-                "timeseries",
-                "Travel time index by area (free-flow / mean speed)",
-                tti,
+                "table",
+                "Travel time index by sensor ($period KPI, peak hours)",
+                tti_by_sensor,
+                fmt="table",
                 w=12,
                 h=8,
-                interval="1h",
                 decimals=2,
-                thresholds=[{"color": "green", "value": None}, {"color": "red", "value": tti_target}],
-                description="Free-flow speed: devices.metadata.free_flow_kmh, else the city fact "
-                f"{tp['free_flow_fact']}. Hourly, all hours; the KPI uses weekday peak hours only.",
+                description="As the travel time index formula computed it (kpi_values details): peak-hour "
+                "harmonic mean speed against the free-flow speed (registry, else the 85th percentile of "
+                "night-time hourly speeds, else the city fact).",
             ),
             Panel(
                 "timeseries",
