@@ -105,7 +105,7 @@ class Service:
     def _start_jobs(self) -> None:
         from ingest.alert_notify import AlertNotifier
         from ingest.rebirths import rebirth_loop
-        from kpi_rollups.refresh import kpi_refresh_loop
+        from kpi_rollups.refresh import kpi_refresh_process
         from processors.alerts import alerts_loop
         from processors.quality import quality_loop
         from processors.retention import retention_loop
@@ -118,7 +118,7 @@ class Service:
         if settings.quality.enabled:
             sup.restarting("citykpi-quality", lambda: quality_loop(settings))
         if settings.kpi_refresh_interval_s > 0:
-            sup.restarting("citykpi-kpi-refresh", lambda: kpi_refresh_loop(settings))
+            sup.restarting("citykpi-kpi-refresh", lambda: kpi_refresh_process(settings))
         mqtt = settings.mqtt
         if (
             mqtt.enabled

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -402,3 +405,42 @@ async def kpi_refresh_loop(settings: Settings) -> None:
     finally:
         if pool is not None:
             await pool.close()
+
+
+async def kpi_refresh_process(settings: Settings) -> None:
+    """Run `kpi_refresh_loop` in a process of its own (spawned: its own interpreter, event loop and
+    GIL), so a refresh's queries and Python work never hold up ingestion (bench/refresh.py measures
+    the ingest latency while it runs). Raises when the process exits (the supervisor restarts it);
+    stops it when cancelled."""
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_run_refresh_process, args=(settings, os.getpid()), name="citykpi-kpi-refresh", daemon=True
+    )
+    proc.start()
+    try:
+        while proc.is_alive():
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"the KPI refresh process exited with code {proc.exitcode}")
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            await asyncio.to_thread(proc.join, 10)
+        if proc.is_alive():
+            proc.kill()
+            await asyncio.to_thread(proc.join)
+
+
+def _run_refresh_process(settings: Settings, parent_pid: int) -> None:
+    from core.logs import setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service stops us
+    setup_logging(settings.log_level)
+
+    async def main() -> None:
+        loop = asyncio.create_task(kpi_refresh_loop(settings))
+        while os.getppid() == parent_pid and not loop.done():  # no orphan if the service is killed
+            await asyncio.sleep(1.0)
+        if loop.done():
+            loop.result()  # its error ends the process with a traceback; the service restarts it
+        loop.cancel()
+
+    asyncio.run(main())

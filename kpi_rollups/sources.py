@@ -274,7 +274,8 @@ class CityData:
                                                ORDER BY r.bucket) AS prev
                  FROM rollup_1h r JOIN devices d ON d.device_key = r.device_key
                  JOIN metrics m ON m.metric_id = r.metric_id
-                 WHERE d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4)
+                 WHERE d.city_id = $1 AND m.name = ANY($2::text[]) AND r.bucket >= $3 AND r.bucket < $4
+                   AND coalesce(d.expected_interval_s, 0) = 0)  -- only where no interval is registered
                SELECT device_key, metric,
                       percentile_cont(0.5) WITHIN GROUP (
                           ORDER BY extract(epoch FROM last_time - first_time) / (n - 1))

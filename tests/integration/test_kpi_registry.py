@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import os
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,7 +17,7 @@ from typer.testing import CliRunner
 
 from core.config import Settings
 from kpi_rollups.cli import kpi_app, registry_app, report
-from kpi_rollups.refresh import kpi_refresh_loop, refresh_city_now
+from kpi_rollups.refresh import kpi_refresh_loop, kpi_refresh_process, refresh_city_now
 from kpi_rollups.registry import RegistryImportError, import_registry_file
 from tests.conftest import REPO
 from tests.integration.test_kpi_formulas import DAY, city_a
@@ -203,6 +206,43 @@ async def test_refresh_loop_fills_the_current_periods_of_every_city(tsdb: str, t
         assert starts[(city, "day")] == today
         assert starts[(city, "month")] == today.replace(day=1)
         assert starts[(city, "year")] == today.replace(month=1, day=1)
+
+
+async def test_the_service_refreshes_in_a_process_of_its_own_and_stops_it(tsdb: str) -> None:
+    """The service's refresh runs off the ingest event loop: in a child process, which writes the
+    current periods, ends when cancelled, and whose death is an error (the supervisor restarts it)."""
+    await import_registry_file(tsdb, DEMO)
+    settings = Settings(
+        database={"url": tsdb},  # type: ignore[arg-type]
+        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
+        kpi_refresh_interval_s=0.2,
+    )
+    task = asyncio.create_task(kpi_refresh_process(settings))
+    try:
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            if len(await fetch(tsdb, "SELECT DISTINCT period_kind FROM kpi_values")) == 3:
+                break
+        else:
+            pytest.fail("the refresh process wrote no KPIs")
+        (child,) = [p for p in multiprocessing.active_children() if p.name == "citykpi-kpi-refresh"]
+        assert child.pid != os.getpid()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not child.is_alive()
+
+    task = asyncio.create_task(kpi_refresh_process(settings))
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        children = [p for p in multiprocessing.active_children() if p.name == "citykpi-kpi-refresh"]
+        if children:
+            break
+    assert children[0].pid is not None
+    os.kill(children[0].pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="exited with code -9"):
+        await asyncio.wait_for(task, 10)
 
 
 async def test_after_local_midnight_the_periods_that_ended_are_refreshed_once_more(
