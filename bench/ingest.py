@@ -384,15 +384,7 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         sent = await publish_paced(pub, rate, seconds, 0, lambda: rss.append(rss_mib(proc.pid)), 10)
         await pub.stop()
         await wait_rows(dsn, sent, timeout=120)
-        conn = await asyncpg.connect(dsn)
-        try:
-            p50, p99 = await conn.fetchrow("""
-                SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lat),
-                       percentile_cont(0.99) WITHIN GROUP (ORDER BY lat)
-                FROM (SELECT extract(epoch FROM b.committed_at - r.time) AS lat
-                      FROM readings r JOIN ingest_batches b USING (batch_id)) x""")
-        finally:
-            await conn.close()
+        p50, p99 = await commit_latency(dsn)
     finally:
         await end_service(proc, service_log, dsn, soak_id)
     return {
@@ -404,6 +396,20 @@ async def paced_latency_and_soak(rate: int, seconds: float) -> dict[str, object]
         "service_rss_mib_samples": rss,
         "service_rss_growth_mib": (rss[-1] - rss[min(1, len(rss) - 1)]) if rss else None,
     }
+
+
+async def commit_latency(dsn: str) -> tuple[float, float]:
+    """p50 and p99 seconds from a reading's time (its publish time) to its batch's commit."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        p50, p99 = await conn.fetchrow("""
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lat),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY lat)
+            FROM (SELECT extract(epoch FROM b.committed_at - r.time) AS lat
+                  FROM readings r JOIN ingest_batches b USING (batch_id)) x""")
+    finally:
+        await conn.close()
+    return float(p50), float(p99)
 
 
 async def _readings_or_none(dsn: str) -> int | None:

@@ -18,13 +18,25 @@ import os
 import platform
 import statistics
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.stack import TSDB_URL, drop_database, migrated_database
+from bench.ingest import (
+    commit_latency,
+    end_service,
+    publish_paced,
+    rss_mib,
+    service_process,
+    wait_rows,
+)
+from bench.stack import TSDB_URL, count_readings, drop_database, migrated_database
+from core.config import Settings
+from ingest.publishers import MqttPublisher
+from ingest.simulator import SimMessage
 from kpi_rollups.refresh import refresh_kpis
 from kpi_rollups.registry import import_registry, parse_registry
 
@@ -163,6 +175,69 @@ async def bench_devices(n_devices: int, days: list[int], runs: int) -> list[dict
     return rows
 
 
+async def ingest_latency(
+    devices: int, days: int, rate: int, seconds: float, refresh_interval_s: float
+) -> dict[str, Any]:
+    """Publish-to-commit latency of `citykpi run` at `rate` msg/s for `seconds` while its KPI refresh
+    runs every `refresh_interval_s` (0: off) over the demo city with `devices` devices and `days` of
+    rollups up to now; the refresh rounds that ran come from the service's log."""
+    dsn = await migrated_database(TSDB_URL)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await import_registry(conn, parse_registry(REGISTRY), "bench")
+        await add_devices(conn, devices)
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await add_rollups(conn, end - timedelta(days=days), end)
+    finally:
+        await conn.close()
+    client_id = f"refresh-lat-{uuid.uuid4().hex[:6]}"
+    log_path = Path(f"/tmp/{client_id}.log")
+    os.environ["CITYKPI_BENCH_SERVICE_LOG"] = str(log_path)
+    proc, service_log = service_process(
+        dsn,
+        client_id,
+        CITYKPI_MQTT__SHARED_GROUP=client_id,
+        CITYKPI_KPI_REFRESH_INTERVAL_S=str(refresh_interval_s),
+        CITYKPI_LOG_LEVEL="INFO",
+    )
+    del os.environ["CITYKPI_BENCH_SERVICE_LOG"]
+    try:
+        pub = MqttPublisher(Settings().mqtt, client_id=f"{client_id}-pub")
+        await pub.start()
+        while not await count_readings(dsn):  # probes until the service has subscribed
+            probe = [{"bn": "probe:", "bt": time.time(), "n": "pm25", "v": 1.0}]
+            await pub.publish([SimMessage("city/demo/senml/probe", json.dumps(probe).encode())])
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
+        probes = await count_readings(dsn)
+        rss: list[float] = []
+        sent = await publish_paced(pub, rate, seconds, 0, lambda: rss.append(rss_mib(proc.pid)), 5)
+        await pub.stop()
+        await wait_rows(dsn, probes + sent, timeout=120)
+        p50, p99 = await commit_latency(dsn)
+        rounds = [
+            float(json.loads(line)["message"].rsplit(" in ", 1)[1].split()[0])
+            for line in log_path.read_text().splitlines()
+            if '"KPIs refreshed for' in line
+        ]
+    finally:
+        await end_service(proc, service_log, dsn, client_id)
+        log_path.unlink(missing_ok=True)
+    return {
+        "refresh_interval_s": refresh_interval_s,
+        "devices": devices,
+        "days": days,
+        "rate_msg_per_s": rate,
+        "seconds": seconds,
+        "messages": sent,
+        "latency_p50_s": p50,
+        "latency_p99_s": p99,
+        "refresh_rounds": len(rounds),
+        "refresh_round_median_s": statistics.median(rounds) if rounds else None,
+        "service_rss_mib_max": max(rss) if rss else None,
+    }
+
+
 def _format(row: dict[str, Any]) -> str:
     return (
         f"{row['devices']:>7,} {row['days']:>5} {row['rollup_1h_rows']:>12,} "
@@ -170,7 +245,7 @@ def _format(row: dict[str, Any]) -> str:
     )
 
 
-async def run(devices: list[int], days: list[int], runs: int, out: Path) -> dict[str, Any]:
+async def run(devices: list[int], days: list[int], runs: int, latency: argparse.Namespace, out: Path) -> None:
     started = datetime.now(UTC)
     print(
         f"{'devices':>7} {'days':>5} {'rollup_1h':>12}"
@@ -179,6 +254,25 @@ async def run(devices: list[int], days: list[int], runs: int, out: Path) -> dict
     rows = []
     for n in devices:
         rows += await bench_devices(n, days, runs)
+    latencies = []
+    if latency.latency_seconds > 0:
+        # refresh off, then every second (back to back rounds), alternating
+        for _ in range(latency.latency_runs):
+            for interval in (0.0, 1.0):
+                r = await ingest_latency(
+                    latency.latency_devices,
+                    latency.latency_days,
+                    latency.rate,
+                    latency.latency_seconds,
+                    interval,
+                )
+                latencies.append(r)
+                print(
+                    f"ingest at {r['rate_msg_per_s']} msg/s, refresh {'every 1 s' if interval else 'off'}: "
+                    f"p50 {r['latency_p50_s'] * 1e3:.0f} ms, p99 {r['latency_p99_s'] * 1e3:.0f} ms "
+                    f"({r['refresh_rounds']} refresh rounds, median {r['refresh_round_median_s']} s)",
+                    flush=True,
+                )
     result = {
         "date": started.isoformat(timespec="seconds"),
         "machine": {
@@ -192,13 +286,14 @@ async def run(devices: list[int], days: list[int], runs: int, out: Path) -> dict
             "runs": runs,
             "statistic": "median",
             "now": NOW.isoformat(),
+            **{k: v for k, v in vars(latency).items()},
         },
-        "results": rows,
+        "refresh": rows,
+        "ingest_latency": latencies,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-    return result
 
 
 def _ints(text: str) -> list[int]:
@@ -213,8 +308,20 @@ def main() -> None:
     parser.add_argument("--days", type=_ints, default=[30, 90, 365])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    lat = parser.add_argument_group("ingest latency while the refresh runs")
+    lat.add_argument("--latency-devices", type=int, default=1000)
+    lat.add_argument("--latency-days", type=int, default=90)
+    lat.add_argument("--rate", type=int, default=2000, help="msg/s, one reading each")
+    lat.add_argument("--latency-seconds", type=float, default=60.0, help="per run; 0 skips the phase")
+    lat.add_argument("--latency-runs", type=int, default=1, help="pairs of runs (refresh off, on)")
     args = parser.parse_args()
-    asyncio.run(run(args.devices, args.days, args.runs, args.out))
+    latency = argparse.Namespace(
+        **{
+            k: getattr(args, k)
+            for k in ("latency_devices", "latency_days", "rate", "latency_seconds", "latency_runs")
+        }
+    )
+    asyncio.run(run(args.devices, args.days, args.runs, latency, args.out))
 
 
 if __name__ == "__main__":

@@ -401,6 +401,12 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     kpi_refresh_interval_s: float = Field(60.0, ge=0, description="0 turns the in-service KPI refresh off")
+    kpi_refresh_month_year_s: float = Field(
+        900.0,
+        ge=0,
+        description="how often the scheduled refresh also recomputes the current month and year (their "
+        "cost grows with the data: bench/refresh.py); the day is recomputed every round",
+    )
     shutdown_timeout_s: float = Field(
         60.0,
         gt=0,

@@ -303,13 +303,19 @@ def current_periods(tz: str, now: datetime) -> list[Period]:
 
 
 async def refresh_city_now(
-    pool: asyncpg.Pool | str, city_id: str, tz: str, now: datetime, last_day: date | None = None
+    pool: asyncpg.Pool | str,
+    city_id: str,
+    tz: str,
+    now: datetime,
+    last_day: date | None = None,
+    kinds: tuple[PeriodKind, ...] = KINDS,
 ) -> date:
-    """Refresh the current day, month and year of a city; after a local midnight also the periods
-    that just ended (once), so they are stored complete; then the past periods late readings
-    reached (`refresh_late_days`). Returns the current local day."""
-    periods = [(p, "scheduled") for p in current_periods(tz, now)]
-    today = periods[0][0].start
+    """Refresh the current periods of `kinds` (day, month and year) of a city; after a local midnight
+    also the periods that just ended (once), so they are stored complete; then the past periods late
+    readings reached (`refresh_late_days`). Returns the current local day."""
+    current = current_periods(tz, now)
+    today = current[0].start
+    periods = [(p, "scheduled") for p in current if p.kind in kinds]
     if last_day is not None and last_day != today:
         for k in KINDS:
             ended = Period.containing(k, last_day, tz)
@@ -360,12 +366,14 @@ async def refresh_late_days(
 
 
 async def kpi_refresh_loop(settings: Settings) -> None:
-    """Refresh every configured city's KPIs for the current day, month and year every
-    `settings.kpi_refresh_interval_s`, cities concurrently (each a tenant); log failures and keep
-    going. Runs until cancelled."""
+    """Refresh every configured city's KPIs for the current day every `settings.kpi_refresh_interval_s`
+    and its month and year every `settings.kpi_refresh_month_year_s` (a year's refresh reads the
+    year's rollups), cities concurrently (each a tenant); log failures and keep going. Runs until
+    cancelled."""
     dsn = settings.database.kpi_dsn()
     interval = settings.kpi_refresh_interval_s
     last_day: dict[str, date] = {}
+    month_year_at: float | None = None
     pool: asyncpg.Pool | None = None
     try:
         while True:
@@ -379,9 +387,12 @@ async def kpi_refresh_loop(settings: Settings) -> None:
                         timeout=settings.database.connect_timeout_s,
                     )
                 now = datetime.now(UTC)
+                kinds: tuple[PeriodKind, ...] = ("day",)
+                if month_year_at is None or started - month_year_at >= settings.kpi_refresh_month_year_s:
+                    kinds, month_year_at = KINDS, started
                 days = await asyncio.gather(
                     *(
-                        refresh_city_now(pool, c.city_id, c.timezone, now, last_day.get(c.city_id))
+                        refresh_city_now(pool, c.city_id, c.timezone, now, last_day.get(c.city_id), kinds)
                         for c in settings.cities
                     ),
                     return_exceptions=True,

@@ -208,6 +208,41 @@ async def test_refresh_loop_fills_the_current_periods_of_every_city(tsdb: str, t
         assert starts[(city, "year")] == today.replace(month=1, day=1)
 
 
+async def test_the_month_and_year_are_recomputed_on_their_own_slower_cadence(tsdb: str) -> None:
+    """Each round recomputes the day; the month and year (whose cost grows with the data) only every
+    kpi_refresh_month_year_s: here the first round only."""
+    await import_registry_file(tsdb, DEMO)
+    settings = Settings(
+        database={"url": tsdb},  # type: ignore[arg-type]
+        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
+        kpi_refresh_interval_s=0.2,
+        kpi_refresh_month_year_s=3600,
+    )
+    computed = "SELECT period_kind, max(computed_at) FROM kpi_values GROUP BY 1"
+    task = asyncio.create_task(kpi_refresh_loop(settings))
+    try:
+        first: dict[str, datetime] = {}
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            first = {r[0]: r[1] for r in await fetch(tsdb, computed)}
+            if len(first) == 3:
+                break
+        for _ in range(3):  # three more rounds at least
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                later = {r[0]: r[1] for r in await fetch(tsdb, computed)}
+                if later["day"] > first["day"]:
+                    break
+            else:
+                pytest.fail("the day was not recomputed")
+            assert later["month"] == first["month"] and later["year"] == first["year"]
+            first["day"] = later["day"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_the_service_refreshes_in_a_process_of_its_own_and_stops_it(tsdb: str) -> None:
     """The service's refresh runs off the ingest event loop: in a child process, which writes the
     current periods, ends when cancelled, and whose death is an error (the supervisor restarts it)."""
