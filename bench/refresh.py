@@ -198,6 +198,7 @@ async def ingest_latency(
         client_id,
         CITYKPI_MQTT__SHARED_GROUP=client_id,
         CITYKPI_KPI_REFRESH_INTERVAL_S=str(refresh_interval_s),
+        CITYKPI_KPI_REFRESH_MONTH_YEAR_S="0",  # the whole round (day, month, year) every time
         CITYKPI_LOG_LEVEL="INFO",
     )
     del os.environ["CITYKPI_BENCH_SERVICE_LOG"]
