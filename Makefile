@@ -56,6 +56,7 @@ bench: stack
 	$(BIN)/python -m bench.peers
 	$(BIN)/python -m bench.stall
 	$(BIN)/python -m bench.reader_views
+	$(BIN)/python -m bench.refresh
 	$(BIN)/python -m bench.sparkplug
 
 clean: down
