@@ -357,7 +357,7 @@ def _chart(
         bottom,
         drawn,
         [(x(i), lab) for i, lab in enumerate(x_labels)],
-        [(y(hi), f"{hi:.3g}"), (y(lo), f"{lo:.3g}")],
+        [(y(hi), _tick(hi)), (y(lo), _tick(lo))],
         y(target) if target is not None and math.isfinite(target) else None,
         title,
     )
@@ -397,12 +397,21 @@ def sparkline_text(points: Sequence[tuple[str, float | None]]) -> str:
     return "".join(out)
 
 
-def _quantity(value: float | None, unit: str) -> tuple[str, str]:
-    """(number, unit as shown) of a KPI value, so a long unit can go on its own line."""
+def _quantity(value: float | None, unit: str) -> tuple[str, Markup]:
+    """(number, unit as shown) of a KPI value, so a long unit can go on its own line, and break
+    after its slashes rather than inside a word (kWh/inhabitant/year)."""
     text = fmt_value(value, unit)
     if unit and text.endswith(f" {unit}"):
-        return text[: -len(unit) - 1], unit
-    return text, ""
+        return text[: -len(unit) - 1], Markup("/<wbr>").join(unit.split("/"))
+    return text, Markup("")
+
+
+def _tick(v: float) -> str:
+    """A compact axis label: 3 significant digits, k and M for thousands and millions."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
 
 
 def _markdown_cell(text: str) -> str:

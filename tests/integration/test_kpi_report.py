@@ -70,9 +70,9 @@ async def test_report_is_self_contained_and_lists_every_kpi(tsdb: str, tmp_path:
     for heading in ("Economy", "Environment"):
         assert f"<h2>{heading}</h2>" in html and f"## {heading}" in md
     # values, targets, bands and labels made it in (PM2.5 15 µg/m³ vs 5, band 33-66 %)
-    assert '<span class="q">15.00</span><span class="u">µg/m³</span>' in html and "33-66%" in html
+    assert '<span class="q">15.00</span><span class="u">µg/<wbr>m³</span>' in html and "33-66%" in html
     # 2 meters at 0.3 m3/day, 1000 inhabitants; the unit on its own line, under the number
-    assert '<span class="q">0.6</span><span class="u">L/inhabitant/day</span>' in html
+    assert '<span class="q">0.6</span><span class="u">L/<wbr>inhabitant/<wbr>day</span>' in html
     assert "Partial measurements (period in progress)" in html  # 2025 is not over on 1 July
     assert "| PM2.5 | 15.00 µg/m³ | 5.00 µg/m³ | 33 % | 33-66% |" in md
     assert "▁" in md or "█" in md  # text sparklines from the monthly series (May and June)
