@@ -20,7 +20,7 @@ STACK = REPO / "deploy" / "local" / "stack.sh"
 
 def _stack_env() -> dict[str, str]:
     env: dict[str, str] = {}
-    urls = REPO / ".stack" / "urls.env"
+    urls = Path(os.environ.get("CITYKPI_STACK_DIR", REPO / ".stack")) / "urls.env"  # as stack.sh
     if urls.exists():
         for line in urls.read_text().splitlines():
             if "=" in line:

@@ -70,10 +70,14 @@ apt_install() {  # apt_install PKG... (only those missing)
 }
 
 set_url() {  # set_url KEY VALUE: upsert a line of urls.env
+    unset_url "$1"
+    echo "$1=$2" >> "$URLS"
+}
+
+unset_url() {  # unset_url KEY: drop a line of urls.env
     mkdir -p "$STACK_DIR"
     touch "$URLS"
     grep -v "^$1=" "$URLS" > "$URLS.tmp" || true
-    echo "$1=$2" >> "$URLS.tmp"
     mv "$URLS.tmp" "$URLS"
 }
 
@@ -207,7 +211,23 @@ kafka_up() {
     kafka_topics
     if [ "$(cat "$dir/impl")" = apache ]; then
         set_url CITYKPI_STACK_KAFKA_SASL "127.0.0.1:$KAFKA_SASL_PORT citykpi $KAFKA_SASL_PASSWORD"
+        kafka_scram_user
     fi
+}
+
+kafka_scram_user() {  # the SCRAM-SHA-512 credential of `citykpi` (idempotent), if the broker offers SCRAM
+    local dir=$STACK_DIR/kafka libs
+    unset_url CITYKPI_STACK_KAFKA_SCRAM
+    if ! grep -q '^sasl.enabled.mechanisms=.*SCRAM-SHA-512' "$dir/server.properties"; then
+        log "this Kafka was started without SCRAM-SHA-512: restart it (down kafka, up kafka) for the SCRAM tests"
+        return 0
+    fi
+    libs=$(kafka_libs) || return 1
+    java -Xmx128m -cp "$libs/*" "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.yaml" kafka.admin.ConfigCommand \
+        --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter --entity-type users --entity-name citykpi \
+        --add-config "SCRAM-SHA-512=[password=$KAFKA_SASL_PASSWORD]" >"$dir/scram.log" 2>&1 \
+        || { log "SCRAM user not created (see $dir/scram.log)"; return 0; }
+    set_url CITYKPI_STACK_KAFKA_SCRAM "127.0.0.1:$KAFKA_SASL_PORT citykpi $KAFKA_SASL_PASSWORD"
 }
 
 kafka_topics() {  # the service's default topics (core/config.py), so a fresh stack has them

@@ -7,12 +7,15 @@ tests/unit/test_deploy_manifests.py.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from core.config import KafkaSettings
 from tests.deploy_files import (
     COMPOSE_DIR,
     COMPOSE_FILE,
@@ -284,3 +288,74 @@ def test_systemd_analyze_verify_when_available(tmp_path: Path) -> None:
             if line.strip() and "is not executable" not in line and "/opt/citykpi/venv" not in line
         ]
         assert not problems, "\n".join(problems)
+
+
+def test_kafka_init_makes_scram_users_topics_and_only_the_acls_citykpi_and_the_simulator_need(
+    tmp_path: Path,
+) -> None:
+    """deploy/compose/kafka/init.sh with Kafka's command-line tools replaced by recorders: SCRAM
+    users citykpi and simulator with the secret files' passwords (never on a command line), the
+    source and dead-letter topics, and exactly these ACLs (literal names, no cluster operation):
+    citykpi reads the topics compose routes and its group and writes the dead-letter topic, the
+    simulator writes the source topics. Twice: it is re-run at every `up`."""
+    calls = tmp_path / "calls.jsonl"
+    bin_dir, secrets = tmp_path / "bin", tmp_path / "secrets"
+    bin_dir.mkdir()
+    secrets.mkdir()
+    recorder = (
+        f"#!{sys.executable}\nimport itertools, json, pathlib, sys\nargs = sys.argv[1:]\n"
+        "pairs = itertools.pairwise(args)\n"
+        "files = {a: pathlib.Path(a).read_text() for p, a in pairs if p == '--add-config-file'}\n"
+        f"with open({str(calls)!r}, 'a') as f:\n"
+        "    f.write(json.dumps([pathlib.Path(sys.argv[0]).name, args, files]) + '\\n')\n"
+    )
+    for tool in ("kafka-configs.sh", "kafka-topics.sh", "kafka-acls.sh"):
+        (bin_dir / tool).write_text(recorder)
+        (bin_dir / tool).chmod(0o755)
+    passwords = {user: f"{user}-{uuid.uuid4().hex}" for user in ("citykpi", "simulator")}
+    for user, password in passwords.items():
+        (secrets / f"kafka_{user}_password").write_text(password)
+    env = {**os.environ, "KAFKA_BIN": str(bin_dir), "KAFKA_SECRETS_DIR": str(secrets)}
+    for _ in range(2):
+        out = subprocess.run(
+            ["bash", str(COMPOSE_DIR / "kafka" / "init.sh")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert all(args[:2] == ["--bootstrap-server", "127.0.0.1:9091"] for _, args, _ in recorded)
+    assert not any(p in " ".join(args) for _, args, _ in recorded for p in passwords.values())
+
+    scram = {
+        args[args.index("--entity-name") + 1]: files
+        for tool, args, files in recorded
+        if tool == "kafka-configs.sh"
+    }
+    assert {user: list(files.values()) for user, files in scram.items()} == {
+        user: [f"SCRAM-SHA-512=[password={password}]\n"] for user, password in passwords.items()
+    }
+
+    compose = load_compose()["services"]["citykpi"]["environment"]
+    sources = {route.filter for route in KafkaSettings().topics}  # what compose's citykpi reads (defaults)
+    assert "CITYKPI_KAFKA__TOPICS" not in compose
+    dead_letters, group = compose["CITYKPI_KAFKA__DEAD_LETTER_TOPIC"], compose["CITYKPI_KAFKA__GROUP_ID"]
+    created = {args[args.index("--topic") + 1] for tool, args, _ in recorded if tool == "kafka-topics.sh"}
+    assert created == sources | {dead_letters}
+
+    acls = set()
+    for tool, args, _ in recorded:
+        if tool != "kafka-acls.sh":
+            continue
+        assert "--add" in args and "--cluster" not in args and "--resource-pattern-type" not in args, args
+        principal = args[args.index("--allow-principal") + 1]
+        kind = "topic" if "--topic" in args else "group"
+        name = args[args.index(f"--{kind}") + 1]
+        acls |= {(principal, op, kind, name) for p, op in itertools.pairwise(args) if p == "--operation"}
+    expected = {("User:citykpi", op, "topic", t) for t in sources for op in ("Read", "Describe")}
+    expected |= {("User:citykpi", op, "topic", dead_letters) for op in ("Write", "Describe")}
+    expected |= {("User:citykpi", "Read", "group", group)}
+    expected |= {("User:simulator", op, "topic", t) for t in sources for op in ("Write", "Describe")}
+    assert acls == expected

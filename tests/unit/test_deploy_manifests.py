@@ -156,8 +156,11 @@ def test_compose_parses_with_the_services_and_their_order() -> None:
     assert services["logins"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["grafana"]["depends_on"]["logins"]["condition"] == "service_completed_successfully"
     assert "POSTGRES_USER" not in services["citykpi"]["environment"]["CITYKPI_DATABASE__URL"]
-    for name in ("timescaledb", "kafka", "mosquitto"):
+    for name in ("timescaledb", "mosquitto"):
         assert deps[name]["condition"] == "service_healthy"
+    # Kafka's users, topics and ACLs exist before citykpi connects
+    assert deps["kafka-init"]["condition"] == "service_completed_successfully"
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["migrate"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
     # every service something waits for as healthy has a health check (citykpi: the image's)
     for service in services.values():
@@ -389,6 +392,47 @@ def test_systemd_environment_is_accepted_by_config_show(tmp_path: Path) -> None:
     assert shown["data"]["kafka"]["sasl_password"] == MASKED
 
 
+def test_compose_kafka_authenticates_clients_with_scram_and_authorizes_by_acl() -> None:
+    """Kafka on the compose network takes clients only over SASL/SCRAM-SHA-512; its unauthenticated
+    listeners (the anonymous super user's) are bound to the container's loopback, reached only by
+    kafka-init in the same network namespace; StandardAuthorizer with no ACL meaning no access;
+    citykpi and the simulator log in as their own users with passwords from .env."""
+    services = load_compose()["services"]
+    kafka = services["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in kafka["KAFKA_LISTENERS"].split(","):
+        name, address = listener.split("://")
+        if protocols[name] == "PLAINTEXT":
+            assert address.startswith("127.0.0.1:"), f"{name} is unauthenticated: loopback only"
+        else:
+            assert protocols[name] == "SASL_PLAINTEXT", name
+    assert all(
+        a.startswith(("SASL_PLAINTEXT://kafka:", "BROKER://127.0.0.1:"))
+        for a in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    )
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"].endswith("@127.0.0.1:9093")
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    jaas = kafka["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
+    assert jaas.startswith("org.apache.kafka.common.security.scram.ScramLoginModule required")
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["KAFKA_SUPER_USERS"] == "User:ANONYMOUS"
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "127.0.0.1:9091" in services["kafka"]["healthcheck"]["test"][1]
+    init = services["kafka-init"]
+    assert init["network_mode"] == "service:kafka"
+    assert set(init["secrets"]) == {"kafka_citykpi_password", "kafka_simulator_password"}
+    secrets = load_compose()["secrets"]
+    assert secrets["kafka_citykpi_password"] == {"environment": "CITYKPI_KAFKA_PASSWORD"}
+    assert secrets["kafka_simulator_password"] == {"environment": "SIMULATOR_KAFKA_PASSWORD"}
+    for name, user, secret in (("citykpi", "citykpi", "CITYKPI"), ("simulator", "simulator", "SIMULATOR")):
+        env = services[name]["environment"]
+        assert env["CITYKPI_KAFKA__SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env["CITYKPI_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["CITYKPI_KAFKA__SASL_USERNAME"] == user, name
+        assert env["CITYKPI_KAFKA__SASL_PASSWORD"].startswith(f"${{{secret}_KAFKA_PASSWORD:?"), name
+
+
 def test_compose_services_are_hardened_and_pinned() -> None:
     """Every container: no new privileges, every capability dropped (some added back by name), a
     process limit; long-running ones a memory and CPU limit; images pinned to a version."""
@@ -405,7 +449,7 @@ def test_compose_services_are_hardened_and_pinned() -> None:
         if service.get("restart") == "unless-stopped" and "profiles" not in service:
             limits = service["deploy"]["resources"]["limits"]
             assert limits["memory"] and limits["cpus"], name
-    for name in ("citykpi", "migrate", "logins", "simulator", "grafana", "mosquitto"):
+    for name in ("citykpi", "migrate", "logins", "simulator", "grafana", "mosquitto", "kafka-init"):
         assert services[name].get("read_only") is True, name
 
 
