@@ -12,7 +12,7 @@ from kpi_rollups.catalog import CatalogError, normalize_code, parse_catalog
 from kpi_rollups.formulas import FORMULAS, checked_catalog
 from kpi_rollups.periods import Period, parse_period, periods_in
 from kpi_rollups.registry import RegistryImportError, parse_csv, parse_registry, parse_toml
-from kpi_rollups.report import sparkline_svg, sparkline_text
+from kpi_rollups.report import Row, annual_chart_svg, monthly_chart_svg, sparkline_text
 from kpi_rollups.sources import window_segments
 from kpi_rollups.values import band_label, fmt_value, score
 
@@ -257,11 +257,39 @@ def test_registry_file_types(tmp_path: Path) -> None:
     assert {d.device_id for d in demo.devices} >= {"air-0008", "noise-0012", "water-0040", "electricity-0040"}
 
 
-def test_sparklines() -> None:
-    svg = sparkline_svg([("2025-01", 1.0), ("2025-02", None), ("2025-03", 3.0), ("2025-04", 2.0)], "t")
-    assert svg.startswith("<svg") and "M4.0" in svg and "M" in svg.split("M4.0")[1]  # a gap restarts the line
-    assert "<title>t: 2025-01 – 2025-04, min 1, max 3</title>" in svg
-    assert "aria-label" in sparkline_svg([], "t")
+def chart_row(**kw: object) -> Row:
+    fields: dict[str, object] = dict(
+        component="",
+        label="x",
+        area_id="",
+        value=3.0,
+        unit="µg/m³",
+        target=5.0,
+        score=None,
+        band=None,
+        coverage=None,
+        valid=False,
+        quality_label="",
+        n_devices=0,
+        n_readings=0,
+        note="",
+    )
+    return Row(**(fields | kw))  # type: ignore[arg-type]
+
+
+def test_trend_charts_draw_one_line_per_year_with_gaps_and_the_target() -> None:
+    months_2025 = [1.0, None, 3.0, 2.0] + [None] * 8
+    months_2024 = [None] * 10 + [4.0, 6.0]
+    svg = monthly_chart_svg(chart_row(months_by_year={2024: months_2024, 2025: months_2025}), "t")
+    paths = [p.split('"')[0] for p in svg.split('<path d="')[1:]]
+    assert len(paths) == 2 and paths[0].count("M") == 2 and paths[1].count("M") == 1  # Feb 2025 missing
+    assert svg.index(">2025</text>") < svg.index(">2024</text>")  # newest year first in the legend
+    assert "<title>2025 M: 3.00</title>" in svg and "<title>2024 D: 6.00</title>" in svg
+    assert 'class="target"' in svg and ">6</text>" in svg and ">1</text>" in svg  # y range 1..6
+    assert svg.count('class="tick" text-anchor="middle"') == 12  # J F M ... D
+    assert "no values stored" in monthly_chart_svg(chart_row(), "t")
+    yearly = annual_chart_svg(chart_row(annual=[(2024, 1500.0), (2025, None), (2026, 900.0)]), "t")
+    assert ">2024</text>" in yearly and ">2026</text>" in yearly and ">1.5k</text>" in yearly
     assert sparkline_text([("a", 1.0), ("b", None), ("c", 8.0)]) == "▁ █"
 
 
