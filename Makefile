@@ -58,6 +58,7 @@ bench: stack
 	$(BIN)/python -m bench.reader_views
 	$(BIN)/python -m bench.refresh
 	$(BIN)/python -m bench.sparkplug
+	$(BIN)/python -m bench.alerts
 
 clean: down
 	rm -rf .stack
