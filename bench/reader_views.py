@@ -12,7 +12,12 @@ passes the security barrier and TimescaleDB still excludes chunks. A bound compu
 (`now() - interval ...`, not leakproof) is evaluated above the barrier: the last figure shows
 that cost. A join into a view cannot become an index lookup inside it (the views stay subqueries);
 a device's readings by `device_key = (SELECT ...)` can (a parameter is a leakproof comparison).
-Writes bench/results/reader_views.json (machine, date, figures).
+
+The tables behind the views keep planner statistics on their keys and times only (SECURITY.md: a
+reader's EXPLAIN estimates from them). Each query runs on the same data with every column's
+statistics ("all", as before that rule), as migrated ("keys"), and with none at all ("none", the
+alternative SECURITY.md rejects).
+Writes bench/results/reader_views.json (machine, date, figures per statistics setting).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import asyncpg
 from core.config import Settings
 from ingest.database import prepare_database
 from processors.writer import TimescaleWriter, WriteBatch
+from schemas.access import KEY_COLUMNS, MULTI_CITY_TABLES, apply_access
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reader_views.json"
 CITY_DEVICES = "d.city_id = 'demo'"
@@ -90,12 +96,32 @@ async def _fill(dsn: str, devices: int, days: int) -> int:
             rows += len(batch)
             await w.write(batch)
             t += timedelta(hours=1)
+    return rows
+
+
+async def _set_statistics(dsn: str, setting: str) -> None:
+    """'all': every column of the tables behind the views (target -1, the default); 'keys': as
+    `citykpi migrate` leaves them; 'none': not even the keys. Then ANALYZE."""
     owner = await asyncpg.connect(dsn)
     try:
+        await apply_access(owner)
+        columns = await owner.fetch(
+            "SELECT a.attrelid::regclass::text, quote_ident(a.attname) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = 'public'::regnamespace "
+            "AND c.relname = ANY($1::text[]) AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND ($2 = 'all' OR ($2 = 'none' AND a.attname = ANY($3::text[])))",
+            list(MULTI_CITY_TABLES),
+            setting,
+            list(KEY_COLUMNS),
+        )
+        target = -1 if setting == "all" else 0
+        for table, column in columns:
+            await owner.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET STATISTICS {target}")
+        if setting == "none":
+            await owner.execute("DELETE FROM pg_statistic WHERE starelid >= 16384")
         await owner.execute("ANALYZE")
     finally:
         await owner.close()
-    return rows
 
 
 async def _median(dsn: str, sql: str, runs: int) -> float:
@@ -136,17 +162,21 @@ async def main(devices: int, days: int, runs: int) -> dict[str, Any]:
             f"since_{k}": f"'{(now - d).isoformat()}'"
             for k, d in (("24h", timedelta(hours=24)), ("6h", timedelta(hours=6)), ("7d", timedelta(days=7)))
         }
-        for name, sql in QUERIES:
-            as_owner = await _median(dsn, sql.format(city=CITY_DEVICES, **since), runs)
-            as_reader = await _median(reader_dsn, sql.format(city="true", **since), runs)
-            figures.append(
-                {
-                    "query": name,
-                    "owner_ms": round(as_owner * 1000, 2),
-                    "reader_ms": round(as_reader * 1000, 2),
-                }
-            )
-            print(f"{name:45s} owner {as_owner * 1000:8.2f} ms   reader {as_reader * 1000:8.2f} ms")
+        for statistics_on in ("all", "keys", "none"):
+            await _set_statistics(dsn, statistics_on)
+            print(f"planner statistics on the tables behind the views: {statistics_on}")
+            for name, sql in QUERIES:
+                as_owner = await _median(dsn, sql.format(city=CITY_DEVICES, **since), runs)
+                as_reader = await _median(reader_dsn, sql.format(city="true", **since), runs)
+                figures.append(
+                    {
+                        "statistics": statistics_on,
+                        "query": name,
+                        "owner_ms": round(as_owner * 1000, 2),
+                        "reader_ms": round(as_reader * 1000, 2),
+                    }
+                )
+                print(f"  {name:45s} owner {as_owner * 1000:8.2f} ms   reader {as_reader * 1000:8.2f} ms")
     finally:
         admin = await asyncpg.connect(server)
         await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -12,16 +12,21 @@ added later gets its grants here. The model (SECURITY.md):
   city_readers / platform_readers.
   View bodies are bound at creation, so a reader's temporary objects cannot shadow what they use.
 - The prefix keeps two deployments on one cluster apart; by default it is the database's name.
+- The tables behind the views keep no planner statistics: a reader's WHERE clause that passes the
+  barrier is estimated from them, and EXPLAIN would print every city's distribution.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 
 import asyncpg
+
+log = logging.getLogger(__name__)
 
 READER_SCHEMA = "reader"
 PREFIX_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
@@ -109,6 +114,10 @@ READER_VIEWS: dict[str, str | None] = {
     "metrics": None,  # the metric catalog is the same for every city
     "ingest_batches": PLATFORM_ONLY,  # provenance names every city's topics
 }
+# The tables behind reader views that hold several cities' rows: no planner statistics on them,
+# but for the keys and times every dashboard joins and filters on (SECURITY.md, Statistics).
+MULTI_CITY_TABLES = tuple(view for view, condition in READER_VIEWS.items() if condition is not None)
+KEY_COLUMNS = ("time", "bucket", "device_key", "metric_id", "city_id")
 
 
 @dataclass(frozen=True)
@@ -210,8 +219,9 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
         await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {kpi}, {definer}")
         await conn.execute(f"REVOKE ALL ON {access_tables} FROM {kpi}")
         await conn.execute(f"GRANT {KPI_WRITES} TO {kpi}")
-        await _apply_reader_views(conn, roles)
-        if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        superuser = await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        await _apply_reader_views(conn, roles, superuser)
+        if superuser:
             views = ", ".join(STATISTICS_VIEWS)
             await conn.execute(f"REVOKE SELECT ON {views} FROM PUBLIC")
             await conn.execute(f"GRANT SELECT ON {views} TO pg_monitor, {ingest}, {kpi}")
@@ -223,13 +233,18 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
                 list(UNCHECKED_CHUNK_FUNCTIONS),
             ):
                 await conn.execute(f"REVOKE EXECUTE ON FUNCTION {function[0]} FROM PUBLIC")
+    # in a transaction of its own: its ALTER TABLE waits for a running autovacuum ANALYZE, which on
+    # PostgreSQL 17 would wait for the pg_class rows the GRANTs above changed (a deadlock seen in
+    # the bench); holding nothing, it makes the server cancel the ANALYZE instead
+    async with conn.transaction():
+        await _remove_planner_statistics(conn, superuser)
     return roles
 
 
-async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles) -> None:
+async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles, superuser: bool) -> None:
     """The reader schema and its views, created as the definer so the definer owns them."""
     definer, reader = f'"{roles.definer}"', f'"{roles.reader}"'
-    if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+    if not superuser:
         await conn.execute(f"GRANT {definer} TO CURRENT_USER")  # SET ROLE needs membership
     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {READER_SCHEMA} AUTHORIZATION {definer}")
     await conn.execute(f"REVOKE ALL ON SCHEMA {READER_SCHEMA} FROM PUBLIC")
@@ -247,3 +262,49 @@ async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles) 
     await conn.execute("RESET ROLE")
     await conn.execute(f"GRANT USAGE ON SCHEMA {READER_SCHEMA} TO {reader}")
     await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {READER_SCHEMA} TO {reader}")
+
+
+async def _remove_planner_statistics(conn: asyncpg.Connection, superuser: bool) -> None:
+    """No column or extended statistics on MULTI_CITY_TABLES and their chunks (SECURITY.md).
+
+    The planner pushes a reader's leakproof comparison (`value BETWEEN 50 AND 59`) into the
+    security_barrier view and estimates it from the base table's statistics, which the view owner
+    may read: EXPLAIN's row estimate is then every city's histogram. A statistics target of 0 stops
+    ANALYZE collecting (TimescaleDB copies it to existing and new chunks); the rows ANALYZE collected
+    before stay in pg_statistic until deleted, which only a superuser may do."""
+    tables = await conn.fetch(
+        "SELECT c.oid::regclass::text AS name, array_agg(quote_ident(a.attname) ORDER BY a.attnum) "
+        "FILTER (WHERE a.attstattarget IS DISTINCT FROM 0 AND a.attname <> ALL($2::text[])) AS columns "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY($1::text[]) "
+        "AND c.relkind IN ('r', 'p', 'm') AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid",
+        list(MULTI_CITY_TABLES),
+        list(KEY_COLUMNS),
+    )
+    for table in tables:
+        if table["columns"]:
+            clauses = ", ".join(f"ALTER COLUMN {column} SET STATISTICS 0" for column in table["columns"])
+            await conn.execute(f"ALTER TABLE {table['name']} {clauses}")
+    for statistics in await conn.fetch(
+        "SELECT format('%I.%I', s.stxnamespace::regnamespace, s.stxname) FROM pg_catalog.pg_statistic_ext s "
+        "JOIN pg_catalog.pg_class c ON c.oid = s.stxrelid "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY($1::text[])",
+        list(MULTI_CITY_TABLES),
+    ):
+        await conn.execute(f"DROP STATISTICS {statistics[0]}")
+    if superuser:
+        await conn.execute(
+            "DELETE FROM pg_catalog.pg_statistic s USING pg_catalog.pg_attribute a "
+            "WHERE a.attrelid = s.starelid AND a.attnum = s.staattnum AND a.attstattarget = 0"
+        )
+    elif stale := await conn.fetchval(
+        "SELECT count(DISTINCT (s.schemaname, s.tablename)) FROM pg_catalog.pg_stats s "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = format('%I.%I', s.schemaname, s.tablename)::regclass "
+        "AND a.attname = s.attname WHERE a.attstattarget = 0"
+    ):
+        log.warning(
+            "%d tables or chunks behind the reader views keep planner statistics collected before "
+            "their statistics target became 0 (a city reader's EXPLAIN estimates from them): only a "
+            "superuser can delete them, see SECURITY.md",
+            stale,
+        )

@@ -17,19 +17,23 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 from core.config import Settings
 from processors.writer import TimescaleWriter, WriteBatch
-from schemas.access import READER_VIEWS
+from schemas.access import KEY_COLUMNS, MULTI_CITY_TABLES, READER_VIEWS
+from schemas.migrations import migrate
 from tests.conftest import PrivateMosquitto, as_login, deployment_of, make_login
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+# at the top of an hour, so both cities' readings share one chunk (and one 1 h rollup bucket)
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
 DEMO_VALUES = [10.0 + i for i in range(10)]  # the other city's values are 50 and above
+OTHER_OFFSET = timedelta(minutes=30)  # the other city's readings: half an hour after demo's
 
 # Every object the reader views, the access functions and retention name, as a reader would shadow them.
 SHADOWED_RELATIONS = (*READER_VIEWS, "visible_cities", "city_readers", "platform_readers", "deployment_roles")
@@ -91,7 +95,7 @@ async def two_cities(any_db: str) -> AsyncIterator[TwoCities]:
     batch = WriteBatch(source="test")
     for i in range(10):
         batch.add("demo", "air-1", "pm25", T0 + timedelta(minutes=i), DEMO_VALUES[i])
-        batch.add("other", "air-1", "pm25", T0 + timedelta(minutes=i), 50.0 + i)
+        batch.add("other", "air-1", "pm25", T0 + OTHER_OFFSET + timedelta(minutes=i), 50.0 + i)
     async with TimescaleWriter(any_db) as w:
         await w.write(batch)
     owner = await asyncpg.connect(any_db)
@@ -635,32 +639,173 @@ async def test_no_login_can_drop_or_freeze_a_chunk_through_timescaledbs_internal
     await _other_city_untouched(two_cities.owner_dsn)
 
 
+# Values of a column's type that no row holds (the i-th of n); timestamps right after the other city's {first}
+# (TimescaleDB excludes chunks by time, and which chunks exist is public).
+NO_ROW_VALUES = {
+    "text": "'no such value ' || i",
+    "integer": "-1000 - i",
+    "smallint": "-1000 - i",
+    "bigint": "-1000 - i",
+    "double precision": "-1e6 - i",
+    "date": "date '1900-01-01' + i",
+    "uuid": "gen_random_uuid()",
+    "bytea": "convert_to('no such value ' || i, 'UTF8')",
+    "jsonb": "jsonb_build_object('no such value', i)",
+    "timestamp with time zone": "{first} + i * interval '1 microsecond'",
+}
+ORDERED_TYPES = ("integer", "smallint", "bigint", "double precision", "date", "timestamp with time zone")
+
+
+def _literal(array_text: str, sql_type: str) -> str:
+    return "'" + array_text.replace("'", "''") + f"'::{sql_type}[]"
+
+
+async def _plan_rows(conn: asyncpg.Connection, view: str, where: str) -> list[tuple[str, int]]:
+    """Every node of the reader's plan with its row estimate: what EXPLAIN tells the reader."""
+    plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT * FROM reader.{view} WHERE {where}"))
+
+    def nodes(node: dict[str, Any]) -> list[tuple[str, int]]:
+        own = [(str(node["Node Type"]), int(node["Plan Rows"]))]
+        return own + [n for child in node.get("Plans", []) for n in nodes(child)]
+
+    return nodes(plan[0]["Plan"])
+
+
+async def _other_city_predicates(
+    owner: asyncpg.Connection, reader: asyncpg.Connection, view: str
+) -> list[tuple[str, str, str]]:
+    """(column, predicate matching only the other city's rows, the same shape matching no row) for
+    every column of the view in which the other city holds values demo does not."""
+    predicates = []
+    for column, sql_type in await owner.fetch(
+        "SELECT quote_ident(a.attname), format_type(a.atttypid, NULL) FROM pg_attribute a "
+        "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        f"public.{view}",
+    ):
+        if sql_type not in NO_ROW_VALUES:
+            continue
+        seen = [r[0] for r in await reader.fetch(f"SELECT DISTINCT {column}::text FROM reader.{view}")]
+        others = await owner.fetchval(
+            f"SELECT array_agg(DISTINCT {column} ORDER BY {column})::text FROM public.{view} "
+            f"WHERE {column} IS NOT NULL AND {column}::text <> ALL($1::text[])",
+            seen,
+        )
+        if others is None:
+            continue
+        count = await owner.fetchval(f"SELECT cardinality({_literal(others, sql_type)})")
+        value = NO_ROW_VALUES[sql_type].format(first=f"(({_literal(others, sql_type)})[1])")
+        nothing = await owner.fetchval(
+            f"SELECT array_agg({value})::text FROM generate_series(1, $1) i", count
+        )
+        predicates.append(
+            (
+                column,
+                f"{column} = ANY({_literal(others, sql_type)})",
+                f"{column} = ANY({_literal(nothing, sql_type)})",
+            )
+        )
+        if sql_type in ORDERED_TYPES:
+            low, high, demo_inside = await owner.fetchrow(
+                f"SELECT min(o)::text, max(o)::text, EXISTS (SELECT 1 FROM unnest($1::text[]) d "
+                f"WHERE d::{sql_type} BETWEEN min(o) AND max(o)) FROM unnest({_literal(others, sql_type)}) o",
+                seen,
+            )
+            nothing_low, nothing_high = await owner.fetchrow(
+                f"SELECT min(o)::text, max(o)::text FROM unnest({_literal(nothing, sql_type)}) o"
+            )
+            if not demo_inside:
+                predicates.append(
+                    (
+                        column,
+                        f"{column} BETWEEN '{low}'::{sql_type} AND '{high}'::{sql_type}",
+                        f"{column} BETWEEN '{nothing_low}'::{sql_type} AND '{nothing_high}'::{sql_type}",
+                    )
+                )
+    return predicates
+
+
+async def _explain_leaks(two_cities: TwoCities, keys: bool) -> tuple[list[str], list[str]]:
+    """(columns compared, leaks) over every reader view of several cities: the key columns
+    (schemas.access.KEY_COLUMNS) or all the others."""
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    try:
+        compared, leaks = [], []
+        for view in MULTI_CITY_TABLES:
+            for column, other_city, no_row in await _other_city_predicates(owner, reader, view):
+                if (column.strip('"') in KEY_COLUMNS) != keys:
+                    continue
+                compared.append(f"{view}.{column}")
+                seen, baseline = (
+                    await _plan_rows(reader, view, other_city),
+                    await _plan_rows(reader, view, no_row),
+                )
+                if seen != baseline:
+                    leaks.append(f"{view}: {other_city} estimated {seen}, no row {baseline}")
+        return compared, leaks
+    finally:
+        await reader.close()
+        await owner.close()
+
+
+async def test_reader_explain_estimates_reveal_nothing_of_the_other_citys_values(
+    two_cities: TwoCities,
+) -> None:
+    """The planner pushes a reader's leakproof comparison into the security_barrier view and would
+    estimate it from the base table's statistics, all cities' (seen before: `value BETWEEN 50 AND
+    59`, the other city's range, 10 rows against 2 for the empty 20-49). For every reader view over
+    several cities and every column but the keys in which the other city holds values demo does
+    not, a predicate matching exactly those values and the same predicate over values no row holds
+    give the same plan and row estimates, after ANALYZE, on TimescaleDB chunks made after the
+    migration too."""
+    compared, leaks = await _explain_leaks(two_cities, keys=False)
+    assert not leaks, "\n".join(leaks)
+    # the other city's values showed up in every kind of view: readings, rollups, KPIs, dead letters
+    expected = {"readings.value", "rollup_1m.max", "rollup_1m.first_time", "kpi_values.value"}
+    expected |= {"dead_letters.id", "city_facts.value", "ingest_batches.source", "cities.name"}
+    assert expected <= set(compared), compared
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="open (audit of issue 12): the planner estimates a reader view's filter from the base "
-    "table's statistics (all cities), and EXPLAIN shows the estimate",
+    reason="open: the key columns (schemas.access.KEY_COLUMNS) keep planner statistics, without "
+    "which the dashboards' plans collapse (SECURITY.md, Statistics): EXPLAIN shows how many rows "
+    "another city's devices, metrics and hours hold, never their values",
 )
-async def test_reader_explain_estimates_reveal_nothing_of_the_other_city(two_cities: TwoCities) -> None:
-    """demo's values are 10-19, the other city's 50-59: for the reader both ranges 20-49 and 50-59
-    are empty, so the planner's row estimate must not tell them apart (seen: 2 rows vs 10, the
-    other city's histogram read through `EXPLAIN`, as `pg_stats` would have shown it)."""
+async def test_reader_explain_estimates_reveal_nothing_of_the_other_citys_keys(two_cities: TwoCities) -> None:
+    """As above, for the key columns: device keys, metric ids, times, city ids."""
+    compared, leaks = await _explain_leaks(two_cities, keys=True)
+    assert "readings.device_key" in compared
+    assert not leaks, "\n".join(leaks)
 
-    async def estimate(conn: asyncpg.Connection, where: str) -> list[int]:
-        plan = json.loads(
-            await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT * FROM reader.readings WHERE {where}")
-        )
 
-        def scans(node: dict[str, object]) -> list[int]:
-            own = [int(node["Plan Rows"])] if "Filter" in node and "value" in str(node["Filter"]) else []
-            return own + [r for child in node.get("Plans", []) for r in scans(child)]  # type: ignore[attr-defined]
-
-        return scans(plan[0]["Plan"])
-
-    reader = await asyncpg.connect(two_cities.reader_dsn)
+async def test_statistics_collected_before_the_access_model_are_deleted_at_migrate(
+    two_cities: TwoCities,
+) -> None:
+    """Statistics ANALYZE collected before the statistics target became 0 (a database migrated
+    before this rule, or an operator's `SET STATISTICS`), extended statistics included, are gone
+    after the next `citykpi migrate`, on the tables and on every chunk (the keys keep theirs)."""
+    owner = await asyncpg.connect(two_cities.owner_dsn)
     try:
-        assert await estimate(reader, "value BETWEEN 50 AND 59") == await estimate(
-            reader, "value BETWEEN 20 AND 49"
+        await owner.execute("ALTER TABLE readings ALTER COLUMN value SET STATISTICS -1")
+        await owner.execute("ALTER TABLE kpi_values ALTER COLUMN value SET STATISTICS 100")
+        await owner.execute("CREATE STATISTICS kpi_values_city_value ON city_id, value FROM kpi_values")
+        await owner.execute("ANALYZE")
+        behind_views = (
+            "SELECT count(*) FROM pg_statistic s JOIN pg_attribute a ON a.attrelid = s.starelid "
+            "AND a.attnum = s.staattnum AND a.attname <> ALL($2::text[]) "
+            "WHERE s.starelid IN (SELECT c.oid FROM pg_class c "
+            "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace "
+            "UNION SELECT i.inhrelid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent "
+            "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace)"
         )
+        assert await owner.fetchval(behind_views, list(MULTI_CITY_TABLES), list(KEY_COLUMNS)) > 0
+        assert await owner.fetchval("SELECT count(*) FROM pg_statistic_ext") == 1
+        await migrate(owner)
+        await owner.execute("ANALYZE")
+        assert await owner.fetchval(behind_views, list(MULTI_CITY_TABLES), list(KEY_COLUMNS)) == 0
+        assert await owner.fetchval("SELECT count(*) FROM pg_statistic_ext") == 0
+        assert await owner.fetchval("SELECT count(*) FROM pg_stats WHERE tablename = 'metrics'") > 0
     finally:
-        await reader.close()
+        await owner.close()
