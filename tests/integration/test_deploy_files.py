@@ -335,7 +335,7 @@ def test_kafka_init_makes_scram_users_topics_and_only_the_acls_citykpi_and_the_s
         if tool == "kafka-configs.sh"
     }
     assert {user: list(files.values()) for user, files in scram.items()} == {
-        user: [f"SCRAM-SHA-512=[password={password}]\n"] for user, password in passwords.items()
+        user: [f"SCRAM-SHA-512=password={password}\n"] for user, password in passwords.items()
     }
 
     compose = load_compose()["services"]["citykpi"]["environment"]

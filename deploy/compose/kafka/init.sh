@@ -20,9 +20,10 @@ PARTITIONS=${KAFKA_PARTITIONS:-6}
 admin() { "$BIN/$1" --bootstrap-server "$BOOTSTRAP" "${@:2}"; }
 
 for user in citykpi simulator; do
-    # the password goes through a file descriptor, never onto a command line
+    # the password goes through a file descriptor, never onto a command line (a properties file:
+    # no brackets around the value, unlike --add-config)
     admin kafka-configs.sh --alter --entity-type users --entity-name "$user" \
-        --add-config-file <(printf 'SCRAM-SHA-512=[password=%s]\n' "$(cat "$SECRETS/kafka_${user}_password")")
+        --add-config-file <(printf 'SCRAM-SHA-512=password=%s\n' "$(cat "$SECRETS/kafka_${user}_password")")
 done
 
 for topic in "${SOURCE_TOPICS[@]}" "$DEAD_LETTER_TOPIC"; do
