@@ -55,7 +55,10 @@ _VALUE_FIELDS = ("v", "vb", "s", "vs", "vd")
 def _value(rec: dict[str, Any], metric: str, raw_metric: str, base_value: float, base_sum: float) -> float:
     aggregation = METRICS[metric].aggregation
     if "v" in rec:
-        return base_value + as_number(rec["v"], f"SenML v of {raw_metric}")
+        v = rec["v"]
+        if type(v) is float:  # the common case, without building the error's text
+            return base_value + v
+        return base_value + as_number(v, f"SenML v of {raw_metric}")
     if "vb" in rec:
         if aggregation != "state":
             raise DecodeError("wrong_type", f"SenML vb (a boolean) for {metric}, which is a number; send v")
@@ -82,6 +85,7 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
     base_time = base_value = base_sum = 0.0
     out = Decoded()
     unknown: list[str] = []
+    names: dict[str, tuple[str, str | None, str]] = {}  # resolved name -> device, metric, raw metric
     for i, rec in enumerate(pack):
         if not isinstance(rec, dict):
             out.reject(DecodeError("bad_structure", "SenML record must be an object"), f"[{i}]")
@@ -104,11 +108,19 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
         if "bs" in rec:
             base_sum = as_number(rec["bs"], f"[{i}].bs")
         try:
-            device, raw_metric = _split_name(base_name + (_text(rec, "n", None) or ""))
+            name = base_name + (_text(rec, "n", None) or "")
         except DecodeError as e:
             out.reject(e, f"[{i}].n")
             continue
-        metric = canonical_metric_name(raw_metric) if raw_metric else None
+        known = names.get(name)
+        if known is None:  # a pack mostly repeats its names: each split and looked up once
+            device, raw_metric = _split_name(name)
+            known = names[name] = (
+                device,
+                canonical_metric_name(raw_metric) if raw_metric else None,
+                raw_metric,
+            )
+        device, metric, raw_metric = known
         if metric is None:
             if raw_metric and any(k in rec for k in _VALUE_FIELDS):
                 unknown.append(raw_metric)
@@ -125,5 +137,5 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
             out.reject(e, f"[{i}]", device or None)
             continue
         out.append(Reading(device, metric, time, value, unit, ctx.city, f"[{i}]"))
-    names = f" (names: {', '.join(sorted(set(unknown))[:8])})" if unknown else ""
-    return out.or_raise("no_known_metrics", f"no SenML record names a known metric{names}")
+    seen = f" (names: {', '.join(sorted(set(unknown))[:8])})" if unknown else ""
+    return out.or_raise("no_known_metrics", f"no SenML record names a known metric{seen}")
