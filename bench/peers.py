@@ -18,10 +18,14 @@ process, one after the other, on the same cores and the same TimescaleDB:
   ceiling when its decode and write keep up);
 * naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`.
 
-Kafka, the same backlog on a new 3-partition topic of the local stack's broker: citykpi `run` with a
+Kafka, the same backlog on a new 4-partition topic of the local stack's broker: citykpi `run` with a
 flat JSON topic route, Telegraf `inputs.kafka_consumer` (`version = "3.7.0"`, which Kafka 4.x needs,
 oldest offset, its own group, `max_undelivered_messages` 20,000) and aiokafka fetching without
-decoding (bench/drains.py).
+decoding (bench/drains.py); then citykpi with `kafka.workers = 2` (two consumer processes in its
+group) on it, and citykpi with one and two workers on the same readings as SenML packs of 10.
+CPU, peak RSS and run-queue wait of citykpi are summed over its worker processes; `cpu_us_per_row`
+is the CPU it spent per row (the per-core cost). `--no-mqtt` / `--no-kafka` run one transport and
+keep the other's last figures (dated) in the results.
 
 Each MQTT round runs twice: unpinned (2 cores here), then with every consumer pinned to one CPU
 (`taskset -c 0`, children included; the broker and the database stay unpinned; `--no-one-core`
@@ -85,6 +89,7 @@ TELEGRAF_VERSION = "v1.37.2"
 TELEGRAF_PLUGINS = "custom,inputs.mqtt_consumer,inputs.kafka_consumer,outputs.postgresql,parsers.json_v2"
 TELEGRAF_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "citykpi" / "telegraf"
 TOPIC_FILTER = "city/+/json/+"
+KAFKA_PARTITIONS = 4  # so that two worker processes get two each
 CITYKPI_ROUTE = [{"filter": TOPIC_FILTER, "format": "json", "city_level": 2, "device_level": 4}]
 
 
@@ -278,6 +283,7 @@ async def drain_into(
         "peak_rss_mib": sum(peaks),  # the process and its children, each at its own peak
         "children_peak_rss_mib": sum(peaks[1:]),
         "cpu_percent": 100 * cpu / steady_s,
+        "cpu_us_per_row": 1e6 * cpu / n,
         "runqueue_wait_percent": 100 * wait / steady_s,
     }
 
@@ -427,30 +433,72 @@ async def mqtt_round(
     return out
 
 
-async def kafka_round(n: int, telegraf: Path | None, log: Path) -> dict[str, dict[str, float]]:
-    """The same backlog on a new 3-partition topic; each consumer in a group of its own."""
+def senml_backlog(n: int, t0: int) -> list[SimMessage]:
+    """n readings as SenML packs of 10 (one device, ten seconds of pm25 each) from 2,000 devices."""
+    packs = []
+    for i in range(n // 10):
+        device, bt = f"air-{i % 2000:04d}", t0 + (i // 2000) * 10
+        records: list[dict[str, object]] = [
+            {"bn": f"{device}:", "bt": bt, "n": "pm25", "u": "ug/m3", "v": 10.5}
+        ]
+        records += [{"n": "pm25", "t": k, "v": 10.0 + k} for k in range(1, 10)]
+        packs.append(SimMessage(f"city/demo/senml/{device}", json.dumps(records).encode()))
+    return packs
+
+
+async def new_kafka_topic(fmt: str, messages: list[SimMessage]) -> str:
+    """A new topic of KAFKA_PARTITIONS partitions holding `messages`."""
     topic = f"peers.{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+        await admin.create_topics([NewTopic(topic, num_partitions=KAFKA_PARTITIONS, replication_factor=1)])
     finally:
         await admin.close()
-    pub = KafkaPublisher(Settings().kafka, {"json": topic})
+    pub = KafkaPublisher(Settings().kafka, {fmt: topic})
     await pub.start()
-    await pub.publish(backlog(n, int(time.time()) - 86400))
+    await pub.publish(messages)
     await pub.stop()
+    return topic
+
+
+def citykpi_kafka_env(topic: str, fmt: str) -> dict[str, str]:
+    return {
+        "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
+        "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": fmt, "city": "demo"}]),
+        "CITYKPI_MQTT__ENABLED": "false",
+    }
+
+
+def kafka_workers(topic: str, workers: int) -> dict[str, str]:
+    """A citykpi variant with `workers` consumer processes, in a group of its own."""
+    return {"CITYKPI_KAFKA__WORKERS": str(workers), "CITYKPI_KAFKA__GROUP_ID": f"citykpi-{topic}-{workers}"}
+
+
+async def kafka_round(n: int, telegraf: Path | None, log: Path) -> dict[str, dict[str, float]]:
+    """The same backlog on a new topic; each consumer in a group of its own, citykpi with one and
+    with two worker processes. Then citykpi with one and two on the n readings as SenML packs of 10."""
+    t0 = int(time.time()) - 86400
+    topic = await new_kafka_topic("json", backlog(n, t0))
     dsn = await peer_database()
     try:
-        env = {
-            "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
-            "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "json", "city": "demo"}]),
-            "CITYKPI_KAFKA__GROUP_ID": f"citykpi-{topic}",
-            "CITYKPI_MQTT__ENABLED": "false",
-        }
         conf = telegraf_kafka_config(KAFKA_BOOTSTRAP, topic, dsn)
-        out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log)
+        variants = {"citykpi": kafka_workers(topic, 1), "citykpi_2_workers": kafka_workers(topic, 2)}
+        env = citykpi_kafka_env(topic, "json")
+        out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log, variants)
         out["bare_aiokafka"] = await asyncio.to_thread(run_drain, "kafka-bare", KAFKA_BOOTSTRAP, topic, n)
+    finally:
+        await drop_database(TSDB_URL, dsn)
+    senml = await new_kafka_topic("senml", senml_backlog(n, t0))
+    dsn = await peer_database()
+    try:
+        variants = {
+            "citykpi_senml10": kafka_workers(senml, 1),
+            "citykpi_senml10_2_workers": kafka_workers(senml, 2),
+        }
+        out |= await citykpi_and_telegraf(
+            citykpi_kafka_env(senml, "senml"), None, None, dsn, n, log, variants
+        )
     finally:
         await drop_database(TSDB_URL, dsn)
     return out
@@ -501,12 +549,13 @@ def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, object]:
 
 
 def print_table(title: str, med: dict[str, dict[str, float]]) -> None:
-    head = ("pipeline", "rows/s", "peak MiB", "CPU %", "wait %", "start->last s")
-    print(f"{title}\n" + "{:14s} {:>9s} {:>9s} {:>6s} {:>6s} {:>13s}".format(*head))
+    head = ("pipeline", "rows/s", "peak MiB", "CPU %", "µs CPU/row", "wait %", "start->last s")
+    print(f"{title}\n" + "{:26s} {:>9s} {:>9s} {:>6s} {:>10s} {:>6s} {:>13s}".format(*head))
     for name, m in med.items():
         start = f"{m['start_to_last_row_s']:13.1f}" if "start_to_last_row_s" in m else ""
         print(
-            f"{name:14s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} "
+            f"{name:26s} {m['rows_per_s']:9,.0f} {m['peak_rss_mib']:9.1f} {m['cpu_percent']:6.0f} "
+            f"{m.get('cpu_us_per_row', 1e4 * m['cpu_percent'] / m['rows_per_s']):10.1f} "
             f"{m['runqueue_wait_percent']:6.0f} {start}"
         )
 
@@ -523,6 +572,7 @@ async def main() -> None:
         default=True,
         help="also run each MQTT round with every consumer pinned to one CPU (taskset -c 0)",
     )
+    ap.add_argument("--no-mqtt", action="store_true")
     args = ap.parse_args()
     telegraf, telegraf_note = telegraf_binary()
     print(telegraf_note, flush=True)
@@ -535,17 +585,18 @@ async def main() -> None:
     one_core_rounds: list[dict[str, dict[str, float]]] = []
     try:
         for i in range(args.rounds):
-            mqtt_rounds.append(
-                await retried(
-                    lambda: mqtt_round(broker.port, args.messages, args.naive_messages, telegraf, log)
+            if not args.no_mqtt:
+                mqtt_rounds.append(
+                    await retried(
+                        lambda: mqtt_round(broker.port, args.messages, args.naive_messages, telegraf, log)
+                    )
                 )
-            )
-            print(f"mqtt round {i + 1}: " + json.dumps(mqtt_rounds[-1]), flush=True)
-            if args.one_core:
-                one_core_rounds.append(
-                    await retried(lambda: mqtt_round(broker.port, args.messages, 0, telegraf, log, 1))
-                )
-                print(f"mqtt round {i + 1}, one core: " + json.dumps(one_core_rounds[-1]), flush=True)
+                print(f"mqtt round {i + 1}: " + json.dumps(mqtt_rounds[-1]), flush=True)
+                if args.one_core:
+                    one_core_rounds.append(
+                        await retried(lambda: mqtt_round(broker.port, args.messages, 0, telegraf, log, 1))
+                    )
+                    print(f"mqtt round {i + 1}, one core: " + json.dumps(one_core_rounds[-1]), flush=True)
             if not args.no_kafka:
                 kafka_rounds.append(await retried(lambda: kafka_round(args.messages, telegraf, log)))
                 print(f"kafka round {i + 1}: " + json.dumps(kafka_rounds[-1]), flush=True)
@@ -559,16 +610,25 @@ async def main() -> None:
         "naive_messages": args.naive_messages,
         "rounds": args.rounds,
         "mqtt_broker": "private Mosquitto, max_inflight_messages 0, persistence on",
-        "kafka_broker": f"the local stack's Kafka ({KAFKA_IMPL}), a new 3-partition topic per round",
+        "kafka_broker": f"the local stack's Kafka ({KAFKA_IMPL}), a new {KAFKA_PARTITIONS}-partition topic "
+        "per round and backlog",
         "telegraf": telegraf_note,
         "citykpi_import_baseline_mib": round(import_baseline_mib(), 1),
         "citykpi_decode_us_per_message": round(decode_us_per_message(), 2),
-        "mqtt": summary(mqtt_rounds),
     }
-    if one_core_rounds:
-        result["mqtt_one_core"] = summary(one_core_rounds)
-    if kafka_rounds:
-        result["kafka"] = summary(kafka_rounds)
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for transport, rounds in (
+        ("mqtt", mqtt_rounds),
+        ("mqtt_one_core", one_core_rounds),
+        ("kafka", kafka_rounds),
+    ):
+        if rounds:
+            result[transport] = summary(rounds)
+        elif transport in earlier:  # not run this time (--no-mqtt, --no-kafka): the last run's, dated
+            result[transport] = {
+                **earlier[transport],
+                "date": earlier[transport].get("date", earlier["date"]),
+            }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(
