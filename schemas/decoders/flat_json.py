@@ -20,7 +20,7 @@ payload's city).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas.decoders._common import (
@@ -37,6 +37,10 @@ from schemas.metrics import METRICS, canonical_metric_name
 from schemas.readings import DecodeContext, Decoded, DecodeError, Reading
 
 _STATES = frozenset(name for name, m in METRICS.items() if m.aggregation == "state")  # 0/1 from bools too
+
+
+_WIDE_KEYS_MAX = 4096
+_WIDE_PAIRS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}  # a wide object's keys -> its pairs
 
 
 class _Fields:
@@ -69,11 +73,20 @@ class _Fields:
     def city_of(self, doc: dict[str, Any], ctx: DecodeContext) -> str | None:
         return text_field(doc, self.city or "city") or ctx.city
 
-    def wide(self, doc: dict[str, Any]) -> list[tuple[str, str]]:
-        """(metric, field) pairs of a wide object."""
+    def wide(self, doc: dict[str, Any]) -> Sequence[tuple[str, str]]:
+        """(metric, field) pairs of a wide object; a device's payloads repeat their keys, so the
+        pairs of a small key tuple are remembered (at most `_WIDE_KEYS_MAX`, then forgotten at once)."""
         if self.explicit:
             return self.explicit
-        return [(alias, key) for key in doc if (alias := canonical_metric_name(key)) is not None]
+        keys = tuple(doc)
+        pairs = _WIDE_PAIRS.get(keys)
+        if pairs is None:
+            pairs = tuple((alias, k) for k in keys if (alias := canonical_metric_name(k)) is not None)
+            if len(keys) <= 32 and sum(map(len, keys)) <= 1024:
+                if len(_WIDE_PAIRS) >= _WIDE_KEYS_MAX:
+                    _WIDE_PAIRS.clear()
+                _WIDE_PAIRS[keys] = pairs
+        return pairs
 
 
 _NO_FIELD_MAP = _Fields({})  # the common case, read once rather than per payload

@@ -50,3 +50,22 @@ def test_json_device_from_topic_and_received_time() -> None:
 )
 def test_json_errors(payload: str, field_map: dict[str, str], reason: str) -> None:
     assert decode_error("json", payload, ctx(field_map=field_map)) == reason
+
+
+def test_remembered_wide_keys_stay_bounded_and_read_each_payload_as_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from schemas.decoders import flat_json
+
+    monkeypatch.setattr(flat_json, "_WIDE_KEYS_MAX", 8)
+    monkeypatch.setattr(flat_json, "_WIDE_PAIRS", {})
+    for i in range(50):  # attacker-chosen key sets: the memory never grows past its bound
+        doc = {"device_id": "d1", f"junk{i}": 1, "pm25": float(i)}
+        (r,) = DECODERS["json"](json.dumps(doc).encode(), ctx(city="demo"))
+        assert (r.metric, r.value) == ("pm25", float(i))
+        assert len(flat_json._WIDE_PAIRS) <= 8
+    twice = {"device_id": "d1", "temp": 18.5, "temperature": 19.5}  # same keys again: same outcome
+    for _ in range(2):
+        decoded = DECODERS["json"](json.dumps(twice).encode(), ctx(city="demo"))
+        assert [(r.metric, r.value) for r in decoded] == [("temperature", 18.5)]
+        assert [p.reason for p in decoded.rejected] == ["same_quantity"]
