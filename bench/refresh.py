@@ -19,6 +19,7 @@ import platform
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,8 @@ async def time_round(dsn: str, runs: int) -> dict[str, float]:
     return med
 
 
-async def bench_devices(n_devices: int, days: list[int], runs: int) -> list[dict[str, Any]]:
+async def bench_devices(n_devices: int, days: list[int], runs: int) -> AsyncIterator[dict[str, Any]]:
     dsn = await migrated_database(TSDB_URL)
-    rows: list[dict[str, Any]] = []
     try:
         conn = await asyncpg.connect(dsn)
         try:
@@ -166,13 +166,12 @@ async def bench_devices(n_devices: int, days: list[int], runs: int) -> list[dict
                     "generate_s": generated,
                     **{f"{k}_s": v for k, v in med.items()},
                 }
-                rows.append(row)
                 print(_format(row), flush=True)
+                yield row
         finally:
             await conn.close()
     finally:
         await drop_database(TSDB_URL, dsn)
-    return rows
 
 
 async def ingest_latency(
@@ -247,35 +246,10 @@ def _format(row: dict[str, Any]) -> str:
 
 
 async def run(devices: list[int], days: list[int], runs: int, latency: argparse.Namespace, out: Path) -> None:
-    started = datetime.now(UTC)
-    print(
-        f"{'devices':>7} {'days':>5} {'rollup_1h':>12}"
-        + "".join(f"{h:>9}" for h in ("day s", "month s", "year s", "round s"))
-    )
-    rows = []
-    for n in devices:
-        rows += await bench_devices(n, days, runs)
-    latencies = []
-    if latency.latency_seconds > 0:
-        # refresh off, then every second (back to back rounds), alternating
-        for _ in range(latency.latency_runs):
-            for interval in (0.0, 1.0):
-                r = await ingest_latency(
-                    latency.latency_devices,
-                    latency.latency_days,
-                    latency.rate,
-                    latency.latency_seconds,
-                    interval,
-                )
-                latencies.append(r)
-                print(
-                    f"ingest at {r['rate_msg_per_s']} msg/s, refresh {'every 1 s' if interval else 'off'}: "
-                    f"p50 {r['latency_p50_s'] * 1e3:.0f} ms, p99 {r['latency_p99_s'] * 1e3:.0f} ms "
-                    f"({r['refresh_rounds']} refresh rounds, median {r['refresh_round_median_s']} s)",
-                    flush=True,
-                )
-    result = {
-        "date": started.isoformat(timespec="seconds"),
+    """The refresh grid, then the ingest latency pairs; results are written after each row, so a
+    database restarted under the bench (a shared machine) leaves what was measured."""
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "logical_cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -287,13 +261,43 @@ async def run(devices: list[int], days: list[int], runs: int, latency: argparse.
             "runs": runs,
             "statistic": "median",
             "now": NOW.isoformat(),
-            **{k: v for k, v in vars(latency).items()},
+            **vars(latency),
         },
-        "refresh": rows,
-        "ingest_latency": latencies,
+        "refresh": [],
+        "ingest_latency": [],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def save() -> None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(
+        f"{'devices':>7} {'days':>5} {'rollup_1h':>12}"
+        + "".join(f"{h:>9}" for h in ("day s", "month s", "year s", "round s"))
+    )
+    for n in devices:
+        async for row in bench_devices(n, days, runs):
+            result["refresh"].append(row)
+            save()
+    if latency.latency_seconds > 0:
+        # refresh off, then every second (back to back rounds), alternating
+        for _ in range(latency.latency_runs):
+            for interval in (0.0, 1.0):
+                r = await ingest_latency(
+                    latency.latency_devices,
+                    latency.latency_days,
+                    latency.rate,
+                    latency.latency_seconds,
+                    interval,
+                )
+                result["ingest_latency"].append(r)
+                save()
+                print(
+                    f"ingest at {r['rate_msg_per_s']} msg/s, refresh {'every 1 s' if interval else 'off'}: "
+                    f"p50 {r['latency_p50_s'] * 1e3:.0f} ms, p99 {r['latency_p99_s'] * 1e3:.0f} ms "
+                    f"({r['refresh_rounds']} refresh rounds, median {r['refresh_round_median_s']} s)",
+                    flush=True,
+                )
     print(f"wrote {out}")
 
 
