@@ -43,6 +43,7 @@ def setup_logging(level: str = "INFO", json_logs: bool | None = None, console: C
     root.handlers[:] = [h for h in root.handlers if h.get_name() != "citykpi"] + [handler]
     root.setLevel(level.upper())
     # never below WARNING: aiokafka's DEBUG lines include the SASL PLAIN request bytes, password
-    # included (tests/integration/test_kafka_sasl.py)
-    for noisy in ("aiokafka", "kafka"):
+    # included (tests/integration/test_kafka_sasl.py); httpx logs every request's full URL at INFO,
+    # and the alert webhook's URL is a secret (tests/unit/test_logs.py)
+    for noisy in ("aiokafka", "kafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
