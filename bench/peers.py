@@ -7,8 +7,8 @@ at once for four offline persistent sessions. Each consumer then drains its sess
 process, one after the other, on the same cores and the same TimescaleDB:
 
 * citykpi `run` with a flat JSON route (`format = "json"`), acks after commit, with paho's network
-  loop in a process of its own (`citykpi`, the default `mqtt.network_process`) and in a thread of
-  the service (`citykpi_thread`), each into a database of its own;
+  loop in a thread of the service (`citykpi`, the default) and in a process of its own
+  (`citykpi_process`, `mqtt.network_process`), each into a database of its own;
 * Telegraf `inputs.mqtt_consumer` -> `outputs.postgresql` into a hypertable, persistent session,
   QoS 1, acks after write, batch 5,000, `max_undelivered_messages` 20,000, flush 200 ms (citykpi's
   batch delay); built once from the Go module proxy into ~/.cache/citykpi/telegraf (skipped, and
@@ -388,9 +388,9 @@ async def citykpi_and_telegraf(
     return out
 
 
-MQTT_VARIANTS = {  # citykpi with paho's network loop in a process of its own (the default), in a thread
-    "citykpi": {"CITYKPI_MQTT__NETWORK_PROCESS": "true"},
-    "citykpi_thread": {"CITYKPI_MQTT__NETWORK_PROCESS": "false"},
+MQTT_VARIANTS = {  # citykpi with paho's network loop in a thread (the default), in a process of its own
+    "citykpi": {"CITYKPI_MQTT__NETWORK_PROCESS": "false"},
+    "citykpi_process": {"CITYKPI_MQTT__NETWORK_PROCESS": "true"},
 }
 
 

@@ -153,9 +153,11 @@ class MqttSettings(BaseModel):
         description="payload bytes received but not yet acknowledged: the service stops reading here too",
     )
     network_process: bool = Field(
-        True,
-        description="paho's network loop runs in a process of its own (its own GIL and core; acks "
-        "still follow the commit) instead of a thread of the service: see bench/results/peers.json",
+        False,
+        description="run paho's network loop in a process of its own (its own GIL and core; acks still "
+        "follow the commit) instead of a thread of the service. Off by default: in bench/results/"
+        "peers.json it did not beat the thread (the service waits on its database, not on the GIL) "
+        "and adds about 27 MiB",
     )
     keepalive_s: int = Field(30, ge=5)
     reconnect_max_s: float = Field(

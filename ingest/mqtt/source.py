@@ -1,13 +1,13 @@
 """MQTT source (paho-mqtt 2.x): persistent session, QoS 1, manual acks after the database commit.
 
-paho's network loop (ingest/mqtt/network.py) runs in a process of its own when
-`mqtt.network_process` is on (its per-packet work then has its own GIL and core), else in a thread
-of the service. Either way it talks to this side over one pipe: batches of (topic, payload) come
-in, read straight into the event loop (`add_reader`) and handed to the pipeline as one `Delivery`
-each; `("ack", seq)` goes back once a batch is committed, and the loop sends the PUBACKs, on the
-connection that received the batch only. The loop stops reading at `max_inflight` held messages
-or `max_held_bytes`, so what waits here is bounded too. A network loop that ends on its own (a
-crash, kill -9 of the process) fails the service (`failure()`), which then exits non-zero.
+paho's network loop (ingest/mqtt/network.py) runs in a thread of the service, or in a process of
+its own when `mqtt.network_process` is on (its per-packet work then has its own GIL and core).
+Either way it talks to this side over one pipe: batches of (topic, payload) come in, read straight
+into the event loop (`add_reader`) and handed to the pipeline as one `Delivery` each; `("ack",
+seq)` goes back once a batch is committed, and the loop sends the PUBACKs, on the connection that
+received the batch only. The loop stops reading at `max_inflight` held messages or
+`max_held_bytes`, so what waits here is bounded too. A network loop that ends on its own (a crash,
+kill -9 of the process) fails the service (`failure()`), which then exits non-zero.
 """
 
 from __future__ import annotations

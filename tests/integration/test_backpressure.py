@@ -237,7 +237,7 @@ async def test_the_service_exits_1_when_its_mqtt_network_process_dies_and_a_rest
     tsdb: str, mosquitto: PrivateMosquitto, tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
-    proc = service_process(tsdb, mosquitto.port, log)
+    proc = service_process(tsdb, mosquitto.port, log, {"CITYKPI_MQTT__NETWORK_PROCESS": "true"})
     try:
         await wait_for_log(log, "MQTT connected")
         await publish(mosquitto.port, senml_messages(300))

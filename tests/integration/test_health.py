@@ -36,10 +36,10 @@ async def wait_for_status(port: int, path: str, status: int, within: float) -> s
         await asyncio.sleep(0.1)
 
 
-async def http_service(tsdb: str, mqtt_port: int) -> tuple[Service, int]:
+async def http_service(tsdb: str, mqtt_port: int, **mqtt: object) -> tuple[Service, int]:
     """A started service with its HTTP endpoints on a free port."""
     port = free_port()
-    settings = settings_for(tsdb, mqtt_port)
+    settings = settings_for(tsdb, mqtt_port, **mqtt)
     settings.http.enabled, settings.http.port = True, port
     service = Service(settings)
     await service.start()
@@ -91,7 +91,7 @@ async def test_a_killed_mqtt_network_process_turns_healthz_red(
     tsdb: str, mosquitto: PrivateMosquitto
 ) -> None:
     """mqtt.network_process: paho's loop is a process of the service; its death fails the service."""
-    service, port = await http_service(tsdb, mosquitto.port)
+    service, port = await http_service(tsdb, mosquitto.port, network_process=True)
     try:
         source = service.sources[0]
         assert source.network_pid in children(os.getpid())  # type: ignore[attr-defined]
