@@ -85,10 +85,26 @@ async def two_cities(any_db: str) -> AsyncIterator[TwoCities]:
                 "INSERT INTO dead_letters (source, city_id, device_id, reason) VALUES ('test', $1, 'x', 'r')",
                 city,
             )
+            # Sparkplug B state and alert events: what an edge node declared (metric names,
+            # aliases, bdSeq, seq) and what a rule saw (value, threshold, device, times) differ
+            # per city, so the views and EXPLAIN estimates have the other city's values to hide
             await owner.execute(
-                "INSERT INTO sparkplug_sessions (city_id, group_id, edge_node_id, online) "
-                "VALUES ($1, $1, 'gateway', true)",
+                "INSERT INTO sparkplug_sessions (city_id, group_id, edge_node_id, device_id, online, "
+                "bd_seq, seq, metrics, born_at) VALUES ($1, $1, $1 || '-gateway', 'meter-' || $1, true, "
+                "$2::bigint, $2::integer, jsonb_build_array(jsonb_build_object('name', $1 || '/energy', "
+                "'alias', $2::bigint, 'datatype', 10)), $3)",
                 city,
+                int(value),
+                T0 + (OTHER_OFFSET if city == "other" else timedelta(0)),
+            )
+            await owner.execute(
+                "INSERT INTO alerts (alert_id, event, at, rule_id, city_id, device_id, metric, statistic, "
+                "severity, value, threshold, opened_at) VALUES (gen_random_uuid(), 'opened', $3, "
+                "$1 || '-pm25-high', $1, $1 || '-air', 'pm25', 'reading', $4, $2::float8, $2::float8 - 0.5, $3)",
+                city,
+                value,
+                T0 + (OTHER_OFFSET if city == "other" else timedelta(0)),
+                "critical" if city == "other" else "info",
             )
     finally:
         await owner.close()
@@ -122,6 +138,7 @@ async def _reader_sees_only_demo(conn: asyncpg.Connection) -> None:
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM kpi_values")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM dead_letters")} == {"demo"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM sparkplug_sessions")} == {"demo"}
+    assert {r[0] for r in await conn.fetch("SELECT device_id FROM alerts")} == {"demo-air"}
     assert {r[0] for r in await conn.fetch("SELECT city_id FROM city_facts")} == {"demo"}
     assert [tuple(r) for r in await conn.fetch("SELECT city_id, band FROM eu_aqi_hourly")] == [("demo", 2)]
     assert await conn.fetchval("SELECT max(max) FROM rollup_1m") == max(DEMO_VALUES)
@@ -763,6 +780,11 @@ async def test_reader_explain_estimates_reveal_nothing_of_the_other_citys_values
     # the other city's values showed up in every kind of view: readings, rollups, KPIs, dead letters
     expected = {"readings.value", "rollup_1m.max", "rollup_1m.first_time", "kpi_values.value"}
     expected |= {"dead_letters.id", "city_facts.value", "ingest_batches.source", "cities.name"}
+    # and in the newer ones: alert events, Sparkplug B sessions, stored AQI sub-indices
+    expected |= {"alerts.value", "alerts.threshold", "alerts.rule_id", "alerts.device_id", "alerts.severity"}
+    expected |= {"alerts.at", "sparkplug_sessions.metrics", "sparkplug_sessions.edge_node_id"}
+    expected |= {"sparkplug_sessions.bd_seq", "sparkplug_sessions.born_at", "eu_aqi_hourly.band"}
+    expected |= {"eu_aqi_hourly.pm25"}
     assert expected <= set(compared), compared
 
 
