@@ -100,7 +100,8 @@ async def two_cities(any_db: str) -> AsyncIterator[TwoCities]:
             await owner.execute(
                 "INSERT INTO alerts (alert_id, event, at, rule_id, city_id, device_id, metric, statistic, "
                 "severity, value, threshold, opened_at) VALUES (gen_random_uuid(), 'opened', $3, "
-                "$1 || '-pm25-high', $1, $1 || '-air', 'pm25', 'reading', $4, $2::float8, $2::float8 - 0.5, $3)",
+                "$1 || '-pm25-high', $1, $1 || '-air', 'pm25', 'reading', $4, $2::float8, "
+                "$2::float8 - 0.5, $3)",
                 city,
                 value,
                 T0 + (OTHER_OFFSET if city == "other" else timedelta(0)),
