@@ -44,6 +44,19 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def headless(tmp_path: Path, *args: str) -> str:
+    """Headless Chromium with a throw-away profile; its stdout (--dump-dom: the DOM after load)."""
+    exe = chromium()
+    assert exe is not None
+    return subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
+
+
 async def _report(dsn: str, tmp_path: Path) -> tuple[Path, Path]:
     await import_text(dsn, tmp_path, REGISTRY)
     await write(dsn, *(city_a_batch(day=d) for d in DAYS))
@@ -113,33 +126,19 @@ async def test_report_groups_the_kpis_by_sdg_goal_and_target_with_their_years(
 )
 async def test_report_renders_in_headless_chromium_with_every_kpi(tsdb: str, tmp_path: Path) -> None:
     html_path, _ = await _report(tsdb, tmp_path)
-    exe = chromium()
-    assert exe is not None
-    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(
-        [*base, "--dump-dom", html_path.resolve().as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
-    ).stdout
+    dom = headless(tmp_path, "--dump-dom", html_path.resolve().as_uri())
     assert "</main>" in dom
     for kpi in checked_catalog().kpi:
         assert f'id="{kpi.slug}"' in dom, kpi.code
         assert kpi.name in dom and kpi.display_code in dom, kpi.code
-    assert dom.count("<path") >= 15  # sparklines drawn
+    assert dom.count("<path") >= 15  # charts drawn
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            *base,
-            f"--screenshot={shot}",
-            "--window-size=1280,2400",
-            "--hide-scrollbars",
-            html_path.resolve().as_uri(),
-        ],
-        capture_output=True,
-        timeout=90,
-        check=True,
+    headless(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        "--hide-scrollbars",
+        html_path.resolve().as_uri(),
     )
     assert shot.stat().st_size > 20_000
 
@@ -188,30 +187,17 @@ async def test_report_cells_do_not_overlap_in_headless_chromium(
     water consumption's value box ending at x = 489.5 over its target cell starting at 484.8);
     every cell's content now stays inside its cell, at a desktop, a laptop and a narrow window."""
     html_path, _ = await _report(tsdb, tmp_path)
-    exe = chromium()
-    assert exe is not None
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
-    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},2400"]
-    dom = subprocess.run(
-        [*base, "--dump-dom", probe.resolve().as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
-    ).stdout
+    window = f"--window-size={width},2400"
+    dom = headless(tmp_path, window, "--dump-dom", probe.resolve().as_uri())
     found = re.search(r'<pre id="layout-probe">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]
     result = json.loads(html_lib.unescape(found.group(1)))
     assert result["cells"] > 150  # every KPI table and the SDG tables were measured
     assert result["problems"] == []
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [*base, f"--screenshot={shot}", "--hide-scrollbars", html_path.resolve().as_uri()],
-        capture_output=True,
-        timeout=90,
-        check=True,
-    )
+    headless(tmp_path, window, f"--screenshot={shot}", "--hide-scrollbars", html_path.resolve().as_uri())
     assert shot.stat().st_size > 20_000
 
 
