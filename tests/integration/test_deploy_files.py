@@ -182,6 +182,7 @@ def test_mosquitto_tls_passwords_acl_and_healthcheck(compose_secrets: Path) -> N
     passwd = compose_secrets / "mosquitto" / "passwd"
     before = passwd.stat()
     subprocess.run(["mosquitto_passwd", "-b", str(passwd), "demo/air-1", "device-pw"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "demo/gw-1", "edge-pw"], check=True)
     os.chown(passwd, before.st_uid, before.st_gid)
     passwd.chmod(before.st_mode)
     run_dir = compose_secrets.parent / f"run-{uuid.uuid4().hex[:8]}"
@@ -256,6 +257,44 @@ def test_mosquitto_tls_passwords_acl_and_healthcheck(compose_secrets: Path) -> N
             ("city/demo/senml/air-1", b"city/demo/senml/air-1"),
         ], rstate["got"]
         assert wstate["got"] == [], "the simulator user could read"
+
+        # a Sparkplug B edge node <city>/<node> publishes its own node's and devices' messages in
+        # its city's group only: no BIRTH, DATA or DEATH for another group or node (which would
+        # poison that node's aliases or mark it offline); a SenML device none at all; the service
+        # reads them and sends the node its rebirth command, which only that node receives
+        host, hstate = client("citykpi", "citykpi-pw", tls=False)
+        host.subscribe("spBv1.0/#", qos=1)
+        edge, estate = client("demo/gw-1", "edge-pw", tls=False)
+        assert not estate["rc"].is_failure, estate["rc"]
+        edge.subscribe("spBv1.0/demo/NCMD/gw-1", qos=1)
+        edge.subscribe("spBv1.0/demo/NCMD/gw-2", qos=1)  # another node's commands: never delivered
+        deadline = time.monotonic() + 5
+        while not hstate["subs"] or len(estate["subs"]) < 2:
+            assert time.monotonic() < deadline, "no SUBACK"
+            time.sleep(0.02)
+        own = ("spBv1.0/demo/NBIRTH/gw-1", "spBv1.0/demo/DDATA/gw-1/meter-1", "spBv1.0/demo/NDEATH/gw-1")
+        foreign = (
+            "spBv1.0/other/NBIRTH/gw-1",
+            "spBv1.0/other/DDATA/gw-1/meter-1",
+            "spBv1.0/demo/NBIRTH/gw-2",
+            "spBv1.0/demo/NDEATH/gw-2",
+            "spBv1.0/demo/DBIRTH/gw-2/meter-1",
+            "spBv1.0/demo/NCMD/gw-2",
+        )
+        for topic in (*own, *foreign):
+            edge.publish(topic, topic.encode(), qos=0).wait_for_publish(5)
+        senml_device, _ = client("demo/air-1", "device-pw", tls=False)
+        senml_device.publish("spBv1.0/demo/NBIRTH/air-1", b"x", qos=0).wait_for_publish(5)
+        host.publish("spBv1.0/demo/NCMD/gw-1", b"rebirth", qos=1).wait_for_publish(5)
+        host.publish("spBv1.0/demo/NCMD/gw-2", b"rebirth", qos=1).wait_for_publish(5)
+        host.publish("spBv1.0/demo/NBIRTH/gw-1", b"forged by the host", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while (len(hstate["got"]) < 5 or not estate["got"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        seen = {t for t, _ in hstate["got"]}
+        assert seen == {*own, "spBv1.0/demo/NCMD/gw-1", "spBv1.0/demo/NCMD/gw-2"}, hstate["got"]
+        assert estate["got"] == [("spBv1.0/demo/NCMD/gw-1", b"rebirth")], estate["got"]
 
         # the compose healthcheck command itself, with the paths and port of this broker
         test = load_compose()["services"]["mosquitto"]["healthcheck"]["test"]
