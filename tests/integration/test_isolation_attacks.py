@@ -832,3 +832,51 @@ async def test_statistics_collected_before_the_access_model_are_deleted_at_migra
         assert await owner.fetchval("SELECT count(*) FROM pg_stats WHERE tablename = 'metrics'") > 0
     finally:
         await owner.close()
+
+
+async def test_kpi_export_as_a_city_reader_exports_its_own_city_only(two_cities: TwoCities) -> None:
+    """`citykpi kpi export` is an operator tool (the owner's login exports any city), but a reader
+    whose configuration holds its own login reads through the views: --city of the other city is
+    an unknown city, its own city's values export, and nothing of the other city's is printed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        for city, value in (("demo", 1.5), ("other", 98.5)):
+            await owner.execute(
+                "INSERT INTO kpi_values (city_id, kpi_code, period_kind, period_start, unit, value) "
+                "VALUES ($1, 'EN:EN:AQ:1C', 'year', $2, 'µg/m³', $3)",
+                city,
+                date(2025, 1, 1),
+                value,
+            )
+    finally:
+        await owner.close()
+
+    def export(city: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(Path(sys.executable).parent / "citykpi"),
+                "kpi",
+                "export",
+                "--city",
+                city,
+                "--period",
+                "2025",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CITYKPI_DATABASE__URL": two_cities.reader_dsn},
+            timeout=120,
+        )
+
+    other = export("other")
+    assert other.returncode != 0 and other.stdout == "", other
+    assert "98.5" not in other.stderr and "Other City" not in other.stderr
+    own = export("demo")
+    assert own.returncode == 0, own.stderr
+    values = [e["kpiValue"]["value"] for e in json.loads(own.stdout)]
+    assert values == [1.5]
