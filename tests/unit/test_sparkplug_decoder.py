@@ -3,6 +3,7 @@ hostile ones: truncated protobuf, wrong value fields, DATA before BIRTH, seq gap
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -321,3 +322,25 @@ def test_random_bytes_on_every_message_type_never_crash_the_decoder(
     seed: tuple[str, bytes], junk: bytes
 ) -> None:
     never_internal_error(seed[0], junk)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="open (audit, issue 12): a Sparkplug B session is kept, and stored in sparkplug_sessions, for "
+    "every device name an edge node's DBIRTH topics carry, with no cap; the auto-registration caps "
+    "(validation.max_new_devices_per_message / _per_city_minute) bound only devices that get readings, "
+    "so one edge node bound to its own topics by the ACL still grows the host's memory and the "
+    "city's sessions table without limit (a bound per node, refusals as dead letters, is the fix)",
+)
+def test_one_edge_node_cannot_make_the_host_remember_unboundedly_many_devices() -> None:
+    from core.config import ValidationSettings
+
+    cap = ValidationSettings().max_new_devices_per_city_minute
+    s = SparkplugSessions()
+    decode(s, sp.topic("NBIRTH"), sp.nbirth())
+    for i in range(cap + 100):
+        with contextlib.suppress(DecodeError):
+            decode(s, sp.topic("DBIRTH", f"ghost-{i}"), sp.dbirth(seq=(i + 1) % 256))
+    online, offline = s.counts()
+    assert online + offline <= cap, f"{online + offline} sessions from one edge node"
