@@ -82,7 +82,7 @@ def air() -> Dashboard:
         air_hourly_cte() + 'SELECT dl.day AS "day", dl.pollutant AS "pollutant",\n'
         '  avg(dl.mean) AS "city mean µg/m³", max(dl.mean) AS "worst station µg/m³",\n'
         '  g.lim AS "WHO 24-h guideline", 100 * avg(dl.mean) / g.lim AS "% of guideline",\n'
-        '  count(*) FILTER (WHERE dl.mean > g.lim) AS "stations above", min(dl.hours) AS "min hours"\n'
+        '  min(dl.hours) AS "min hours"\n'
         "FROM daily dl\n"
         f"JOIN {guidelines} ON g.pollutant = dl.pollutant\n"
         "GROUP BY 1, 2, g.lim\n"
