@@ -534,12 +534,12 @@ def value_origins(config_file: Path | None = None, **overrides: Any) -> dict[str
 _QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;])(?:password|sslpassword)=)[^&;]*")
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with every password replaced by ***; fails closed: anything that is not a
-    postgresql:// URL is shown as *** whole. The user info ends at the last '@', so a password
+def mask_dsn(dsn: str, schemes: tuple[str, ...] = ("postgresql", "postgres")) -> str:
+    """The DSN (or URL of one of `schemes`) with every password replaced by ***; fails closed:
+    anything else is shown as *** whole. The user info ends at the last '@', so a password
     holding '#', '/', '?' or '@' is masked whole too."""
     scheme, sep, rest = dsn.partition("://")
-    if not sep or scheme not in ("postgresql", "postgres"):
+    if not sep or scheme not in schemes:
         return "***"
     userinfo, at, hosts = rest.rpartition("@")
     if at and ":" in userinfo:
@@ -553,7 +553,14 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     data["database"]["url"] = mask_dsn(settings.database.url.get_secret_value())
     if settings.database.kpi_url is not None:
         data["database"]["kpi_url"] = mask_dsn(settings.database.kpi_url.get_secret_value())
+    if settings.ngsi_ld.broker_url is not None:
+        data["ngsi_ld"]["broker_url"] = mask_url(settings.ngsi_ld.broker_url)
     return data
+
+
+def mask_url(url: str) -> str:
+    """An HTTP(S) URL with its user info's password as ***; anything else *** whole."""
+    return mask_dsn(url, ("http", "https"))
 
 
 SECRET_FIELDS = _secret_fields(Settings)

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, load_settings, mask_url
 from core.logs import setup_logging
 
 registry_app = typer.Typer(
@@ -410,13 +410,21 @@ def kpi_export(
     else:
         out_file.write_text(text, encoding="utf-8")
         err.print(f"wrote {len(entities)} entities to {out_file}")
-    if broker or settings.ngsi_ld.broker_url:
+    if url := broker or settings.ngsi_ld.broker_url:
         try:
             n = asyncio.run(upsert(entities, settings.ngsi_ld, broker))
         except (BrokerError, httpx.HTTPError) as e:
-            err.print(f"NGSI-LD upsert failed: {e}", style="red", markup=False, highlight=False)
+            # httpx's own messages quote the URL, and its user info may hold a password
+            reason = (
+                f"HTTP {e.response.status_code}"
+                if isinstance(e, httpx.HTTPStatusError)
+                else str(e)
+                if isinstance(e, BrokerError)
+                else type(e).__name__
+            )
+            err.print(f"NGSI-LD upsert failed: {reason}", style="red", markup=False, highlight=False)
             raise typer.Exit(1) from None
-        err.print(f"upserted {n} entities into {broker or settings.ngsi_ld.broker_url}")
+        err.print(f"upserted {n} entities into {mask_url(url)}", markup=False, highlight=False)
 
 
 def report(

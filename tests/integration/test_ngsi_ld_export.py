@@ -214,3 +214,19 @@ async def test_export_of_an_unknown_city_or_an_empty_period_says_so(tsdb: str, t
     assert out.returncode == 1 and "no KPI values stored" in out.stderr
     out = run("kpi", "export", "--city", "a", "--period", "2025", "--format", "csv", env=env)
     assert out.returncode == 2
+
+
+async def test_a_broker_url_password_is_never_printed(tsdb: str, tmp_path: Path) -> None:
+    """A broker URL may carry credentials (http://user:password@host): `config show`, the success
+    line and the failure line after a 500 (httpx's message quotes the URL) show none of them."""
+    env = await city_a_day(tsdb, tmp_path) | {"CITYKPI_NGSI_LD__ATTEMPTS": "1"}
+    with Broker([(201, None), (500, {"title": "down"})]) as broker:
+        url = broker.url.replace("http://", "http://ngsi-user:brk-s3cret@")
+        shown = run("config", "show", env=env | {"CITYKPI_NGSI_LD__BROKER_URL": url})
+        ok = run("kpi", "export", "--city", "a", "--period", DAY.isoformat(), "--broker", url, env=env)
+        failed = run("kpi", "export", "--city", "a", "--period", DAY.isoformat(), "--broker", url, env=env)
+    assert shown.returncode == 0 and "ngsi-user:***@" in shown.stdout, shown.stdout
+    assert ok.returncode == 0 and "ngsi-user:***@" in ok.stderr, ok.stderr
+    assert failed.returncode == 1 and "HTTP 500" in failed.stderr, failed.stderr
+    for out in (shown, ok, failed):
+        assert "brk-s3cret" not in out.stdout + out.stderr
