@@ -242,7 +242,9 @@ async def test_the_service_exits_1_when_its_mqtt_network_process_dies_and_a_rest
         await wait_for_log(log, "MQTT connected")
         await publish(mosquitto.port, senml_messages(300))
         assert await wait_for_count(tsdb, 300) == 300
-        (network,) = children(proc.pid)
+        (network,) = [
+            c for c in children(proc.pid) if b"ingest.mqtt.network" in Path(f"/proc/{c}/cmdline").read_bytes()
+        ]
         os.kill(network, signal.SIGKILL)
         assert await asyncio.to_thread(proc.wait, 30) == 1
         assert "service failed: mqtt source: network process ended" in log.read_text()
