@@ -170,6 +170,12 @@ class MqttSettings(BaseModel):
         "send its BIRTH again (NCMD Node Control/Rebirth), at most once per node in this many seconds; "
         "0 = never",
     )
+    sparkplug_max_devices_per_node: int = Field(
+        1000,
+        ge=1,
+        description="devices one Sparkplug B edge node may announce (DBIRTH); a BIRTH of one more is a "
+        "too_many_devices dead letter, so a node cannot grow the host's sessions without limit",
+    )
     startup_wait_s: float = Field(
         5.0, ge=0, description="start-up waits this long for the first SUBACK, then goes on in the background"
     )

@@ -111,7 +111,8 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._queued_rows = 0  # decoded, handed to the write loop, not yet written
-        self.sparkplug = SparkplugSessions()  # the one stateful decoder's state, stored by the writer
+        # the one stateful decoder's state, stored by the writer
+        self.sparkplug = SparkplugSessions(max_devices_per_node=settings.mqtt.sparkplug_max_devices_per_node)
 
     async def load_sparkplug_sessions(self) -> None:
         """Resume the Sparkplug B aliases, seq and online flags stored before a restart."""

@@ -13,6 +13,8 @@ State lives in `ctx.sparkplug` (schemas/sparkplug/sessions.py), kept per edge no
   rebirth, the data is still stored (aliases do not change without a BIRTH).
 - NDEATH takes the node and its devices offline unless its `bdSeq` differs from the NBIRTH's
   (`stale_death`: an old session's will, delivered late); DDEATH takes one device offline.
+- A DBIRTH of a device new to its node beyond `max_devices_per_node` is `too_many_devices`: a
+  node held to its own topics still cannot grow the host's state and the sessions table at will.
 - NCMD/DCMD (commands to edge nodes) and `spBv1.0/STATE/<host>` store nothing.
 
 Names map to metrics through the route's field map (`metric:<m>` = "<sparkplug name>"), else the
@@ -294,6 +296,11 @@ def decode(payload: bytes, ctx: DecodeContext) -> Decoded:
         raise DecodeError("no_birth", f"{kind} of edge node {node_name} {when}: rebirth wanted")
     sessions.note_seq(node_key, seq)
     if kind == "DBIRTH":
+        if not sessions.admits(key):
+            cap = sessions.max_devices_per_node
+            raise DecodeError(
+                "too_many_devices", f"edge node {topic.group}/{topic.edge_node} has {cap} devices"
+            )
         definitions, _ = _definitions(message)
         session = Session.born(definitions, sent, None)
         sessions.birth(key, session)

@@ -104,9 +104,11 @@ class SessionRow:
 class SparkplugSessions:
     """Every known session, the ones changed since `take_changed()`, and the counters telemetry reads."""
 
-    def __init__(self, replay: bool = False) -> None:
+    def __init__(self, replay: bool = False, max_devices_per_node: int = 1000) -> None:
         self.replay = replay  # a requeue: decode with the stored aliases, leave seq and the store alone
+        self.max_devices_per_node = max_devices_per_node
         self._sessions: dict[SessionKey, Session] = {}
+        self._devices: dict[SessionKey, int] = {}  # edge node -> how many devices it announced
         self._changed: set[SessionKey] = set()
         self.seq_gaps = 0
         self.rebirths_wanted: set[SessionKey] = set()  # nodes whose state is unknown or broken
@@ -114,7 +116,14 @@ class SparkplugSessions:
     def get(self, key: SessionKey) -> Session | None:
         return self._sessions.get(key)
 
+    def admits(self, key: SessionKey) -> bool:
+        """False for a device new to its edge node once the node has `max_devices_per_node`."""
+        known = not key.device or key in self._sessions
+        return known or self._devices.get(key.node, 0) < self.max_devices_per_node
+
     def birth(self, key: SessionKey, session: Session) -> None:
+        if key.device and key not in self._sessions:
+            self._devices[key.node] = self._devices.get(key.node, 0) + 1
         self._sessions[key] = session
         self._changed.add(key)
         self.rebirths_wanted.discard(key.node)
@@ -169,6 +178,7 @@ class SparkplugSessions:
         """Sessions as stored (the `sparkplug_sessions` columns); replaces what is known."""
         self._sessions.clear()
         self._changed.clear()
+        self._devices.clear()
         for r in rows:
             definitions = [
                 MetricDefinition(m["name"], int(m["datatype"]), m.get("unit"), m.get("alias"))
@@ -177,4 +187,6 @@ class SparkplugSessions:
             s = Session.born(definitions, r["born_at"], r["bd_seq"])
             s.seq, s.online, s.died_at = r["seq"], r["online"], r["died_at"]
             key = SessionKey(r["city_id"], r["group_id"], r["edge_node_id"], r["device_id"])
+            if key.device:
+                self._devices[key.node] = self._devices.get(key.node, 0) + 1
             self._sessions[key] = s

@@ -3,7 +3,6 @@ hostile ones: truncated protobuf, wrong value fields, DATA before BIRTH, seq gap
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -324,23 +323,40 @@ def test_random_bytes_on_every_message_type_never_crash_the_decoder(
     never_internal_error(seed[0], junk)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="open (audit, issue 12): a Sparkplug B session is kept, and stored in sparkplug_sessions, for "
-    "every device name an edge node's DBIRTH topics carry, with no cap; the auto-registration caps "
-    "(validation.max_new_devices_per_message / _per_city_minute) bound only devices that get readings, "
-    "so one edge node bound to its own topics by the ACL still grows the host's memory and the "
-    "city's sessions table without limit (a bound per node, refusals as dead letters, is the fix)",
-)
-def test_one_edge_node_cannot_make_the_host_remember_unboundedly_many_devices() -> None:
-    from core.config import ValidationSettings
-
-    cap = ValidationSettings().max_new_devices_per_city_minute
-    s = SparkplugSessions()
+def test_an_edge_node_announces_at_most_its_cap_of_devices_and_known_ones_rebirth() -> None:
+    """One edge node, held to its own topics by the ACL, DBIRTHs 50 device names: the host keeps
+    the first 10 (the cap) and refuses the rest as `too_many_devices`, so it cannot grow the host's
+    state and the city's sparkplug_sessions without limit (seen at 5,101 sessions from 5,100
+    DBIRTHs before the cap); a known device's new BIRTH is still taken, and a restart's load
+    counts the stored devices."""
+    s = SparkplugSessions(max_devices_per_node=10)
     decode(s, sp.topic("NBIRTH"), sp.nbirth())
-    for i in range(cap + 100):
-        with contextlib.suppress(DecodeError):
+    reasons = []
+    for i in range(50):
+        try:
             decode(s, sp.topic("DBIRTH", f"ghost-{i}"), sp.dbirth(seq=(i + 1) % 256))
-    online, offline = s.counts()
-    assert online + offline <= cap, f"{online + offline} sessions from one edge node"
+        except DecodeError as e:
+            reasons.append(e.reason)
+    assert s.counts() == (11, 0)
+    assert reasons == ["too_many_devices"] * 40
+    decode(s, sp.topic("DBIRTH", "ghost-3"), sp.dbirth(seq=51))
+    rows = s.take_changed()
+    restarted = SparkplugSessions(max_devices_per_node=10)
+    restarted.load(
+        {
+            "city_id": r.key.city,
+            "group_id": r.key.group,
+            "edge_node_id": r.key.edge_node,
+            "device_id": r.key.device,
+            "online": r.online,
+            "bd_seq": r.bd_seq,
+            "seq": r.seq,
+            "metrics": r.metrics_json,
+            "born_at": r.born_at,
+            "died_at": r.died_at,
+        }
+        for r in rows
+    )
+    assert reason(restarted, sp.topic("DBIRTH", "ghost-99"), sp.dbirth(seq=52)) == "too_many_devices"
+    assert not restarted.admits(SessionKey(CITY, sp.GROUP, sp.NODE, "ghost-98"))
+    assert restarted.admits(SessionKey(CITY, sp.GROUP, sp.NODE, "ghost-0"))
