@@ -47,10 +47,13 @@ class EuAqiHours:
         if not keys:
             empty = np.zeros(0, dtype=np.int64)
             return cls(start, end, empty, empty, np.zeros((0, len(EUROPEAN_AQI_POLLUTANTS)), np.int8))
-        rows, inverse = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
-        sub = np.zeros((rows.shape[0], len(EUROPEAN_AQI_POLLUTANTS)), dtype=np.int8)
+        pairs = np.concatenate(keys)
+        # one int64 per (station, hour): device keys are int4 and hours whole seconds (< 2**32)
+        packed = (pairs[:, 0] << 32) | (pairs[:, 1] // 1_000_000)
+        uniq, inverse = np.unique(packed, return_inverse=True)
+        sub = np.zeros((uniq.shape[0], len(EUROPEAN_AQI_POLLUTANTS)), dtype=np.int8)
         sub[inverse.reshape(-1), np.concatenate(cols)] = np.concatenate(bands)
-        return cls(start, end, rows[:, 0], rows[:, 1], sub)
+        return cls(start, end, uniq >> 32, (uniq & 0xFFFFFFFF) * 1_000_000, sub)
 
     @property
     def band(self) -> npt.NDArray[np.int8]:
