@@ -4,7 +4,7 @@ sees a row of the other city.
 
 The database holds two cities, `demo` and `other`, with readings (TimescaleDB chunks), rollups, KPI
 values, station-hour AQI, dead letters and city facts for both; the reader is a `citykpi_grant_reader`
-login of demo. One module of about 650 lines on purpose: it is the threat model read in one place,
+login of demo. One long module on purpose: it is the threat model read in one place,
 every attack against the same fixture and the same access model (schemas/access.py).
 """
 
