@@ -142,8 +142,10 @@ async def test_cli_import_refresh_show_and_report(tsdb: str, tmp_path: Path) -> 
         invoke, kpi_app, "refresh", "--city", "a", "--period", DAY.isoformat()
     )
     assert code == 0, output
-    # 21 values: 9 air components (with o3_peak_season and so2_24h_p99), 3 noise, 9 other KPIs
-    assert "EN:EN:AQ:1C" in output and "Air pollution" in output and "21 KPI values stored" in output
+    # 22 values: 10 air components (with o3_peak_season, so2_24h_p99 and sdg_11_6_2), 3 noise, 9 other KPIs
+    assert "EN:EN:AQ:1C" in output and "Air pollution" in output and "22 KPI values stored" in output
+    rows = await fetch(tsdb, "SELECT component FROM kpi_values WHERE component = 'sdg_11_6_2'")
+    assert len(rows) == 1
     code, output = await asyncio.to_thread(invoke, kpi_app, "show", "--city", "a", "--kind", "day")
     assert code == 0, output
     assert "EC:I:T:5A" in output and "2025-06-10" in output
