@@ -14,7 +14,7 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from kpi_rollups.sources import EPOCH
+from kpi_rollups.city_rollups import EPOCH
 from processors.kernels import EUROPEAN_AQI_POLLUTANTS
 
 

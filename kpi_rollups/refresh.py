@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.city_rollups import CityData
 from kpi_rollups.eu_aqi import EuAqiHours, store_eu_aqi_hours
 from kpi_rollups.formulas import FORMULAS, FormulaContext, checked_catalog
 from kpi_rollups.periods import Period, PeriodKind, period_start
 from kpi_rollups.registry import load_snapshot
-from kpi_rollups.sources import CityData
 from kpi_rollups.values import (
     LABEL_ACCURATE,
     LABEL_IN_PROGRESS,

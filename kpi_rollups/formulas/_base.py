@@ -15,9 +15,9 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from kpi_rollups.catalog import KpiDefinition
+from kpi_rollups.city_rollups import EPOCH, CityData, SeriesCount
 from kpi_rollups.periods import Period, local_midnight_utc
 from kpi_rollups.registry import RegistrySnapshot
-from kpi_rollups.sources import EPOCH, CityData, SeriesCount
 from kpi_rollups.values import KpiOptions, KpiResult
 
 P = TypeVar("P", bound=BaseModel)

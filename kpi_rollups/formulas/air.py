@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from kpi_rollups.city_rollups import to_us
 from kpi_rollups.eu_aqi import EuAqiHours
 from kpi_rollups.formulas._base import (
     FormulaContext,
@@ -20,7 +21,6 @@ from kpi_rollups.formulas._base import (
     formula,
 )
 from kpi_rollups.formulas.sdg import SDG_11_6_2, pm25_population_weighted
-from kpi_rollups.sources import to_us
 from kpi_rollups.values import KpiResult
 from processors.kernels import (
     EPA_POLLUTANTS,

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import Field
 
+from kpi_rollups.city_rollups import DeviceInfo
 from kpi_rollups.formulas._base import FormulaContext, _coverage, _Params, formula
-from kpi_rollups.sources import DeviceInfo
 from kpi_rollups.values import KpiResult
 
 

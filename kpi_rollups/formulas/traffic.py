@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from kpi_rollups.city_rollups import to_us
 from kpi_rollups.formulas._base import FormulaContext, _coverage, _finite, _local_times, _Params, formula
-from kpi_rollups.sources import to_us
 from kpi_rollups.values import KpiResult
 from processors.kernels import (
     traffic_hourly,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from kpi_rollups.catalog import CatalogError, normalize_code, parse_catalog
+from kpi_rollups.city_rollups import window_segments
 from kpi_rollups.formulas import FORMULAS, checked_catalog
 from kpi_rollups.periods import Period, parse_period, periods_in
 from kpi_rollups.registry import RegistryImportError, parse_csv, parse_registry, parse_toml
 from kpi_rollups.report import Row, annual_chart_svg, monthly_chart_svg, sparkline_text
-from kpi_rollups.sources import window_segments
 from kpi_rollups.values import band_label, fmt_value, score
 
 CATALOG = Path(__file__).resolve().parents[2] / "kpi_rollups" / "catalog.toml"
