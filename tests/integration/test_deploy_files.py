@@ -7,6 +7,7 @@ tests/unit/test_deploy_manifests.py.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -183,6 +184,7 @@ def test_mosquitto_tls_passwords_acl_and_healthcheck(compose_secrets: Path) -> N
     before = passwd.stat()
     subprocess.run(["mosquitto_passwd", "-b", str(passwd), "demo/air-1", "device-pw"], check=True)
     subprocess.run(["mosquitto_passwd", "-b", str(passwd), "demo/gw-1", "edge-pw"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "demo/alerts", "alerts-pw"], check=True)
     os.chown(passwd, before.st_uid, before.st_gid)
     passwd.chmod(before.st_mode)
     run_dir = compose_secrets.parent / f"run-{uuid.uuid4().hex[:8]}"
@@ -295,6 +297,34 @@ def test_mosquitto_tls_passwords_acl_and_healthcheck(compose_secrets: Path) -> N
         seen = {t for t, _ in hstate["got"]}
         assert seen == {*own, "spBv1.0/demo/NCMD/gw-1", "spBv1.0/demo/NCMD/gw-2"}, hstate["got"]
         assert estate["got"] == [("spBv1.0/demo/NCMD/gw-1", b"rebirth")], estate["got"]
+
+        # alert events on the compose topic: the service's notifier (as citykpi, over TLS) publishes
+        # each on <topic>/<city>; a city's subscriber <city>/alerts reads its own city's only
+        from core.config import AlertSettings, MqttSettings
+        from ingest.alert_notify import AlertNotifier
+
+        topic = load_compose()["x-citykpi-env"]["CITYKPI_ALERTS__MQTT_TOPIC"]
+        subscriber, sstate = client("demo/alerts", "alerts-pw", tls=True)
+        assert not sstate["rc"].is_failure, sstate["rc"]
+        subscriber.subscribe(f"{topic}/demo", qos=1)
+        subscriber.subscribe(f"{topic}/other", qos=1)  # another city's: refused or never delivered
+        deadline = time.monotonic() + 5
+        while len(sstate["subs"]) < 2:
+            assert time.monotonic() < deadline, "no SUBACK"
+            time.sleep(0.02)
+        notifier = AlertNotifier(
+            AlertSettings(mqtt_topic=topic),
+            MqttSettings(
+                host="localhost", port=tls_port, username="citykpi", password="citykpi-pw", tls_ca=ca
+            ),
+        )
+        events = [{"alert_id": f"a-{city}", "event": "opened", "city_id": city} for city in ("demo", "other")]
+        asyncio.run(notifier(events))
+        deadline = time.monotonic() + 5
+        while not sstate["got"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert [(t, json.loads(p)) for t, p in sstate["got"]] == [(f"{topic}/demo", events[0])], sstate["got"]
 
         # the compose healthcheck command itself, with the paths and port of this broker
         test = load_compose()["services"]["mosquitto"]["healthcheck"]["test"]
