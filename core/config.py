@@ -360,6 +360,17 @@ class AlertSettings(BaseModel):
     )
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_attempts: int = Field(4, ge=1, description="tries per batch before it waits for the next run")
+    retention_days: int = Field(
+        400,
+        ge=1,
+        description="events older than this are deleted (an open alert's opening event and "
+        "events not yet published are kept)",
+    )
+
+    @property
+    def publishes(self) -> bool:
+        """Whether events go to a channel (and wait in the table, unpublished, until one takes them)."""
+        return bool(self.mqtt_topic or (self.webhook_url and self.webhook_url.get_secret_value()))
 
 
 class HttpSettings(BaseModel):

@@ -37,7 +37,7 @@ class AlertNotifier:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.webhook_url or self.alerts.mqtt_topic)
+        return self.alerts.publishes
 
     async def __call__(self, events: list[dict[str, Any]]) -> None:
         """Publish to every configured channel; raises if one failed after its retries."""

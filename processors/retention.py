@@ -25,10 +25,17 @@ def retention_days(settings: Settings) -> dict[str, int]:
 async def apply_retention(conn: asyncpg.Connection, settings: Settings) -> dict[str, int]:
     """Drop data past its retention; returns chunks (or rows) removed per table. The owner's
     `citykpi_apply_retention` does it (drop_chunks needs the hypertables' owner; schemas/sql/0008),
-    so the ingest login needs no more than EXECUTE on it."""
+    so the ingest login needs no more than EXECUTE on it. Alert events go through the owner's
+    `citykpi_expire_alerts` (schemas/sql/0023), which keeps an open alert's opening event and, when
+    a channel publishes them, every event still waiting for it."""
     removed: dict[str, int] = {}
     for table, days in retention_days(settings).items():
         removed[table] = await conn.fetchval("SELECT public.citykpi_apply_retention($1, $2)", table, days)
+    removed["alerts"] = await conn.fetchval(
+        "SELECT public.citykpi_expire_alerts($1, $2)",
+        settings.alerts.retention_days,
+        settings.alerts.publishes,
+    )
     return removed
 
 

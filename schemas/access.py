@@ -213,7 +213,8 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
         for grant in INGEST_GRANTS:
             await conn.execute(f"GRANT {grant} TO {ingest}")
         await conn.execute(
-            f"GRANT EXECUTE ON FUNCTION public.citykpi_apply_retention(text, integer) TO {ingest}"
+            "GRANT EXECUTE ON FUNCTION public.citykpi_apply_retention(text, integer), "
+            f"public.citykpi_expire_alerts(integer, boolean) TO {ingest}"
         )
         access_tables = ", ".join(f"public.{t}" for t in ACCESS_TABLES)
         await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {kpi}, {definer}")

@@ -28,6 +28,7 @@ from ingest.simulator import SimMessage
 from processors.alert_rules import DEFAULT_RULES, import_rules
 from processors.alerts import evaluate_alerts, notify_pending
 from processors.quality import flag_quality
+from processors.retention import apply_retention
 from processors.writer import TimescaleWriter, WriteBatch
 from tests.conftest import MQTT_PORT, PrivateMosquitto, as_login, deployment_of, make_login
 from tests.integration.test_mqtt_ingest import publish, settings_for, wait_for_count
@@ -246,6 +247,59 @@ async def test_replaying_or_reevaluating_never_raises_an_alert_twice(stored: tup
         await conn.close()
     assert await evaluate_as(ingest, NOW) == 0
     assert_expected(await stored_events(owner))
+
+
+async def test_retention_deletes_old_alert_events_but_never_an_open_alerts_opening_or_an_unpublished_one(
+    stored_on_both: tuple[str, str],
+) -> None:
+    """The events of the by-hand test, those up to minute 100 aged by 500 days (past the default
+    400), every one published except air3-stuck's; the retention job as the ingest login deletes
+    the old published events of closed alerts and the old updates of open ones, and keeps the
+    opening events of the open alerts (noise-loud at 21, weather-silent at 32), air3-stuck's
+    unpublished events and no2-eu's recent ones. With no channel configured nothing waits to be
+    published: air3-stuck's go too. The ingest login itself cannot delete an alert event."""
+    owner, ingest = stored_on_both
+    await evaluate_as(ingest, NOW)
+    conn = await asyncpg.connect(owner)
+    try:
+        await conn.execute(
+            "UPDATE alerts SET at = at - interval '500 days' WHERE at <= $1", T0 + timedelta(minutes=100)
+        )
+        await conn.execute("UPDATE alerts SET notified_at = now() WHERE rule_id <> 'air3-stuck'")
+    finally:
+        await conn.close()
+
+    async def remaining() -> list[tuple[str, str, float]]:
+        conn = await asyncpg.connect(owner)
+        try:
+            rows = await conn.fetch("SELECT rule_id, event, opened_at FROM alerts ORDER BY 1, 3, 2")
+        finally:
+            await conn.close()
+        return [(r[0], r[1], (r[2] - T0) / timedelta(minutes=1)) for r in rows]
+
+    kept = [
+        ("air3-stuck", "closed", 0),
+        ("air3-stuck", "opened", 0),
+        ("no2-eu", "opened", 105),
+        ("no2-eu", "updated", 105),
+        ("noise-loud", "opened", 21),
+        ("weather-silent", "opened", 32),
+    ]
+    conn = await asyncpg.connect(ingest)
+    try:
+        removed = await apply_retention(conn, settings(mqtt_topic="citykpi/alerts"))
+        assert removed["alerts"] == len(EXPECTED) - len(kept)
+        assert await remaining() == kept
+        assert (await apply_retention(conn, settings(mqtt_topic="citykpi/alerts")))["alerts"] == 0
+        assert (await apply_retention(conn, settings()))["alerts"] == 2  # nothing publishes: air3-stuck
+        assert await remaining() == kept[2:]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM alerts")
+        with pytest.raises(asyncpg.InvalidParameterValueError):
+            await conn.fetchval("SELECT public.citykpi_expire_alerts(0, true)")
+    finally:
+        await conn.close()
+    assert Settings().alerts.retention_days == 400
 
 
 async def test_importing_rules_validates_everything_and_is_idempotent(tsdb: str, tmp_path: Path) -> None:
