@@ -136,7 +136,6 @@ class SeriesCount:
     metric: str
     n: int
     interval_s: float | None
-    interval_source: str
     filled_slots: int = 0
 
 
@@ -295,15 +294,14 @@ class CityData:
             key = (r["device_key"], r["metric"])
             dev = devices.get(r["device_key"])
             intra, gap = obs.get(key, (None, None))
-            if dev is not None and dev.expected_interval_s:
-                interval, source = float(dev.expected_interval_s), "devices.expected_interval_s"
-            elif intra:
-                interval, source = float(intra), "median interval observed"
-            elif gap:
-                interval, source = float(gap), "median gap between hourly buckets"
-            else:
-                interval, source = None, "unknown (a single reading)"
-            out[key] = SeriesCount(r["device_key"], r["metric"], int(r["n"]), interval, source)
+            # the registered interval, else the median interval observed, else the median gap
+            # between hourly buckets, else unknown (a single reading)
+            interval = (
+                dev.expected_interval_s if dev is not None and dev.expected_interval_s else intra or gap
+            )
+            out[key] = SeriesCount(
+                r["device_key"], r["metric"], int(r["n"]), float(interval) if interval else None
+            )
         known = [sc for sc in out.values() if sc.interval_s]
         table, secs = ("rollup_1h", 3600) if self.period.whole_hour_zone else ("rollup_15m", 900)
         for r in await self.conn.fetch(

@@ -102,9 +102,6 @@ class Period:
             return f"{self.start:%Y-%m}"
         return self.start.isoformat()
 
-    def previous(self) -> Period:
-        return Period.containing(self.kind, self.start - timedelta(days=1), self.tz)
-
 
 def local_midnight_utc(day: date, tz: str) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(tz)).astimezone(UTC)

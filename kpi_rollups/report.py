@@ -52,7 +52,6 @@ class Row:
     n_readings: int
     note: str
     series: list[tuple[str, float | None]] = field(default_factory=list)
-    series_kind: str = "month"
     months_by_year: dict[int, list[float | None]] = field(default_factory=dict)
     annual: list[tuple[int, float | None]] = field(default_factory=list)
 
@@ -201,7 +200,6 @@ async def build_profile(
                     n_readings=r["n_readings"],
                     note=str(details.get("not_computable") or details.get("warning") or ""),
                     series=days if use_days else months,
-                    series_kind="day" if use_days else "month",
                     months_by_year=months_by_year.get(key, {}),
                     annual=sorted(annual.get(key, {}).items()),
                 )

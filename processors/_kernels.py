@@ -894,8 +894,7 @@ def hampel_sorted(order, series, value, half_window, n_sigmas):
 # Threshold alerts
 # --------------------------------------------------------------------------------------------------
 
-ALERT_NONE = 0
-ALERT_OPENED = 1
+ALERT_OPENED = 1  # 0: no event on that row
 ALERT_UPDATED = 2
 ALERT_CLOSED = 3
 
