@@ -237,16 +237,24 @@ async def test_a_stalled_database_pauses_fetching_at_the_bound_and_lag_is_measur
     assert source.held_messages == 0
 
 
-async def test_missing_topics_are_noted_once_at_info_not_as_errors(
+async def test_a_missing_topic_is_noted_once_at_info_and_consumed_once_it_exists(
     tsdb: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The local broker auto-creates a subscribed topic, so it may exist by the time of the note."""
+    """The topic does not exist when the service starts: no ERROR on each metadata refresh, one INFO
+    note (none if the local broker auto-created it on subscription first), and once a producer creates
+    it the group joins, stores every message and commits every partition to its end."""
     missing = f"citykpi.test.absent.{uuid.uuid4().hex[:8]}"
-    service = Service(service_settings(tsdb, missing, "g-" + missing))
+    group = "g-" + missing
+    service = Service(service_settings(tsdb, missing, group))
     with caplog.at_level(logging.INFO):
         await service.start()
-        await asyncio.sleep(2)
-        await service.stop()
+        try:
+            await produce(missing, 50)  # the broker creates the topic with num.partitions=4
+            assert await wait_for_count(tsdb, 100) == 100
+        finally:
+            await service.stop()
+    committed, ends = await committed_and_end_offsets(group, missing)
+    assert sum(ends.values()) == 50 and committed == ends
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     notes = [r for r in caplog.records if "not created yet" in r.getMessage()]
     assert errors == [], [r.getMessage() for r in errors]
