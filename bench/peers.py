@@ -51,7 +51,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -77,6 +76,7 @@ from bench.stack import (
     drop_database,
     migrated_database,
 )
+from bench.telegraf import telegraf_binary, telegraf_kafka_config, telegraf_mqtt_config
 from core.config import Settings
 from ingest.pipeline import Message, Pipeline
 from ingest.publishers import KafkaPublisher, MqttPublisher
@@ -85,110 +85,9 @@ from ingest.simulator import SimMessage
 from processors.writer import TimescaleWriter, WriteBatch
 
 RESULTS = Path(__file__).parent / "results" / "peers.json"
-TELEGRAF_VERSION = "v1.37.2"
-TELEGRAF_PLUGINS = "custom,inputs.mqtt_consumer,inputs.kafka_consumer,outputs.postgresql,parsers.json_v2"
-TELEGRAF_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "citykpi" / "telegraf"
 TOPIC_FILTER = "city/+/json/+"
 KAFKA_PARTITIONS = 4  # so that two worker processes get two each
 CITYKPI_ROUTE = [{"filter": TOPIC_FILTER, "format": "json", "city_level": 2, "device_level": 4}]
-
-
-def telegraf_binary() -> tuple[Path | None, str]:
-    """The cached Telegraf binary, built with only the plugins needed when absent; or None and why."""
-    binary = TELEGRAF_DIR / "telegraf"
-    if binary.exists():
-        return binary, f"cached {binary}"
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
-    if go is None:
-        return None, "no Go toolchain on PATH (or /usr/local/go): Telegraf rows skipped"
-    TELEGRAF_DIR.mkdir(parents=True, exist_ok=True)
-    print(f"building Telegraf {TELEGRAF_VERSION} into {TELEGRAF_DIR} (about a minute)...", flush=True)
-    build = subprocess.run(
-        [
-            go,
-            "install",
-            "-tags",
-            TELEGRAF_PLUGINS,
-            f"github.com/influxdata/telegraf/cmd/telegraf@{TELEGRAF_VERSION}",
-        ],
-        env={**os.environ, "GOBIN": str(TELEGRAF_DIR)},
-        capture_output=True,
-        text=True,
-    )
-    if build.returncode != 0 or not binary.exists():
-        return None, f"Telegraf build failed, rows skipped: {build.stderr.strip()[-500:]}"
-    return binary, f"built {binary}"
-
-
-TELEGRAF_AGENT = """
-[agent]
-  omit_hostname = true
-  metric_batch_size = 5000
-  metric_buffer_limit = 100000
-  flush_interval = "200ms"
-  flush_jitter = "0s"
-  quiet = true
-"""
-
-JSON_V2 = """
-  data_format = "json_v2"
-  [[inputs.{plugin}.json_v2]]
-    measurement_name = "tg_readings"
-    timestamp_path = "time"
-    timestamp_format = "unix"
-    [[inputs.{plugin}.json_v2.field]]
-      path = "pm25"
-      type = "float"
-"""
-
-
-def telegraf_config(inputs: str, dsn: str) -> str:
-    """The agent, one input and the PostgreSQL output writing into the database `dsn`."""
-    return f'{TELEGRAF_AGENT}\n{inputs}\n[[outputs.postgresql]]\n  connection = "{libpq(dsn)}"\n'
-
-
-def telegraf_mqtt_config(port: int, client_id: str, dsn: str) -> str:
-    """Persistent session, QoS 1, acks after the output's write, at most 20,000 unacknowledged."""
-    inputs = f"""[[inputs.mqtt_consumer]]
-  servers = ["tcp://127.0.0.1:{port}"]
-  topics = ["{TOPIC_FILTER}"]
-  qos = 1
-  client_id = "{client_id}"
-  persistent_session = true
-  max_undelivered_messages = 20000
-  topic_tag = ""
-{JSON_V2.format(plugin="mqtt_consumer")}
-  [[inputs.mqtt_consumer.topic_parsing]]
-    topic = "{TOPIC_FILTER}"
-    tags = "_/city/_/device"
-"""
-    return telegraf_config(inputs, dsn)
-
-
-def telegraf_kafka_config(bootstrap: str, topic: str, dsn: str) -> str:
-    """A consumer group from the oldest offset; offsets marked after the output's write."""
-    inputs = f"""[[inputs.kafka_consumer]]
-  brokers = ["{bootstrap}"]
-  topics = ["{topic}"]
-  version = "3.7.0"
-  consumer_group = "tg-{topic}"
-  offset = "oldest"
-  max_undelivered_messages = 20000
-{JSON_V2.format(plugin="kafka_consumer")}
-    [[inputs.kafka_consumer.json_v2.tag]]
-      path = "device_id"
-      rename = "device"
-"""
-    return telegraf_config(inputs, dsn)
-
-
-def libpq(dsn: str) -> str:
-    """postgresql://user@host:port/db as a libpq key/value string (Telegraf's pgx takes both)."""
-    rest = dsn.split("://", 1)[1]
-    user, rest = rest.split("@", 1)
-    hostport, db = rest.split("/", 1)
-    host, port = hostport.split(":")
-    return f"host={host} port={port} user={user} dbname={db} sslmode=disable"
 
 
 def backlog(n: int, t0: int) -> list[SimMessage]:
@@ -416,7 +315,7 @@ async def mqtt_round(
             "CITYKPI_KAFKA__ENABLED": "false",
         }
         variants = {k: {**v, "CITYKPI_MQTT__CLIENT_ID": ids[k]} for k, v in MQTT_VARIANTS.items()}
-        conf = telegraf_mqtt_config(port, ids["telegraf"], dsn)
+        conf = telegraf_mqtt_config(port, TOPIC_FILTER, ids["telegraf"], dsn)
         out = await citykpi_and_telegraf(env, conf, telegraf, dsn, n, log, variants, cores)
         out["bare_paho"] = await asyncio.to_thread(run_drain, "bare", str(port), ids["bare"], n, "", cores)
         out["network_loop"] = await asyncio.to_thread(
