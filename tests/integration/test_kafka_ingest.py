@@ -77,6 +77,23 @@ def service_settings(dsn: str, topic: str, group: str) -> Settings:
     )
 
 
+def citykpi_run_env(
+    dsn: str, topic: str, extra: dict[str, str], bootstrap: str = KAFKA_BOOTSTRAP
+) -> dict[str, str]:
+    """The environment of a `citykpi run` subprocess reading `topic` (SenML of city demo, group
+    g-<topic>) into `dsn`, MQTT and HTTP off; `extra` adds or overrides CITYKPI_* variables."""
+    return {
+        **os.environ,
+        "CITYKPI_DATABASE__URL": dsn,
+        "CITYKPI_MQTT__ENABLED": "false",
+        "CITYKPI_HTTP__ENABLED": "false",
+        "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
+        "CITYKPI_KAFKA__GROUP_ID": "g-" + topic,
+        **extra,
+    }
+
+
 async def committed_and_end_offsets(
     group: str, topic: str, partitions: int = 4
 ) -> tuple[dict[int, int], dict[int, int]]:
@@ -143,16 +160,7 @@ async def test_two_consumers_in_one_group_store_each_reading_once(tsdb: str) -> 
 @pytest.mark.slow
 async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(tsdb: str, tmp_path: Path) -> None:
     topic = await new_topic()
-    env = {
-        **os.environ,
-        "CITYKPI_DATABASE__URL": tsdb,
-        "CITYKPI_MQTT__ENABLED": "false",
-        "CITYKPI_HTTP__ENABLED": "false",
-        "CITYKPI_WRITER__BATCH_MAX_ROWS": "500",
-        "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
-        "CITYKPI_KAFKA__GROUP_ID": "g-" + topic,
-        "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
-    }
+    env = citykpi_run_env(tsdb, topic, {"CITYKPI_WRITER__BATCH_MAX_ROWS": "500"})
     cmd = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
     log = (tmp_path / "service.log").open("ab")
     await produce(topic, 10000)

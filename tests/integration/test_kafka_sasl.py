@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from core.logs import setup_logging
 from ingest.publishers import KafkaPublisher
 from ingest.service import Service
 from tests.conftest import KAFKA_IMPL, REPO, STACK_ENV
-from tests.integration.test_kafka_ingest import new_topic, service_settings
+from tests.integration.test_kafka_ingest import citykpi_run_env, new_topic, service_settings
 from tests.integration.test_mqtt_ingest import senml_messages, wait_for_count
 
 pytestmark = [
@@ -92,20 +91,14 @@ needs_scram = pytest.mark.skipif(
 def scram_env(dsn: str, topic: str, password: str | None = None) -> dict[str, str]:
     """`citykpi run`'s environment for the stack's SCRAM-SHA-512 user, as an operator would set it."""
     address, user, secret = (SCRAM or "").split()
-    return {
-        **os.environ,
-        "CITYKPI_DATABASE__URL": dsn,
-        "CITYKPI_MQTT__ENABLED": "false",
-        "CITYKPI_HTTP__ENABLED": "false",
+    sasl = {
         "CITYKPI_WRITER__BATCH_MAX_DELAY_S": "0.05",
-        "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": address,
         "CITYKPI_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "CITYKPI_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
         "CITYKPI_KAFKA__SASL_USERNAME": user,
         "CITYKPI_KAFKA__SASL_PASSWORD": password or secret,
-        "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
-        "CITYKPI_KAFKA__GROUP_ID": "g-" + topic,
     }
+    return citykpi_run_env(dsn, topic, sasl, bootstrap=address)
 
 
 def citykpi_run(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

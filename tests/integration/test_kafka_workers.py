@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -14,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from ingest.service import Service
-from tests.conftest import KAFKA_BOOTSTRAP, REPO
+from tests.conftest import REPO
 from tests.integration.test_kafka_ingest import (
+    citykpi_run_env,
     committed_and_end_offsets,
     new_topic,
     produce,
@@ -73,17 +73,7 @@ async def test_a_worker_that_dies_fails_the_service(tsdb: str) -> None:
 
 async def test_workers_stop_when_the_service_is_killed(tsdb: str, tmp_path: Path) -> None:
     topic = await new_topic()
-    env = {
-        **os.environ,
-        "CITYKPI_DATABASE__URL": tsdb,
-        "CITYKPI_MQTT__ENABLED": "false",
-        "CITYKPI_HTTP__ENABLED": "false",
-        "CITYKPI_KPI_REFRESH_INTERVAL_S": "0",
-        "CITYKPI_KAFKA__WORKERS": "2",
-        "CITYKPI_KAFKA__TOPICS": json.dumps([{"filter": topic, "format": "senml", "city": "demo"}]),
-        "CITYKPI_KAFKA__GROUP_ID": "g-" + topic,
-        "CITYKPI_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
-    }
+    env = citykpi_run_env(tsdb, topic, {"CITYKPI_KPI_REFRESH_INTERVAL_S": "0", "CITYKPI_KAFKA__WORKERS": "2"})
     cmd = [str(Path(sys.executable).parent / "citykpi"), "run", "--no-progress"]
     log = tmp_path / "service.log"
     with log.open("ab") as out:
