@@ -31,7 +31,7 @@ demo: stack
 	CITYKPI_SIMULATOR__SPARKPLUG_KIND=electricity $(BIN)/citykpi run --with-simulator
 
 # the Sparkplug B module from the Eclipse Tahu definition; committed, so installs need no protoc
-# (tests/unit/test_sparkplug_decoder.py fails when it differs from what this makes)
+# (tests/unit/test_decoder_sparkplug.py fails when it differs from what this makes)
 protos: venv
 	cd schemas/sparkplug && $(abspath $(BIN))/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
 		sparkplug_b.proto

@@ -78,7 +78,7 @@ SEEDS: dict[str, list[bytes]] = {
         ).encode(),
     ],
 }
-# Binary formats have their own fuzz tests (Sparkplug B: tests/unit/test_sparkplug_decoder.py).
+# Binary formats have their own fuzz tests (Sparkplug B: tests/unit/test_decoder_sparkplug.py).
 BINARY_DECODERS = {"sparkplug-b"}
 JSON_DECODERS = sorted(set(DECODERS) - BINARY_DECODERS)
 assert set(SEEDS) == set(JSON_DECODERS)
