@@ -7,7 +7,7 @@ shapes from KPI_REFERENCE.md: NO2 at rush hours, O3 in the afternoon, PM higher 
 noise 65-75 dB by day, water peaks morning and evening, cumulative meters that sometimes reset.
 Faults are injected at `fault_rate`: duplicates, late (out-of-order) readings, dropouts and garbage
 payloads; and, 4 times rarer, an outage: the device goes silent for OUTAGE_TICKS readings
-(the demo's no_data alerts).
+(the demo's no_data alerts). A meter_reset sets a meter's index to zero (the demo's first alerts).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from core.config import AlertSettings, QualitySettings, Settings
 from ingest.alert_notify import AlertNotifier
 from ingest.service import Service
 from ingest.simulator import SimMessage
+from kpi_rollups.live import latest_summary
 from processors.alert_rules import DEFAULT_RULES, import_rules
 from processors.alerts import evaluate_alerts, notify_pending
 from processors.quality import flag_quality
@@ -302,12 +303,32 @@ async def test_retention_deletes_old_alert_events_but_never_an_open_alerts_openi
     assert Settings().alerts.retention_days == 400
 
 
+async def test_the_live_table_lists_the_citys_open_alerts_per_rule_as_the_kpi_login(
+    stored: tuple[str, str],
+) -> None:
+    """After the by-hand evaluation three alerts of demo stay open (no2-eu opened at minute 105,
+    noise-loud at 21, weather-silent's second at 32; the rest closed): the live table of
+    `citykpi run` lists one row each, read as the KPI login."""
+    owner, ingest = stored
+    await evaluate_as(ingest, NOW)
+    s = settings()
+    s.database.url = type(s.database.url)(owner)
+    s.database.kpi_url = type(s.database.url)(await make_login(owner, deployment_of(owner).kpi))
+    rows = [r for r in await latest_summary(s) if r[0].startswith("alert ")]
+    at = lambda m: (T0 + timedelta(minutes=m)).strftime("%H:%M")  # noqa: E731
+    assert rows == [
+        ("alert no2-eu", "open (critical)", 1.0, at(105)),
+        ("alert noise-loud", "open (info)", 1.0, at(21)),
+        ("alert weather-silent", "open (warning)", 1.0, at(32)),
+    ]
+
+
 async def test_importing_rules_validates_everything_and_is_idempotent(tsdb: str, tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(RULES)
     assert await import_rules(tsdb, good) == (5, 5)
     assert await import_rules(tsdb, good) == (5, 0)
-    assert await import_rules(tsdb, DEFAULT_RULES) == (10, 10)  # weather-silent redefined, 9 new
+    assert await import_rules(tsdb, DEFAULT_RULES) == (12, 12)  # weather-silent redefined, 11 new
     bad = tmp_path / "bad.toml"
     bad.write_text(RULES.replace('"pm25-high"\ncity_id = "demo"', '"pm25-high"\ncity_id = "nowhere"'))
     with pytest.raises(ValueError, match="unknown city"):
@@ -315,7 +336,7 @@ async def test_importing_rules_validates_everything_and_is_idempotent(tsdb: str,
     conn = await asyncpg.connect(tsdb)
     try:
         assert await conn.fetchval("SELECT city_id FROM alert_rules WHERE rule_id = 'pm25-high'") == "demo"
-        assert await conn.fetchval("SELECT count(*) FROM alert_rules") == 14
+        assert await conn.fetchval("SELECT count(*) FROM alert_rules") == 16
         assert await conn.fetchval("SELECT window_min FROM alert_rules WHERE rule_id = 'weather-silent'") == 2
     finally:
         await conn.close()
