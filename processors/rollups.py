@@ -2,11 +2,14 @@
 
 The writer calls `merge_rollups` inside the transaction that stored the readings, with exactly the
 rows the insert reported as new, so a redelivered batch adds nothing twice. The Numba kernel
-aggregates; PostgreSQL receives whole columns (one array per column, no per-row Python objects)
-and merges them into the rollup tables with the same merge as `merge_partial_aggregates`.
+aggregates; PostgreSQL receives every level's partials in one binary COPY built by NumPy (no
+per-value Python work) into the connection's `staging_rollups` (the writer creates it), and
+merges them into each rollup table with the same merge as `merge_partial_aggregates`.
 """
 
 from __future__ import annotations
+
+import io
 
 import asyncpg
 import numpy as np
@@ -39,10 +42,10 @@ def series_of(
 METER_COLUMN_DTYPES = (np.float64, np.float64, np.float64, np.int64, np.int64, np.int64, np.int64)
 
 
-def rollup_columns(
+def rollup_arrays(
     agg: PartialAggregates, keys: npt.NDArray[np.int64], meter: BucketSteps | None = None
-) -> list[list[object]]:
-    """The upsert's parameters: one Python list per column (numpy's tolist is a single C loop);
+) -> list[npt.NDArray[np.generic]]:
+    """The rollup rows as columns (bucket, device_key, metric_id, the state, the meter columns):
     the meter columns are `meter`'s sums on their (series, bucket) rows, 0 elsewhere."""
     k = keys[agg.series]
     n = len(agg)
@@ -55,21 +58,51 @@ def rollup_columns(
         for col, values in zip(columns, meter.values(), strict=True):
             col[at] = values
     return [
-        agg.bucket_start_us.tolist(),
-        (k >> 16).tolist(),
-        (k & 0xFFFF).tolist(),
-        agg.count.tolist(),
-        agg.sum.tolist(),
-        agg.sumsq.tolist(),
-        agg.min.tolist(),
-        agg.max.tolist(),
-        agg.first_ts_us.tolist(),
-        agg.first_value.tolist(),
-        agg.last_ts_us.tolist(),
-        agg.last_value.tolist(),
-        agg.energy_sum.tolist(),
-        *(c.tolist() for c in columns),
+        agg.bucket_start_us,
+        k >> 16,
+        k & 0xFFFF,
+        agg.count,
+        agg.sum,
+        agg.sumsq,
+        agg.min,
+        agg.max,
+        agg.first_ts_us,
+        agg.first_value,
+        agg.last_ts_us,
+        agg.last_value,
+        agg.energy_sum,
+        *columns,
     ]
+
+
+def rollup_columns(
+    agg: PartialAggregates, keys: npt.NDArray[np.int64], meter: BucketSteps | None = None
+) -> list[list[object]]:
+    """`rollup_arrays` as the unnest statements' parameters (numpy's tolist is a single C loop)."""
+    return [c.tolist() for c in rollup_arrays(agg, keys, meter)]
+
+
+# staging_rollups' columns (schemas/statements.py STAGING_ROLLUPS) in PostgreSQL's binary COPY
+# encoding: width, then rollup_arrays' columns.
+STAGING_ROLLUP_TYPES = (">i8", ">i8", ">i4", ">i2", ">i8", *[">f8"] * 4, ">i8", ">f8", ">i8", ">f8", ">f8")
+STAGING_ROLLUP_TYPES += (">f8", ">f8", ">f8", ">i4", ">i4", ">i4", ">i4")
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
+COPY_TRAILER = b"\xff\xff"
+
+
+def binary_copy(columns: list[npt.NDArray[np.generic]], types: tuple[str, ...]) -> bytes:
+    """Non-null fixed-width columns as one binary COPY stream, built by NumPy without a Python loop
+    per value (asyncpg's array parameters and COPY records encode value by value)."""
+    n = columns[0].shape[0]
+    fields: list[tuple[str, str]] = [("nf", ">i2")]
+    for i, t in enumerate(types):
+        fields += [(f"len{i}", ">i4"), (f"v{i}", t)]
+    rows = np.empty(n, dtype=np.dtype(fields))
+    rows["nf"] = len(types)
+    for i, (col, t) in enumerate(zip(columns, types, strict=True)):
+        rows[f"len{i}"] = np.dtype(t).itemsize
+        rows[f"v{i}"] = col
+    return COPY_HEADER + rows.tobytes() + COPY_TRAILER
 
 
 async def merge_rollups(
@@ -88,12 +121,18 @@ async def merge_rollups(
         return 0
     decibel = np.isin(keys & 0xFFFF, np.array(sorted(decibel_metric_ids), dtype=np.int64))
     meters = await meter_steps_of_batch(conn, batch, keys, cumulative_metric_ids)
-    n = 0
-    for table, bucket_us in ROLLUP_TABLES.items():
+    levels = []
+    for bucket_us in ROLLUP_TABLES.values():
         agg = partial_aggregates(batch.series, batch.ts_us, batch.value, bucket_us, decibel)
         steps = meters.sums(bucket_us, redone=False) if meters is not None else None
-        await conn.execute(sql.MERGE_ROLLUP.format(table=table), *rollup_columns(agg, keys, steps))
-        n += len(agg)
+        levels.append([np.full(len(agg), bucket_us, np.int64), *rollup_arrays(agg, keys, steps)])
+    staged = [np.concatenate(c) for c in zip(*levels, strict=True)]
+    await conn.copy_to_table(
+        "staging_rollups", source=io.BytesIO(binary_copy(staged, STAGING_ROLLUP_TYPES)), format="binary"
+    )
+    for table, bucket_us in ROLLUP_TABLES.items():
+        await conn.execute(sql.MERGE_STAGED_ROLLUP.format(table=table), bucket_us)
+    n = staged[0].shape[0]
     if meters is not None:
         await rewrite_redone(conn, meters, ROLLUP_TABLES)
     return n

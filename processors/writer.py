@@ -324,6 +324,7 @@ class TimescaleWriter:
             self._dsn, timeout=self._connect_timeout_s, command_timeout=self._command_timeout_s
         )
         await conn.execute(sql.STAGING_READINGS)
+        await conn.execute(sql.STAGING_ROLLUPS)
         rows = await conn.fetch(sql.METRIC_IDS)
         self._metric_ids = {r["name"]: r["metric_id"] for r in rows}
         self._decibel_ids = frozenset(r["metric_id"] for r in rows if r["aggregation"] == "decibel")

@@ -27,6 +27,18 @@ WHERE r.value IS DISTINCT FROM s.value
 # Epoch microseconds -> timestamptz exactly (to_timestamp goes through a double and can be 1 µs off).
 EPOCH_PLUS_US = ("timestamptz 'epoch'", "interval '1 microsecond'")
 
+# The writer's rollup partials of every level, COPYed in binary in one go (processors/rollups.py):
+# `width` is the level's bucket width, times are epoch microseconds.
+STAGING_ROLLUPS = """
+CREATE TEMP TABLE IF NOT EXISTS staging_rollups (
+    width int8 NOT NULL, b int8 NOT NULL, d int4 NOT NULL, m int2 NOT NULL, n int8 NOT NULL,
+    s float8 NOT NULL, sq float8 NOT NULL, mn float8 NOT NULL, mx float8 NOT NULL, ft int8 NOT NULL,
+    fv float8 NOT NULL, lt int8 NOT NULL, lv float8 NOT NULL, e float8 NOT NULL, mc float8 NOT NULL,
+    mcov float8 NOT NULL, mex float8 NOT NULL, mrs int4 NOT NULL, mro int4 NOT NULL, mrj int4 NOT NULL,
+    mnz int4 NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
 # Merging partial state (the same merge as processors.kernels.merge_partial_aggregates); the
 # columns arrive as arrays, times as epoch microseconds.
 MERGE_ROLLUP = """
@@ -60,6 +72,14 @@ ON CONFLICT (device_key, metric_id, bucket) DO UPDATE SET
     meter_rejected = t.meter_rejected + EXCLUDED.meter_rejected,
     meter_noise = t.meter_noise + EXCLUDED.meter_noise
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+
+# The same merge fed by one level of staging_rollups ($1: its bucket width); this and not unnest
+# arrays on the writer's hot path, since asyncpg encodes array parameters element by element.
+MERGE_STAGED_ROLLUP = (
+    MERGE_ROLLUP.split("FROM unnest")[0]
+    + "FROM staging_rollups WHERE width = $1\nON CONFLICT"
+    + MERGE_ROLLUP.split("ON CONFLICT", 1)[1]
+)
 
 # Rebuilding rollup buckets from their readings (processors/rollups.py rebuild_rollups, for the
 # quality job): lock the bucket rows, read the kept readings, replace the rows, drop empty ones.
