@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kpi_rollups.catalog import load_catalog, normalize_code
 from schemas.identifiers import Identifier, TimeZoneName
+from schemas.transactions import import_transaction
 
 SECTIONS = ("cities", "areas", "facts", "targets", "devices")
 
@@ -398,9 +399,7 @@ async def import_registry(
     conn: asyncpg.Connection, data: RegistryData, source: str = "registry", dry_run: bool = False
 ) -> dict[str, int]:
     """Upsert validated reference data in one transaction; returns rows per section."""
-    tx = conn.transaction()
-    await tx.start()
-    try:
+    async with import_transaction(conn, dry_run):
         await _check_references(conn, data, source)
         await conn.executemany(
             _UPSERT_CITY, [(c.city_id, c.name, c.timezone, c.country) for c in data.cities]
@@ -437,13 +436,6 @@ async def import_registry(
                 for d in data.devices
             ],
         )
-    except BaseException:
-        await tx.rollback()
-        raise
-    if dry_run:
-        await tx.rollback()
-    else:
-        await tx.commit()
     return data.counts()
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.identifiers import Identifier
 from schemas.metrics import METRICS
+from schemas.transactions import import_transaction
 
 Statistic = Literal["reading", "rolling_mean", "exceedance", "no_data", "stuck"]
 DEFAULT_RULES = Path(__file__).with_name("default_alert_rules.toml")
@@ -196,9 +197,7 @@ async def import_rules(dsn: str, path: Path, dry_run: bool = False) -> tuple[int
     rules = parse_rules(path.read_text(encoding="utf-8"), str(path))
     conn = await asyncpg.connect(dsn)
     try:
-        tx = conn.transaction()
-        await tx.start()
-        try:
+        async with import_transaction(conn, dry_run):
             cities = {r[0] for r in await conn.fetch("SELECT city_id FROM cities")}
             missing = [
                 f"{r.rule_id}: unknown city {r.city_id!r}"
@@ -210,13 +209,6 @@ async def import_rules(dsn: str, path: Path, dry_run: bool = False) -> tuple[int
             changed = 0
             for r in rules:
                 changed += int((await conn.execute(UPSERT_RULE, *r.record())).split()[-1])
-        except BaseException:
-            await tx.rollback()
-            raise
-        if dry_run:
-            await tx.rollback()
-        else:
-            await tx.commit()
     finally:
         await conn.close()
     return len(rules), changed
