@@ -146,7 +146,10 @@ async def rebuild_rollups(
     excluded_flags: int,
 ) -> int:
     """Recompute, from the stored readings without `excluded_flags`, every rollup bucket holding one
-    of the given readings (a bucket left without readings is deleted: it counts as missing).
+    of the given readings (a bucket left without readings is deleted: it counts as missing). The
+    owner's `citykpi_delete_empty_rollup_buckets` deletes, after checking the readings itself, so
+    the ingest login holds no DELETE on the rollups; it accepts only the quality bits as
+    `excluded_flags`.
 
     Run in the caller's transaction after the flags changed. The bucket rows are locked first, so a
     concurrent writer's merge lands either before (and is read back here) or after (and adds to
@@ -174,11 +177,13 @@ async def rebuild_rollups(
         await conn.execute(sql.REPLACE_ROLLUP.format(table=table), *rollup_columns(agg, keys))
         filled = set(zip(keys[agg.series].tolist(), agg.bucket_start_us.tolist(), strict=True))
         empty = [i for i, k in enumerate(pairs[0].tolist()) if (k, start[i]) not in filled]
-        await conn.execute(
-            sql.DELETE_ROLLUP_BUCKETS.format(table=table),
+        deleted = await conn.fetchval(
+            sql.DELETE_EMPTY_ROLLUP_BUCKETS,
+            table,
             [dk[i] for i in empty],
             [mid[i] for i in empty],
             [start[i] for i in empty],
+            excluded_flags,
         )
-        n += len(agg) + len(empty)
+        n += len(agg) + deleted
     return n

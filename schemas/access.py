@@ -42,7 +42,6 @@ INGEST_GRANTS = (
     "SELECT, INSERT ON readings",
     "UPDATE (flags) ON readings",
     "SELECT, INSERT, UPDATE ON rollup_1m, rollup_15m, rollup_1h, rollup_1d",
-    "DELETE ON rollup_1m, rollup_15m, rollup_1h, rollup_1d",  # quality job: buckets left without readings
     "SELECT, INSERT, UPDATE ON meter_state",
     "SELECT, INSERT, UPDATE ON kpi_pending_days",
     "INSERT ON ingest_batches",
@@ -214,7 +213,9 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
             await conn.execute(f"GRANT {grant} TO {ingest}")
         await conn.execute(
             "GRANT EXECUTE ON FUNCTION public.citykpi_apply_retention(text, integer), "
-            f"public.citykpi_expire_alerts(integer, boolean) TO {ingest}"
+            "public.citykpi_expire_alerts(integer, boolean), "
+            "public.citykpi_delete_empty_rollup_buckets(text, integer[], smallint[], bigint[], smallint) "
+            f"TO {ingest}"
         )
         access_tables = ", ".join(f"public.{t}" for t in ACCESS_TABLES)
         await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {kpi}, {definer}")

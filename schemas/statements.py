@@ -104,10 +104,10 @@ REPLACE_ROLLUP = (
     last_time = EXCLUDED.last_time, last_value = EXCLUDED.last_value, energy = EXCLUDED.energy
 """
 )
-DELETE_ROLLUP_BUCKETS = """
-DELETE FROM {table} t USING unnest($1::int4[], $2::int2[], $3::int8[]) AS u(d, m, b)
-WHERE t.device_key = u.d AND t.metric_id = u.m AND t.bucket = {EPOCH} + u.b * {US}
-""".replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
+# the owner's function (migration 0025): the ingest login holds no DELETE on the rollups
+DELETE_EMPTY_ROLLUP_BUCKETS = (
+    "SELECT public.citykpi_delete_empty_rollup_buckets($1, $2::int4[], $3::int2[], $4::int8[], $5::int2)"
+)
 DECIBEL_METRICS = "SELECT metric_id FROM metrics WHERE aggregation = 'decibel'"
 
 # Late readings (processors/late.py): the (city, local day) of readings before the city's today.

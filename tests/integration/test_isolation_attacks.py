@@ -360,7 +360,8 @@ async def test_every_security_definer_function_a_login_can_call_is_hardened(two_
         )
     finally:
         await owner.close()
-    assert any(r["fn"].startswith("citykpi_apply_retention") for r in rows)
+    for name in ("citykpi_apply_retention", "citykpi_expire_alerts", "citykpi_delete_empty_rollup_buckets"):
+        assert any(r["fn"].startswith(name) for r in rows), name
     loose = [
         (r["login"], r["fn"]) for r in rows if "search_path=pg_catalog, pg_temp" not in (r["proconfig"] or [])
     ]

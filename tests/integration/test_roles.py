@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from processors.rollups import ROLLUP_TABLES
 from processors.writer import TimescaleWriter, WriteBatch
 from tests.conftest import as_login as _as
 from tests.conftest import deployment_of, make_login
@@ -65,8 +66,9 @@ async def test_the_ingest_role_can_write_but_not_delete_or_touch_kpis(any_db: st
     assert (first.stored, again.duplicates) == (1, 1)
     conn = await asyncpg.connect(login)
     try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("DELETE FROM readings")
+        for table in ("readings", *ROLLUP_TABLES):  # the quality job deletes through the owner's function
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(f"DELETE FROM {table}")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(
                 "INSERT INTO kpi_values (city_id, kpi_code, period_kind, period_start, unit) "
@@ -74,6 +76,29 @@ async def test_the_ingest_role_can_write_but_not_delete_or_touch_kpis(any_db: st
             )
     finally:
         await conn.close()
+
+
+async def test_migrating_an_older_deployment_takes_delete_on_the_rollups_from_the_ingest_role(
+    any_db: str,
+) -> None:
+    """Before migration 0025 the ingest role held DELETE on the rollups for the quality job; the
+    migration revokes it (applying the access model again would leave it in place)."""
+    from schemas.migrations import migrate
+
+    ingest = deployment_of(any_db).ingest
+    conn = await asyncpg.connect(any_db)
+    try:
+        await conn.execute(f"GRANT DELETE ON {', '.join(ROLLUP_TABLES)} TO {ingest}")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = '0025_rollup_bucket_delete'")
+        await migrate(conn)
+        held = [
+            t
+            for t in ROLLUP_TABLES
+            if await conn.fetchval("SELECT has_table_privilege($1, $2, 'DELETE')", ingest, t)
+        ]
+    finally:
+        await conn.close()
+    assert held == []
 
 
 def test_roles_grant_reader_cli_makes_a_login_that_reads_one_city(tsdb: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
