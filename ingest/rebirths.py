@@ -21,6 +21,15 @@ from schemas.sparkplug.payloads import rebirth_command
 log = logging.getLogger(__name__)
 
 
+def asks_for_rebirths(settings: MqttSettings) -> bool:
+    """Whether the service runs the rebirth job: MQTT on, a Sparkplug B route, requests not off."""
+    return (
+        settings.enabled
+        and settings.sparkplug_rebirth_s > 0
+        and any(r.format == "sparkplug-b" for r in settings.routes)
+    )
+
+
 def due_requests(
     sessions: SparkplugSessions, asked: dict[SessionKey, float], now: float, every_s: float
 ) -> list[SessionKey]:

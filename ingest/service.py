@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from core import telemetry
 from core.config import Settings
@@ -104,33 +105,33 @@ class Service:
 
     def _start_jobs(self) -> None:
         from ingest.alert_notify import AlertNotifier
-        from ingest.rebirths import rebirth_loop
+        from ingest.rebirths import asks_for_rebirths, rebirth_loop
         from kpi_rollups.refresh import kpi_refresh_process
         from processors.alerts import alerts_loop
         from processors.quality import quality_loop
         from processors.retention import retention_loop
 
-        settings, sup = self.settings, self.supervisor
+        settings, sup, mqtt = self.settings, self.supervisor, self.settings.mqtt
         sup.restarting("citykpi-monitor", self._monitor)
         if settings.kafka.worker_index > 0:
             return  # a Kafka worker process: the service that started it runs the jobs once for all
-        sup.restarting("citykpi-retention", lambda: retention_loop(settings))
-        if settings.quality.enabled:
-            sup.restarting("citykpi-quality", lambda: quality_loop(settings))
-        if settings.kpi_refresh_interval_s > 0:
-            sup.restarting("citykpi-kpi-refresh", lambda: kpi_refresh_process(settings))
-        mqtt = settings.mqtt
-        if (
-            mqtt.enabled
-            and mqtt.sparkplug_rebirth_s > 0
-            and any(r.format == "sparkplug-b" for r in mqtt.routes)
-        ):
-            sessions = self.pipeline.sparkplug
-            sup.restarting("citykpi-sparkplug-rebirth", lambda: rebirth_loop(mqtt, sessions))
-        if settings.alerts.enabled:
-            notifier = AlertNotifier(settings.alerts, settings.mqtt)
-            notify = notifier if notifier.enabled else None
-            sup.restarting("citykpi-alerts", lambda: alerts_loop(settings, notify))
+        notifier = AlertNotifier(settings.alerts, settings.mqtt)
+        notify = notifier if notifier.enabled else None
+        sessions = self.pipeline.sparkplug
+        jobs: list[tuple[str, bool, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("citykpi-retention", True, lambda: retention_loop(settings)),
+            ("citykpi-quality", settings.quality.enabled, lambda: quality_loop(settings)),
+            (
+                "citykpi-kpi-refresh",
+                settings.kpi_refresh_interval_s > 0,
+                lambda: kpi_refresh_process(settings),
+            ),
+            ("citykpi-sparkplug-rebirth", asks_for_rebirths(mqtt), lambda: rebirth_loop(mqtt, sessions)),
+            ("citykpi-alerts", settings.alerts.enabled, lambda: alerts_loop(settings, notify)),
+        ]
+        for name, enabled, job in jobs:
+            if enabled:
+                sup.restarting(name, job)
 
     async def _monitor(self) -> None:
         """Every second: each source's gauges, and whether its background work is still alive."""

@@ -1,11 +1,11 @@
 """Every long-running task of the service, watched.
 
-A periodic job (retention, quality, KPI refresh, telemetry) that crashes is logged with its name
-and restarted with jittered exponential backoff (tenacity). A task that holds messages it cannot
-hand back (the pipeline's decode and write loops, the sources) is not restarted in process: its
-crash marks the service failed, so /healthz and /readyz answer 503 and `citykpi run` exits
-non-zero, and systemd or Kubernetes restart it; the broker then redelivers what was not
-acknowledged.
+A periodic job (retention, quality, alerts, Sparkplug B rebirths, KPI refresh, telemetry) that
+crashes is logged with its name and restarted with jittered exponential backoff (tenacity). A task
+that holds messages it cannot hand back (the pipeline's decode and write loops, the sources) is not
+restarted in process: its crash marks the service failed, so /healthz and /readyz answer 503 and
+`citykpi run` exits non-zero, and systemd or Kubernetes restart it; the broker then redelivers what
+was not acknowledged.
 """
 
 from __future__ import annotations

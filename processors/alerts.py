@@ -16,7 +16,6 @@ when it arrives (more than settle_s late, or from a replayed archive) is stored 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ import numpy.typing as npt
 
 from core import telemetry
 from core.config import Settings
+from processors.jobs import every
 from processors.kernels import FLAG_STUCK
 from processors.kernels.alerts import (
     ALERT_CLOSED,
@@ -379,13 +379,11 @@ async def _run_once(settings: Settings, notify: Notify | None) -> int:
 
 
 async def alerts_loop(settings: Settings, notify: Notify | None = None) -> None:
-    """Every `alerts.interval_s`, evaluate the rules and publish new events; in a thread with its own
-    event loop (as the quality job), so evaluation never stalls ingestion."""
-    while True:
-        await asyncio.sleep(settings.alerts.interval_s)
-        try:
-            stored = await asyncio.to_thread(asyncio.run, _run_once(settings, notify))
-            if stored:
-                log.info("alerts: %d new events", stored)
-        except (OSError, asyncpg.PostgresError) as e:
-            log.warning("alert evaluation failed (%s); will retry", e)
+    """Every `alerts.interval_s`, evaluate the rules and publish new events (processors/jobs.py)."""
+    await every(
+        settings.alerts.interval_s,
+        lambda: _run_once(settings, notify),
+        log,
+        done="alerts: %d new events",
+        failed="alert evaluation",
+    )

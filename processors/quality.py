@@ -11,7 +11,6 @@ empty as missing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +18,7 @@ import asyncpg
 import numpy as np
 
 from core.config import QualitySettings, Settings
+from processors.jobs import every
 from processors.kernels import FLAG_SPIKE, FLAG_STUCK, hampel_flags, stuck_value_flags
 from processors.rollups import rebuild_rollups, series_of
 from schemas import statements as sql
@@ -70,18 +70,13 @@ async def _flag_recent(dsn: str, q: QualitySettings) -> int:
 
 
 async def quality_loop(settings: Settings) -> None:
-    """Every `quality.interval_s`, flag the last `quality.lookback_s` of readings.
-
-    Each run gets a thread and an event loop of its own: decoding a window of readings and running
-    the kernels takes seconds at high rates, and must not stall the ingestion loop meanwhile.
-    """
+    """Every `quality.interval_s`, flag the last `quality.lookback_s` of readings."""
     q = settings.quality
     dsn = settings.database.url.get_secret_value()
-    while True:
-        await asyncio.sleep(q.interval_s)
-        try:
-            changed = await asyncio.to_thread(asyncio.run, _flag_recent(dsn, q))
-            if changed:
-                log.info("quality flags changed on %d readings", changed)
-        except (OSError, asyncpg.PostgresError) as e:
-            log.warning("quality job failed (%s); will retry", e)
+    await every(
+        q.interval_s,
+        lambda: _flag_recent(dsn, q),
+        log,
+        done="quality flags changed on %d readings",
+        failed="quality job",
+    )
