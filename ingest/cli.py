@@ -25,6 +25,8 @@ from kpi_rollups.cli import kpi_app, registry_app, report
 
 if TYPE_CHECKING:
     from ingest.deadletters import DeadLetterFilter
+    from ingest.publishers import MqttPublisher
+    from ingest.simulator import CitySimulator, SimMessage
 
 app = typer.Typer(
     help="citykpi: smart-city telemetry to TimescaleDB KPI series and U4SSC indicators.", no_args_is_help=True
@@ -96,8 +98,13 @@ async def _simulate(settings: Settings, duration_s: float | None, backfill_h: fl
     sim_settings = settings.simulator
     sim = CitySimulator(sim_settings)
     publisher: MqttPublisher | KafkaPublisher
+    answering: asyncio.Task[None] | None = None
     if sim_settings.transport == "mqtt":
         publisher = MqttPublisher(settings.mqtt, client_id=f"citykpi-sim-{sim_settings.city}")
+        if sim.command_topic is not None:
+            answering = asyncio.create_task(
+                _answer_commands(sim, publisher, publisher.subscribe(sim.command_topic))
+            )
     else:
         publisher = KafkaPublisher(settings.kafka, {t.format: t.filter for t in settings.kafka.topics})
     await publisher.start()
@@ -124,8 +131,26 @@ async def _simulate(settings: Settings, duration_s: float | None, backfill_h: fl
                 )
             )
     finally:
+        if answering is not None:
+            answering.cancel()
+            await asyncio.gather(answering, return_exceptions=True)
         await publisher.stop()
-        log.info("simulator published %d messages; faults injected: %s", publisher.published, sim.faults)
+        log.info(
+            "simulator published %d messages; faults injected: %s; rebirth requests answered: %d",
+            publisher.published,
+            sim.faults,
+            sim.rebirths,
+        )
+
+
+async def _answer_commands(
+    sim: CitySimulator, publisher: MqttPublisher, commands: asyncio.Queue[SimMessage]
+) -> None:
+    """The simulated Sparkplug B edge nodes answer their host's commands as they arrive."""
+    while True:
+        command = await commands.get()
+        if (answer := sim.answer_command(command)) is not None:
+            await publisher.publish([answer])
 
 
 @app.command()

@@ -1,4 +1,6 @@
-"""Publishers used by the simulator, the benchmarks and the tests: MQTT (paho) and Kafka (aiokafka)."""
+"""Publishers used by the simulator, the benchmarks and the tests: MQTT (paho) and Kafka (aiokafka).
+
+The MQTT publisher also hands the simulator the commands addressed to its Sparkplug B edge nodes."""
 
 from __future__ import annotations
 
@@ -32,11 +34,31 @@ class MqttPublisher:
         self._settings = settings
         self._acked = threading.Semaphore(MAX_UNACKED)
         self._client.on_publish = lambda *_a: self._acked.release()
+        self._subscriptions: list[str] = []
         self.published = 0
+
+    def subscribe(self, topic: str) -> asyncio.Queue[SimMessage]:
+        """The messages on `topic` (a filter), handed to the calling event loop; subscribed at every
+        connect. Call before `start`."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SimMessage] = asyncio.Queue()
+
+        def received(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:  # paho's thread
+            loop.call_soon_threadsafe(queue.put_nowait, SimMessage(m.topic, bytes(m.payload)))
+
+        self._client.message_callback_add(topic, received)
+        self._subscriptions.append(topic)
+        return queue
 
     async def start(self) -> None:
         connected = threading.Event()
-        self._client.on_connect = lambda *_a: connected.set()
+
+        def on_connect(*_a: object) -> None:
+            for topic in self._subscriptions:
+                self._client.subscribe(topic, qos=1)
+            connected.set()
+
+        self._client.on_connect = on_connect
         self._client.connect(self._settings.host, self._settings.port, 30)
         self._client.loop_start()
         if not await asyncio.to_thread(connected.wait, 10):

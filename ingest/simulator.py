@@ -2,9 +2,10 @@
 
 Each device kind speaks a format real deployments use (SenML packs, NGSI-LD and NGSI-v2 Smart
 Data Models, Sensor.Community JSON; over MQTT, one meter kind may speak Sparkplug B: each meter an
-edge node that sends its NBIRTH certificate once, then NDATA by alias) with diurnal and weekly
-shapes from KPI_REFERENCE.md: NO2 at rush hours, O3 in the afternoon, PM higher at night, roadside
-noise 65-75 dB by day, water peaks morning and evening, cumulative meters that sometimes reset.
+edge node that sends its NBIRTH certificate once, then NDATA by alias, and its NBIRTH again when its
+host asks with an NCMD rebirth request) with diurnal and weekly shapes from KPI_REFERENCE.md: NO2
+at rush hours, O3 in the afternoon, PM higher at night, roadside noise 65-75 dB by day, water
+peaks morning and evening, cumulative meters that sometimes reset.
 Faults are injected at `fault_rate`: duplicates, late (out-of-order) readings, dropouts and garbage
 payloads; and, 4 times rarer, an outage: the device goes silent for OUTAGE_TICKS readings
 (the demo's no_data alerts). A meter_reset sets a meter's index to zero (the demo's first alerts).
@@ -18,6 +19,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from google.protobuf.message import DecodeError
 
 from core.config import SimulatorSettings
 from schemas.sparkplug import sparkplug_b_pb2 as pb
@@ -41,6 +44,7 @@ class SimDevice:
     meter_started: bool = False
     silent_until: datetime | None = None  # an outage: no messages before this time
     sparkplug_seq: int | None = None  # the next Sparkplug B seq, once its NBIRTH is sent
+    sparkplug_sent: tuple[datetime, float] | None = None  # its last message's time and power (W)
 
 
 METER_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -92,6 +96,13 @@ class CitySimulator:
         self.faults: dict[str, int] = {}
         self._outages = random.Random(settings.seed + 1)  # a stream of its own
         self._sparkplug_kind = settings.sparkplug_kind if settings.transport == "mqtt" else None
+        self._sparkplug_nodes = {d.device_id: d for d in self.devices if d.kind == self._sparkplug_kind}
+        self.rebirths = 0  # rebirth requests answered
+
+    @property
+    def command_topic(self) -> str | None:
+        """The topic filter of the commands to its Sparkplug B edge nodes (None: it has none)."""
+        return f"spBv1.0/{self.s.city}/NCMD/+" if self._sparkplug_nodes else None
 
     def _fault(self, name: str) -> bool:
         if self.s.fault_rate and self.rng.random() < self.s.fault_rate:
@@ -211,19 +222,52 @@ class CitySimulator:
     def _sparkplug(self, d: SimDevice, t: datetime, rate_per_hour: float) -> SimMessage:
         """The meter as a Sparkplug B edge node: its NBIRTH (names, aliases, units) the first time,
         then NDATA by alias, seq counting 0..255 over both."""
-        ms = round(t.timestamp() * 1000)
-        watts = round(rate_per_hour * 1000, 1)  # kWh per hour = kW
+        d.sparkplug_sent = (t, round(rate_per_hour * 1000, 1))  # kWh per hour = kW
+        return self._sparkplug_message(d, rebirth=False)
+
+    def _sparkplug_message(self, d: SimDevice, rebirth: bool) -> SimMessage:
+        """The node's values of its last tick: an NBIRTH (seq 0) when it has none yet or `rebirth`,
+        else NDATA."""
+        assert d.sparkplug_sent is not None
+        t, watts = d.sparkplug_sent
         metrics = [
             MetricValue(SPARKPLUG_INDEX[0], round(d.meter_index, 3), pb.Double, *SPARKPLUG_INDEX[1:]),
             MetricValue(SPARKPLUG_RATE[0], watts, pb.Float, *SPARKPLUG_RATE[1:]),
         ]
-        kind = "NDATA"
-        if d.sparkplug_seq is None:
-            kind, d.sparkplug_seq = "NBIRTH", 0
+        if rebirth or d.sparkplug_seq is None:
+            kind, seq = "NBIRTH", 0
             metrics = [bd_seq_metric(0), MetricValue(REBIRTH, False, pb.Boolean), *metrics]
-        data = payload(metrics, d.sparkplug_seq, ms, birth=kind == "NBIRTH")
-        d.sparkplug_seq = (d.sparkplug_seq + 1) % 256
+        else:
+            kind, seq = "NDATA", d.sparkplug_seq
+        data = payload(metrics, seq, round(t.timestamp() * 1000), birth=kind == "NBIRTH")
+        d.sparkplug_seq = (seq + 1) % 256
         return SimMessage(f"spBv1.0/{self.s.city}/{kind}/{d.device_id}", data)
+
+    def answer_command(self, command: SimMessage) -> SimMessage | None:
+        """An edge node's answer to its host's NCMD: `Node Control/Rebirth` = true makes the node
+        publish its NBIRTH again at once (seq 0, the same bdSeq as its MQTT session's, its current
+        values: as of its last tick, so the host stores nothing twice), then NDATA from seq 1
+        (Sparkplug B 3.0, "Rebirth Request"). The simulated nodes have no devices, hence no DBIRTH.
+        None for anything else: another group's or an unknown node's command, another metric, an
+        unreadable payload, a node that has not been born yet (its first tick births it) or is in an
+        outage (it answers a later request)."""
+        parts = command.topic.split("/")
+        if len(parts) != 4 or parts[:3] != ["spBv1.0", self.s.city, "NCMD"]:
+            return None
+        d = self._sparkplug_nodes.get(parts[3])
+        if d is None or d.sparkplug_sent is None:
+            return None
+        if d.silent_until is not None and d.sparkplug_sent[0] < d.silent_until:
+            return None
+        message = pb.Payload()
+        try:
+            message.ParseFromString(command.payload)
+        except DecodeError:
+            return None
+        if not any(m.name == REBIRTH and m.boolean_value for m in message.metrics):
+            return None
+        self.rebirths += 1
+        return self._sparkplug_message(d, rebirth=True)
 
     def _water(self, d: SimDevice, t: datetime, h: float, weekend: bool) -> SimMessage:
         return self._meter(d, t, h, 0.012, "water_volume_total", "m3")  # ~150 L per person-day, 2 people

@@ -1,5 +1,6 @@
 """Sparkplug B over the real broker (Mosquitto) into readings: BIRTH certificates, DATA by alias,
-DEATH, aliases surviving a restart, DATA before BIRTH dead-lettered and requeued, hostile payloads."""
+DEATH, aliases surviving a restart, DATA before BIRTH dead-lettered and requeued, hostile payloads,
+rebirth requests and the simulator's edge nodes answering them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from core.config import Settings
+from core.config import Settings, SimulatorSettings
+from ingest.cli import _simulate
 from ingest.deadletters import DeadLetterFilter, requeue_dead_letters
 from ingest.service import Service
 from ingest.simulator import SimMessage
@@ -235,3 +237,65 @@ async def test_data_before_birth_sends_one_ncmd_rebirth_to_that_edge_node(
     assert [(m.name, m.datatype, m.boolean_value) for m in command.metrics] == [
         ("Node Control/Rebirth", pb.Boolean, True)
     ]
+
+
+async def test_the_simulators_edge_node_answers_a_rebirth_request_and_the_host_stops_asking(
+    tsdb: str, mosquitto: PrivateMosquitto
+) -> None:
+    """`citykpi simulate`'s Sparkplug B meter (one tick every 4 s) is born, then a stray NDATA with
+    a seq out of order breaks its sequence (as a late or lost message would): the host asks it once
+    for its BIRTH, the node answers at once with an NBIRTH (seq 0, the values of its last tick, so
+    nothing is stored twice) and goes on with NDATA from seq 1. The host is satisfied: no second
+    request, although it would repeat one every second, and no dead letter."""
+    settings = sparkplug_settings(tsdb, mosquitto.port)
+    settings.mqtt.sparkplug_rebirth_s = 1.0
+    kinds = ("air_stations", "noise_sensors", "traffic_counters", "water_meters", "parking_spots")
+    kinds += ("waste_bins", "weather_stations")
+    settings.simulator = SimulatorSettings(
+        **dict.fromkeys(kinds, 0),
+        electricity_meters=1,
+        interval_s=4.0,
+        fault_rate=0.0,
+        sparkplug_kind="electricity",
+    )
+    node = "electricity-0001"
+    seen: list[tuple[str, bytes]] = []
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rebirth-watch")
+    listener.on_message = lambda _c, _u, m: seen.append((m.topic.split("/")[2], m.payload))
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.subscribe(f"spBv1.0/demo/+/{node}", qos=1)
+    listener.loop_start()
+
+    async def after(kind: str, n: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(k == kind for k, _ in seen) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    service = Service(settings)
+    await service.start()
+    simulator = asyncio.create_task(_simulate(settings, None))
+    try:
+        await after("NBIRTH", 1)
+        stray = SimMessage(f"spBv1.0/demo/NDATA/{node}", payload([], 200, int(time.time() * 1000)))
+        await publish(mosquitto.port, [stray])
+        await after("NBIRTH", 2)
+        await after("NDATA", 3)  # the stray, then two ticks after the rebirth
+        await asyncio.sleep(1.5)
+        wanted, gaps = set(service.pipeline.sparkplug.rebirths_wanted), service.pipeline.sparkplug.seq_gaps
+    finally:
+        simulator.cancel()
+        await asyncio.gather(simulator, return_exceptions=True)
+        await service.stop()
+        listener.loop_stop()
+        listener.disconnect()
+    assert [k for k, _ in seen] == ["NBIRTH", "NDATA", "NCMD", "NBIRTH", "NDATA", "NDATA"]
+    seqs = []
+    for _k, data in seen:
+        message = pb.Payload()
+        message.ParseFromString(data)
+        seqs.append(message.seq if message.HasField("seq") else None)
+    assert seqs == [0, 200, None, 0, 1, 2]
+    assert (wanted, gaps) == (set(), 1)
+    assert await dead_letters(tsdb) == []
+    values = await stored(tsdb)
+    assert len(values[(node, "energy_total")]) == 3  # the birth's and two ticks': the rebirth adds none

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from core.config import Settings, SimulatorSettings
 from ingest.routing import Router
-from ingest.simulator import CitySimulator
+from ingest.simulator import CitySimulator, SimMessage
 from ingest.validation import Rejected, Validator
 from schemas.decoders import DECODERS
 from schemas.readings import DecodeContext
@@ -129,3 +129,61 @@ def test_sparkplug_is_mqtt_only_so_a_kafka_simulator_keeps_senml() -> None:
     settings = SimulatorSettings(fault_rate=0.0, transport="kafka", sparkplug_kind="electricity")
     topics = {m.topic.split("/")[2] for m in CitySimulator(settings).tick(T0)}
     assert "senml" in topics and not any(t.startswith("N") for t in topics)
+
+
+def test_a_sparkplug_meter_answers_only_a_rebirth_command_addressed_to_it_with_a_fresh_nbirth() -> None:
+    """Node Control/Rebirth = true to a born node: an NBIRTH of seq 0 with the values of its last
+    tick (decoded to the same readings), then NDATA from seq 1. Nothing for another group, an
+    unknown node, another command, Rebirth = false, a garbled payload, a node not born yet, or a
+    node in an outage."""
+    from schemas.sparkplug import sparkplug_b_pb2 as pb
+    from schemas.sparkplug.payloads import MetricValue, payload, rebirth_command
+
+    sim = CitySimulator(
+        SimulatorSettings(
+            fault_rate=0.0, interval_s=600, sparkplug_kind="electricity", air_stations=0, electricity_meters=2
+        )
+    )
+    node, rebirth = "electricity-0001", rebirth_command(0)
+    assert sim.command_topic == "spBv1.0/demo/NCMD/+"
+    assert sim.answer_command(SimMessage(f"spBv1.0/demo/NCMD/{node}", rebirth)) is None  # not born yet
+    first = {m.topic: m for m in sim.tick(T0) if m.topic.startswith("spBv1.0/")}
+    second = {m.topic: m for m in sim.tick(T0 + timedelta(minutes=10)) if m.topic.startswith("spBv1.0/")}
+    reboot = payload([MetricValue("Node Control/Reboot", True, pb.Boolean)], None, 0, birth=True)
+    no_rebirth = payload([MetricValue("Node Control/Rebirth", False, pb.Boolean)], None, 0, birth=True)
+    for topic, data in (
+        (f"spBv1.0/other/NCMD/{node}", rebirth),
+        ("spBv1.0/demo/NCMD/water-0001", rebirth),
+        (f"spBv1.0/demo/DCMD/{node}", rebirth),
+        (f"spBv1.0/demo/NCMD/{node}", reboot),
+        (f"spBv1.0/demo/NCMD/{node}", no_rebirth),
+        (f"spBv1.0/demo/NCMD/{node}", b"\xff\x00garbage"),
+    ):
+        assert sim.answer_command(SimMessage(topic, data)) is None, (topic, data)
+    answer = sim.answer_command(SimMessage(f"spBv1.0/demo/NCMD/{node}", rebirth))
+    assert answer is not None and answer.topic == f"spBv1.0/demo/NBIRTH/{node}"
+    third = {m.topic: m for m in sim.tick(T0 + timedelta(minutes=20)) if m.topic.startswith("spBv1.0/")}
+    assert sim.rebirths == 1
+
+    sessions, router = SparkplugSessions(), Router(Settings().mqtt.routes)
+
+    def decode(m: SimMessage) -> tuple[int, list[tuple[str, float]]]:
+        route = router.match(m.topic)
+        assert route is not None
+        ctx = DecodeContext(default_time=T0, topic=m.topic, city=route.city, sparkplug=sessions)
+        decoded = DECODERS["sparkplug-b"](m.payload, ctx)
+        assert not decoded.rejected
+        parsed = pb.Payload()
+        parsed.ParseFromString(m.payload)
+        return parsed.seq, [(r.metric, r.value) for r in decoded]
+
+    topic = f"spBv1.0/demo/%s/{node}"
+    decoded = [
+        decode(m) for m in (first[topic % "NBIRTH"], second[topic % "NDATA"], answer, third[topic % "NDATA"])
+    ]
+    assert [seq for seq, _ in decoded] == [0, 1, 0, 1] and sessions.seq_gaps == 0
+    assert decoded[2][1] == decoded[1][1] and len(decoded[2][1]) == 2  # the last tick's values again
+
+    [other] = [d for d in sim.devices if d.device_id == "electricity-0002"]
+    other.silent_until = T0 + timedelta(hours=1)  # an outage since its last tick
+    assert sim.answer_command(SimMessage("spBv1.0/demo/NCMD/electricity-0002", rebirth)) is None
