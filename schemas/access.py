@@ -5,15 +5,16 @@ added later gets its grants here. The model (SECURITY.md):
 
 - `<prefix>_ingest` writes readings, rollups, devices, batches and dead letters; `<prefix>_kpi` reads
   the data and writes kpi_values. Both see every city by design.
-- `<prefix>_reader` holds USAGE on the `reader` schema and SELECT on its views, nothing else: no
-  privilege on any table, hypertable or chunk, so row-level security (which chunks ignore) is not
-  what isolates cities. Each view is `security_barrier`, owned by `<prefix>_definer` (NOLOGIN, not a
-  superuser, no member but a non-superuser schema owner) and filters by the session's login in
-  city_readers / platform_readers.
-  View bodies are bound at creation, so a reader's temporary objects cannot shadow what they use.
+- `<prefix>_reader` holds USAGE on the `reader` schema, EXECUTE on its functions and SELECT on its
+  views, nothing else: no privilege on any table, hypertable or chunk, so row-level security (which
+  chunks ignore) is not what isolates cities. Each function (READER_TABLES) is SECURITY DEFINER,
+  owned by `<prefix>_definer` (NOLOGIN, not a superuser, no member but a non-superuser schema
+  owner), pins its search_path and returns the rows of the session's login's cities
+  (city_readers / platform_readers); a table that grows with time is read between two bounds
+  (`reader.rollup_1h(from, to)`), the others through a view of the table's name over the function.
+  A reader's query never reaches a multi-city table's plan, so EXPLAIN estimates nothing from it.
 - The prefix keeps two deployments on one cluster apart; by default it is the database's name.
-- The tables behind the views keep no planner statistics: a reader's WHERE clause that passes the
-  barrier is estimated from them, and EXPLAIN would print every city's distribution.
+- The tables behind the functions keep no planner statistics on their values (defence in depth).
 """
 
 from __future__ import annotations
@@ -79,43 +80,54 @@ UNCHECKED_CHUNK_FUNCTIONS = (
 )
 
 # The cities the session's login may read: its own rows in city_readers, or all of them.
-VISIBLE_CITIES = """
-SELECT c.city_id FROM public.cities c
-WHERE c.city_id IN (SELECT r.city_id FROM public.city_readers r WHERE r.role_name = session_user)
-   OR EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)
-"""
-VISIBLE_DEVICES = (
-    "SELECT d.device_key FROM public.devices d "
-    f"WHERE d.city_id IN (SELECT v.city_id FROM {READER_SCHEMA}.visible_cities v)"
+VISIBLE_CITIES = (
+    "SELECT c.city_id FROM public.cities c "
+    "WHERE c.city_id IN (SELECT r.city_id FROM public.city_readers r WHERE r.role_name = session_user) "
+    "OR EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)"
 )
-CITY_FILTER = f"t.city_id IN (SELECT v.city_id FROM {READER_SCHEMA}.visible_cities v)"
-DEVICE_FILTER = f"t.device_key IN ({VISIBLE_DEVICES})"
+CITY_FILTER = f"t.city_id IN ({VISIBLE_CITIES})"
+DEVICE_FILTER = (
+    f"t.device_key IN (SELECT d.device_key FROM public.devices d WHERE d.city_id IN ({VISIBLE_CITIES}))"
+)
 PLATFORM_ONLY = "EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)"
 
-# reader view name -> filter over the base table `t` of the same name (None: every row)
-READER_VIEWS: dict[str, str | None] = {
-    "cities": CITY_FILTER,
-    "devices": CITY_FILTER,
-    "areas": CITY_FILTER,
-    "city_facts": CITY_FILTER,
-    "kpi_targets": CITY_FILTER,
-    "kpi_values": CITY_FILTER,
-    "kpi_value_revisions": CITY_FILTER,
-    "eu_aqi_hourly": CITY_FILTER,
-    "dead_letters": CITY_FILTER,  # a dead letter without a city is the platform's
-    "alerts": CITY_FILTER,
-    "sparkplug_sessions": CITY_FILTER,  # edge nodes and devices online/offline, aliases
-    "readings": DEVICE_FILTER,
-    "rollup_1m": DEVICE_FILTER,
-    "rollup_15m": DEVICE_FILTER,
-    "rollup_1h": DEVICE_FILTER,
-    "rollup_1d": DEVICE_FILTER,
-    "metrics": None,  # the metric catalog is the same for every city
-    "ingest_batches": PLATFORM_ONLY,  # provenance names every city's topics
+
+@dataclass(frozen=True)
+class ReaderTable:
+    """How a reader reads one table: `reader.<table>(...)`, a SECURITY DEFINER function returning
+    the rows of `filter` (over the table as `t`), between two bounds on `time_column` if the table
+    grows with time, else with no argument and a view of the table's name over it. `rows` is the
+    fixed estimate the planner uses for it, whatever the data (SECURITY.md, Statistics)."""
+
+    filter: str
+    rows: int
+    time_column: str | None = None
+
+
+# Every table a reader may read but the shared metric catalog (a plain view).
+READER_TABLES: dict[str, ReaderTable] = {
+    "cities": ReaderTable(CITY_FILTER, 10),
+    "devices": ReaderTable(CITY_FILTER, 1000),
+    "areas": ReaderTable(CITY_FILTER, 100),
+    "city_facts": ReaderTable(CITY_FILTER, 100),
+    "kpi_targets": ReaderTable(CITY_FILTER, 100),
+    "kpi_values": ReaderTable(CITY_FILTER, 1000),  # KPIs x components x areas x periods: no range
+    "kpi_value_revisions": ReaderTable(CITY_FILTER, 1000),
+    "alerts": ReaderTable(CITY_FILTER, 1000),  # expired by citykpi_expire_alerts
+    "sparkplug_sessions": ReaderTable(CITY_FILTER, 100),  # edge nodes and devices online/offline
+    "readings": ReaderTable(DEVICE_FILTER, 100_000, "time"),
+    "rollup_1m": ReaderTable(DEVICE_FILTER, 100_000, "bucket"),
+    "rollup_15m": ReaderTable(DEVICE_FILTER, 10_000, "bucket"),
+    "rollup_1h": ReaderTable(DEVICE_FILTER, 10_000, "bucket"),
+    "rollup_1d": ReaderTable(DEVICE_FILTER, 1000, "bucket"),
+    "eu_aqi_hourly": ReaderTable(CITY_FILTER, 10_000, "bucket"),
+    "dead_letters": ReaderTable(CITY_FILTER, 1000, "received_at"),  # one without a city is the platform's
+    "ingest_batches": ReaderTable(PLATFORM_ONLY, 10_000, "committed_at"),  # topics of every city
 }
-# The tables behind reader views that hold several cities' rows: no planner statistics on them,
-# but for the keys and times every dashboard joins and filters on (SECURITY.md, Statistics).
-MULTI_CITY_TABLES = tuple(view for view, condition in READER_VIEWS.items() if condition is not None)
+READER_CATALOG = "metrics"  # the same for every city: a plain view of the table
+# The tables behind the reader functions, all holding several cities' rows: no planner statistics on
+# them but for the keys and times (SECURITY.md, Statistics: defence in depth).
+MULTI_CITY_TABLES = tuple(READER_TABLES)
 KEY_COLUMNS = ("time", "bucket", "device_key", "metric_id", "city_id")
 
 
@@ -243,8 +255,27 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
     return roles
 
 
+def reader_function(table: str, spec: ReaderTable) -> str:
+    """CREATE OR REPLACE of `reader.<table>`: a custom plan per call (the bounds are constants, so
+    TimescaleDB excludes chunks at planning), names qualified, nothing resolved in pg_temp."""
+    arguments, where = "", spec.filter
+    if spec.time_column:
+        arguments = "time_from timestamptz, time_to timestamptz"
+        where = f"t.{spec.time_column} BETWEEN time_from AND time_to AND {where}"
+    return (
+        f"CREATE OR REPLACE FUNCTION {READER_SCHEMA}.{table}({arguments}) RETURNS SETOF public.{table} "
+        f"LANGUAGE plpgsql STABLE SECURITY DEFINER ROWS {spec.rows} "
+        "SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan "
+        f"AS $fn$ BEGIN RETURN QUERY SELECT t.* FROM public.{table} t WHERE {where}; END $fn$"
+    )
+
+
 async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles, superuser: bool) -> None:
-    """The reader schema and its views, created as the definer so the definer owns them."""
+    """The reader schema, its functions and views, created as the definer so the definer owns them.
+
+    A reader's query sees only a function's output: its WHERE clause is estimated above a Function
+    Scan (fixed ROWS, default selectivities), never from a multi-city table's statistics, and a
+    SECURITY DEFINER function is never inlined into the reader's plan."""
     definer, reader = f'"{roles.definer}"', f'"{roles.reader}"'
     if not superuser:
         await conn.execute(f"GRANT {definer} TO CURRENT_USER")  # SET ROLE needs membership
@@ -252,17 +283,23 @@ async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles, 
     await conn.execute(f"REVOKE ALL ON SCHEMA {READER_SCHEMA} FROM PUBLIC")
     await conn.execute(f"GRANT SELECT ON public.city_readers, public.platform_readers TO {definer}")
     await conn.execute(f"SET LOCAL ROLE {definer}")
-    await conn.execute(
-        f"CREATE OR REPLACE VIEW {READER_SCHEMA}.visible_cities WITH (security_barrier) AS {VISIBLE_CITIES}"
-    )
-    for view, condition in READER_VIEWS.items():
-        where = f" WHERE {condition}" if condition else ""
-        await conn.execute(
-            f"CREATE OR REPLACE VIEW {READER_SCHEMA}.{view} WITH (security_barrier) AS "
-            f"SELECT t.* FROM public.{view} t{where}"
-        )
+    # the security_barrier views over the tables that databases migrated before the functions hold
+    for table, spec in READER_TABLES.items():
+        if spec.time_column:
+            await conn.execute(f"DROP VIEW IF EXISTS {READER_SCHEMA}.{table}")
+    for table, spec in READER_TABLES.items():
+        await conn.execute(reader_function(table, spec))
+        if not spec.time_column:
+            await conn.execute(
+                f"CREATE OR REPLACE VIEW {READER_SCHEMA}.{table} AS SELECT * FROM {READER_SCHEMA}.{table}()"
+            )
+    await conn.execute(f"DROP VIEW IF EXISTS {READER_SCHEMA}.visible_cities")
+    catalog = f"{READER_SCHEMA}.{READER_CATALOG}"
+    await conn.execute(f"CREATE OR REPLACE VIEW {catalog} AS SELECT t.* FROM public.{READER_CATALOG} t")
+    await conn.execute(f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {READER_SCHEMA} FROM PUBLIC")
     await conn.execute("RESET ROLE")
     await conn.execute(f"GRANT USAGE ON SCHEMA {READER_SCHEMA} TO {reader}")
+    await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {READER_SCHEMA} TO {reader}")
     await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {READER_SCHEMA} TO {reader}")
 
 

@@ -10,6 +10,7 @@ cannot draw. The generator and expander alone are tested in tests/unit/test_graf
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -267,6 +268,7 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
         passes.append((city_reader, frozenset()))
         for role, explicit in passes:
             conn = await asyncpg.connect(as_login(tsdb, role))
+            started = time.perf_counter()
             try:
                 if explicit == {"device"}:
                     rng = macros.dashboard_range(boards[0], now)
@@ -284,6 +286,9 @@ async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(t
                     checked += n
             finally:
                 await conn.close()
+            # the panels' cost per reader and pass (-s shows it; SECURITY.md quotes it)
+            label = f"{role.rsplit('_', 1)[0]}, selected: {sorted(explicit) or 'defaults'}"
+            print(f"panels as {label}: {time.perf_counter() - started:.2f} s")
     finally:
         owner = await asyncpg.connect(tsdb)
         try:
