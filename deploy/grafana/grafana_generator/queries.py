@@ -7,7 +7,10 @@ Conventions of the SQL below:
   and works when a list is empty: `('__all__' IN (${area:sqlstring}) OR d.area_id IN (${area:sqlstring}))`;
 - time series return a column "time", optionally a text column "metric" (one series per value),
   numeric values, sorted by time; hourly panels read rollup_1h with a 1 h minimum interval;
-- `$__interval_ms` turns per-bucket sums into rates (veh/h, readings/s, m³/h).
+- `$__interval_ms` turns per-bucket sums into rates (veh/h, readings/s, m³/h);
+- a table that grows with time is read through its reader function over the dashboard's range,
+  `rollup_1h($__timeFrom(), $__timeTo())` (schemas/access.py, READER_TABLES): the bounds replace
+  `$__timeFilter` on its time column.
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ DEVICE_FILTER = (
     f"  AND ({ALL} IN (${{device:sqlstring}}) OR d.device_id IN (${{device:sqlstring}}))"
 )
 
+RANGE = "($__timeFrom(), $__timeTo())"  # a reader function's bounds: the dashboard's range
 ROLLUP_1H = (
-    "FROM rollup_1h r\n"
+    f"FROM rollup_1h{RANGE} r\n"
     "JOIN devices d ON d.device_key = r.device_key\n"
     "JOIN metrics m ON m.metric_id = r.metric_id"
 )
@@ -79,8 +83,8 @@ def metric_in(names: Iterable[str]) -> str:
 def hourly_series(value: str, names: Iterable[str], series: str, *, extra_where: str = "") -> str:
     """One value per time bucket and series from rollup_1h (value is an aggregate over r.*)."""
     names = list(names)
-    metrics = f" AND {metric_in(names)}" if names else ""
-    where = f"$__timeFilter(r.bucket){metrics}{extra_where}\n  AND {DEVICE_FILTER}"
+    conditions = [metric_in(names)] if names else []
+    where = "\n  AND ".join([*conditions, *([extra_where] if extra_where else []), DEVICE_FILTER])
     return (
         f"SELECT $__timeGroupAlias(r.bucket, $__interval), {series} AS metric, {value}\n"
         f"{ROLLUP_1H}\n"
@@ -151,10 +155,9 @@ def eu_aqi_cte() -> str:
     return (
         "WITH b AS (\n"
         "  SELECT a.bucket, d.device_id, a.band\n"
-        "  FROM eu_aqi_hourly a\n"
+        f"  FROM eu_aqi_hourly{RANGE} a\n"
         "  JOIN devices d ON d.device_key = a.device_key\n"
-        "  WHERE $__timeFilter(a.bucket)\n"
-        f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
+        f"  WHERE {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         ")\n"
     )
 
@@ -168,7 +171,7 @@ def air_hourly_cte() -> str:
         "    d.device_id, m.name AS pollutant, r.sum / r.n AS conc\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
         "  JOIN cities c ON c.city_id = d.city_id\n"
-        f"  WHERE $__timeFilter(r.bucket) AND {metric_in(POLLUTANTS)}\n"
+        f"  WHERE {metric_in(POLLUTANTS)}\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         "), daily AS (\n"
         "  SELECT day, timezone, device_id, pollutant, avg(conc) AS mean, count(*) AS hours\n"

@@ -28,7 +28,7 @@ def air() -> Dashboard:
         "FROM (\n"
         "  SELECT r.bucket, m.name AS pollutant, r.sum / r.n AS mean\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        f"  WHERE $__timeFilter(r.bucket) AND {metric_in(POLLUTANTS)}\n"
+        f"  WHERE {metric_in(POLLUTANTS)}\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         ") h\n"
         "GROUP BY 1, 2\n"

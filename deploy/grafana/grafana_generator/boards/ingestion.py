@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from grafana_generator.model import Dashboard, Panel
+from grafana_generator.queries import RANGE
 
 
 def ingestion() -> Dashboard:
@@ -12,8 +13,7 @@ def ingestion() -> Dashboard:
     by_source = (
         "SELECT $__timeGroupAlias(committed_at, $__interval), source AS metric,\n"
         f"  {rate('sum(stored)', 'readings/s')}\n"
-        "FROM ingest_batches\n"
-        "WHERE $__timeFilter(committed_at)\n"
+        f"FROM ingest_batches{RANGE}\n"
         "GROUP BY 1, 2\n"
         "ORDER BY 1, 2"
     )
@@ -22,8 +22,7 @@ def ingestion() -> Dashboard:
         f"  {rate('sum(received)', 'received')},\n"
         f"  {rate('sum(stored)', 'stored')},\n"
         f"  {rate('sum(received - stored)', 'replayed or conflicting')}\n"
-        "FROM ingest_batches\n"
-        "WHERE $__timeFilter(committed_at)\n"
+        f"FROM ingest_batches{RANGE}\n"
         "GROUP BY 1\n"
         "ORDER BY 1"
     )
@@ -31,8 +30,7 @@ def ingestion() -> Dashboard:
         "SELECT $__timeGroupAlias(committed_at, $__interval),\n"
         '  avg(received) AS "mean readings per batch", max(received) AS "largest batch",\n'
         '  count(*) AS "batches"\n'
-        "FROM ingest_batches\n"
-        "WHERE $__timeFilter(committed_at)\n"
+        f"FROM ingest_batches{RANGE}\n"
         "GROUP BY 1\n"
         "ORDER BY 1"
     )
@@ -42,26 +40,22 @@ def ingestion() -> Dashboard:
         '  max(extract(epoch FROM b.committed_at - n.newest)) AS "max lag s"\n'
         "FROM (\n"
         "  SELECT r.batch_id, max(r.time) AS newest\n"
-        "  FROM readings r\n"
-        "  WHERE $__timeFilter(r.time)\n"
+        f"  FROM readings{RANGE} r\n"
         "  GROUP BY r.batch_id\n"
         ") n\n"
-        "JOIN ingest_batches b ON b.batch_id = n.batch_id\n"
-        "WHERE $__timeFilter(b.committed_at)\n"
+        f"JOIN ingest_batches{RANGE} b ON b.batch_id = n.batch_id\n"
         "GROUP BY 1\n"
         "ORDER BY 1"
     )
     dead_by_reason = (
         'SELECT $__timeGroupAlias(received_at, $__interval), reason AS metric, count(*) AS "dead letters"\n'
-        "FROM dead_letters\n"
-        "WHERE $__timeFilter(received_at)\n"
+        f"FROM dead_letters{RANGE}\n"
         "GROUP BY 1, 2\n"
         "ORDER BY 1, 2"
     )
     reasons = (
         'SELECT reason AS "reason", count(*) AS "dead letters"\n'
-        "FROM dead_letters\n"
-        "WHERE $__timeFilter(received_at)\n"
+        f"FROM dead_letters{RANGE}\n"
         "GROUP BY 1\n"
         "ORDER BY 2 DESC, 1"
     )
@@ -69,8 +63,7 @@ def ingestion() -> Dashboard:
         'SELECT source AS "source", reason AS "reason", count(*) AS "dead letters",\n'
         '  count(*) FILTER (WHERE requeued_at IS NOT NULL) AS "requeued",\n'
         '  max(received_at) AS "last", (array_agg(detail ORDER BY id DESC))[1] AS "latest detail"\n'
-        "FROM dead_letters\n"
-        "WHERE $__timeFilter(received_at)\n"
+        f"FROM dead_letters{RANGE}\n"
         "GROUP BY 1, 2\n"
         "ORDER BY 3 DESC, 1, 2"
     )
@@ -79,8 +72,7 @@ def ingestion() -> Dashboard:
         '  device_id AS "device", reason AS "reason", detail AS "detail", payload_size AS "bytes",\n'
         "  encode(substring(payload FROM 1 FOR 1024), 'escape') AS \"payload (first 1 KiB, escaped)\",\n"
         '  requeued_at IS NOT NULL AS "requeued"\n'
-        "FROM dead_letters\n"
-        "WHERE $__timeFilter(received_at)\n"
+        f"FROM dead_letters{RANGE}\n"
         "ORDER BY id DESC\n"
         "LIMIT 50"
     )
@@ -89,20 +81,18 @@ def ingestion() -> Dashboard:
         '  sum(stored) AS "stored", sum(received - stored) AS "replayed or conflicting",\n'
         '  avg(received) AS "mean batch", min(committed_at) AS "first commit",\n'
         '  max(committed_at) AS "last commit"\n'
-        "FROM ingest_batches\n"
-        "WHERE $__timeFilter(committed_at)\n"
+        f"FROM ingest_batches{RANGE}\n"
         "GROUP BY 1\n"
         "ORDER BY 1"
     )
     stored_total = (
         'SELECT coalesce(sum(stored), 0) AS "readings stored"\n'
-        "FROM ingest_batches\n"
-        "WHERE $__timeFilter(committed_at)"
+        f"FROM ingest_batches{RANGE}"
     )
-    dead_total = 'SELECT count(*) AS "dead letters"\nFROM dead_letters\nWHERE $__timeFilter(received_at)'
+    dead_total = f'SELECT count(*) AS "dead letters"\nFROM dead_letters{RANGE}'
     dead_rate = (
-        "SELECT 1000.0 * (SELECT count(*) FROM dead_letters WHERE $__timeFilter(received_at))\n"
-        "  / nullif((SELECT sum(received) FROM ingest_batches WHERE $__timeFilter(committed_at)), 0)\n"
+        f"SELECT 1000.0 * (SELECT count(*) FROM dead_letters{RANGE})\n"
+        f"  / nullif((SELECT sum(received) FROM ingest_batches{RANGE}), 0)\n"
         '  AS "dead letters per 1000 readings"'
     )
     sparkplug = (
@@ -114,7 +104,8 @@ def ingestion() -> Dashboard:
         "ORDER BY online, city_id, group_id, edge_node_id, device_id"
     )
     since_commit = (
-        'SELECT extract(epoch FROM now() - max(committed_at)) AS "since last commit"\nFROM ingest_batches'
+        'SELECT extract(epoch FROM now() - max(committed_at)) AS "since last commit"\n'
+        f"FROM ingest_batches{RANGE}"
     )
     note = (
         "A platform view: write batches have no city, so batch panels cover every city; dead letters "

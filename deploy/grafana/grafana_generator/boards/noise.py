@@ -29,7 +29,7 @@ def noise() -> Dashboard:
         "FROM (\n"
         f"  SELECT r.bucket, {AREA} AS area, r.energy / r.n AS e\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        "  WHERE $__timeFilter(r.bucket) AND m.name = 'laeq' AND r.energy > 0\n"
+        "  WHERE m.name = 'laeq' AND r.energy > 0\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         ") h\n"
         "GROUP BY 1, 2\n"
@@ -114,7 +114,7 @@ def noise() -> Dashboard:
                     '10 * log(sum(r.energy) / sum(r.n)) AS "Leq dB"',
                     ["laeq"],
                     "d.device_id",
-                    extra_where=" AND r.energy > 0",
+                    extra_where="r.energy > 0",
                 ),
                 w=12,
                 h=9,

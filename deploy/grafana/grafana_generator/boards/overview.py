@@ -8,6 +8,7 @@ from grafana_generator.queries import (
     DEVICE_FILTER,
     KPI_AREA_FILTER,
     PERIOD_END,
+    RANGE,
     hourly_series,
     kpi_latest,
     kpi_table,
@@ -64,8 +65,7 @@ def overview() -> Dashboard:
         "FROM devices d\n"
         "LEFT JOIN (\n"
         "  SELECT r.device_key, max(r.last_time) AS last_seen\n"
-        "  FROM rollup_1h r\n"
-        "  WHERE $__timeFilter(r.bucket)\n"
+        f"  FROM rollup_1h{RANGE} r\n"
         "  GROUP BY r.device_key\n"
         ") s ON s.device_key = d.device_key\n"
         f"WHERE {DEVICE_FILTER}\n"

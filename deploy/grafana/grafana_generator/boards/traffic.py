@@ -30,7 +30,7 @@ def traffic() -> Dashboard:
         f"    max(r.sum / r.n) FILTER (WHERE m.name = {lit(speed)}) AS speed,\n"
         f"    max(r.sum) FILTER (WHERE m.name = {lit(count)}) AS vehicles\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        f"  WHERE $__timeFilter(r.bucket) AND {metric_in([speed, count])}\n"
+        f"  WHERE {metric_in([speed, count])}\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         "  GROUP BY 1, 2, 3\n"
         ")\n"
@@ -64,7 +64,7 @@ def traffic() -> Dashboard:
         "    / nullif(sum(r.n) FILTER (WHERE m.name = 'occupancy'), 0) AS \"mean occupancy\",\n"
         '  max(r.last_time) AS "last reading"\n'
         f"{ROLLUP_1H}\n"
-        f"WHERE $__timeFilter(r.bucket) AND {metric_in([count, speed, 'occupancy'])}\n"
+        f"WHERE {metric_in([count, speed, 'occupancy'])}\n"
         f"  AND {DEVICE_FILTER}\n"
         "GROUP BY 1, 2\n"
         "ORDER BY 1"

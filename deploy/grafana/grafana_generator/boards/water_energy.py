@@ -62,7 +62,7 @@ def water_energy() -> Dashboard:
         "WITH rep AS (\n"
         "  SELECT m.name AS metric, count(DISTINCT r.device_key) AS n\n"
         f"  {ROLLUP_1H.replace(chr(10), chr(10) + '  ')}\n"
-        "  WHERE $__timeFilter(r.bucket) AND m.name IN ('water_volume_total', 'energy_total')\n"
+        "  WHERE m.name IN ('water_volume_total', 'energy_total')\n"
         f"    AND {DEVICE_FILTER.replace(chr(10), chr(10) + '  ')}\n"
         "  GROUP BY 1\n"
         ")\n"
