@@ -231,9 +231,9 @@ async def _city_options(dsn: str) -> list[str]:
 @pytest.mark.integration
 async def test_every_panel_runs_on_simulator_data_and_returns_drawable_columns(tsdb: str) -> None:
     """As Grafana's roles would run them, logins made by citykpi_grant_reader that read the reader
-    functions and views (schemas/access.py): a platform reader (every city) with the defaults, with every option
-    of area, kind and device selected, and with every device selected (the list then holds the
-    quote-breaking id); the demo city's reader with the defaults."""
+    functions and views (schemas/access.py): a platform reader (every city) with the defaults, with
+    every option of area, kind and device selected, and with every device selected (the list then
+    holds the quote-breaking id); the demo city's reader with the defaults."""
     from processors.writer import TimescaleWriter, WriteBatch
 
     end = await fill_demo_city(tsdb)
