@@ -150,7 +150,9 @@ async def test_a_non_superuser_owner_migrates_and_makes_the_logins(server_url: s
             assert (await w.write(batch)).stored == 2
         reader = await asyncpg.connect(as_login(owner_dsn, f"{owner}_r"))
         try:
-            assert await reader.fetchval("SELECT count(*) FROM readings") == 1
+            assert (
+                await reader.fetchval("SELECT count(*) FROM readings(now() - interval '1 hour', now())") == 1
+            )
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await reader.fetchval("SELECT count(*) FROM public.readings")
         finally:
