@@ -199,3 +199,32 @@ def test_roles_cli_grants_service_logins_reports_changes_and_revokes_readers(tsd
     assert asyncio.run(can_read()) is False
     out = run("roles", "grant-service", svc, "--service", "superuser", env=env)
     assert out.returncode == 1 and "ingest or kpi" in out.stderr
+
+
+async def test_a_reader_function_plans_with_its_bounds_and_scans_only_their_chunks(tsdb: str) -> None:
+    """plan_cache_mode = force_custom_plan: the reader function's query is planned with the bounds
+    as constants, so TimescaleDB scans only the chunks of the range (seen with auto_explain's nested
+    plans, as the superuser owner, who reads every city once in platform_readers)."""
+    owner = await asyncpg.connect(tsdb)
+    notices: list[str] = []
+    owner.add_log_listener(lambda _c, msg: notices.append(str(msg.message)))
+    try:
+        await owner.execute("INSERT INTO devices (city_id, device_id) VALUES ('demo', 'chunky')")
+        await owner.execute(
+            "INSERT INTO readings SELECT now() - i * interval '1 hour', device_key, 1, i, 0, 1 "
+            "FROM devices, generate_series(1, 24 * 20) i WHERE device_id = 'chunky'"
+        )
+        chunks = await owner.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'readings'"
+        )
+        await owner.execute("INSERT INTO platform_readers VALUES (session_user) ON CONFLICT DO NOTHING")
+        await owner.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+            "SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = notice"
+        )
+        n = await owner.fetchval("SELECT count(*) FROM reader.readings(now() - interval '2 days', now())")
+    finally:
+        await owner.close()
+    (inner,) = [m for m in notices if "FROM public.readings t" in m]
+    scanned = inner.count("_hyper_")
+    assert n in (47, 48) and chunks >= 10 and 1 <= scanned <= 3, (chunks, inner)  # now() moved on
