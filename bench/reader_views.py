@@ -1,22 +1,21 @@
-"""What the reader views cost: dashboard-shaped queries as the owner (base tables) and as a city
-reader (security_barrier views of schema `reader`), on the same data, in the same run.
+"""What reading through the reader functions costs: dashboard-shaped queries as the owner (base
+tables) and as a city reader (schema `reader`: SECURITY DEFINER functions, a time range for the
+tables that grow with time, views over the others), on the same data, in the same run.
 
     .venv/bin/python -m bench.reader_views [--devices 200] [--days 7] [--runs 7]
 
 A fresh database on the local TimescaleDB with two cities of `--devices` air stations each,
 one pm25 reading per station per minute for `--days` days (rollups written by the real writer).
 Each figure is the median of `--runs` runs after one warm-up; the reader sees half the rows (its
-city), so the fair comparison is the owner's query filtered to the same city. Time filters are
-literals, as Grafana's $__timeFilter sends them: a literal bound is a leakproof comparison, so it
-passes the security barrier and TimescaleDB still excludes chunks. A bound computed in SQL
-(`now() - interval ...`, not leakproof) is evaluated above the barrier: the last figure shows
-that cost. A join into a view cannot become an index lookup inside it (the views stay subqueries);
-a device's readings by `device_key = (SELECT ...)` can (a parameter is a leakproof comparison).
+city), so the fair comparison is the owner's query filtered to the same city. The owner filters
+time with literals, as Grafana's $__timeFilter sends them; the reader passes the same literals as
+the function's bounds (the last query computes them in SQL: the function still plans with them as
+constants). A reader function returns every row of the city and range: a filter on a device is
+applied to that output, never inside the function.
 
-The tables behind the views keep planner statistics on their keys and times only (SECURITY.md: a
-reader's EXPLAIN estimates from them). Each query runs on the same data with every column's
-statistics ("all", as before that rule), as migrated ("keys"), and with none at all ("none", the
-alternative SECURITY.md rejects).
+The tables behind the functions keep planner statistics on their keys and times only; the reader's
+query never sees them (SECURITY.md, Statistics), the function's own query does. Each query runs on
+the same data with every column's statistics ("all"), as migrated ("keys"), and with none ("none").
 Writes bench/results/reader_views.json (machine, date, figures per statistics setting).
 """
 
@@ -43,32 +42,42 @@ from schemas.access import KEY_COLUMNS, MULTI_CITY_TABLES, apply_access
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reader_views.json"
 CITY_DEVICES = "d.city_id = 'demo'"
-# (name, owner's SQL restricted to the demo city, reader's SQL: the same panel through the views)
+# (name, owner's SQL restricted to the demo city, reader's SQL: the same panel through the functions)
 QUERIES = (
     (
         "hourly mean, last 24 h (rollup_1h)",
         "SELECT time_bucket('1 hour', r.bucket) AS t, sum(r.sum) / sum(r.n) FROM rollup_1h r "
         "JOIN devices d USING (device_key) WHERE {city} AND r.bucket > {since_24h} GROUP BY 1 ORDER BY 1",
+        "SELECT time_bucket('1 hour', r.bucket) AS t, sum(r.sum) / sum(r.n) "
+        "FROM rollup_1h({since_24h}, {now}) r JOIN devices d USING (device_key) GROUP BY 1 ORDER BY 1",
     ),
     (
         "raw readings of one device, last 6 h",
         "SELECT r.time, r.value FROM readings r JOIN devices d USING (device_key) "
         "WHERE {city} AND d.device_id = 'air-0007' AND r.time > {since_6h} ORDER BY 1",
+        "SELECT r.time, r.value FROM readings({since_6h}, {now}) r JOIN devices d USING (device_key) "
+        "WHERE d.device_id = 'air-0007' ORDER BY 1",
     ),
     (
         "per-device max, last 7 days (rollup_1m)",
         "SELECT d.device_id, max(r.max) FROM rollup_1m r JOIN devices d USING (device_key) "
         "WHERE {city} AND r.bucket > {since_7d} GROUP BY 1",
+        "SELECT d.device_id, max(r.max) FROM rollup_1m({since_7d}, {now}) r "
+        "JOIN devices d USING (device_key) GROUP BY 1",
     ),
     (
         "raw readings of one device, last 6 h, device_key from a scalar subquery",
         "SELECT r.time, r.value FROM readings r WHERE r.device_key = (SELECT d.device_key FROM devices d "
         "WHERE {city} AND d.device_id = 'air-0007') AND r.time > {since_6h} ORDER BY 1",
+        "SELECT r.time, r.value FROM readings({since_6h}, {now}) r WHERE r.device_key = "
+        "(SELECT d.device_key FROM devices d WHERE d.device_id = 'air-0007') ORDER BY 1",
     ),
     (
         "raw readings of one device, last 6 h, bound computed in SQL",
         "SELECT r.time, r.value FROM readings r JOIN devices d USING (device_key) "
         "WHERE {city} AND d.device_id = 'air-0007' AND r.time > now() - interval '6 hours' ORDER BY 1",
+        "SELECT r.time, r.value FROM readings(now() - interval '6 hours', now()) r "
+        "JOIN devices d USING (device_key) WHERE d.device_id = 'air-0007' ORDER BY 1",
     ),
 )
 
@@ -100,7 +109,7 @@ async def _fill(dsn: str, devices: int, days: int) -> int:
 
 
 async def _set_statistics(dsn: str, setting: str) -> None:
-    """'all': every column of the tables behind the views (target -1, the default); 'keys': as
+    """'all': every column of the tables behind the reader functions (target -1, the default); 'keys': as
     `citykpi migrate` leaves them; 'none': not even the keys. Then ANALYZE."""
     owner = await asyncpg.connect(dsn)
     try:
@@ -162,12 +171,13 @@ async def main(devices: int, days: int, runs: int) -> dict[str, Any]:
             f"since_{k}": f"'{(now - d).isoformat()}'"
             for k, d in (("24h", timedelta(hours=24)), ("6h", timedelta(hours=6)), ("7d", timedelta(days=7)))
         }
+        since["now"] = f"'{now.isoformat()}'"
         for statistics_on in ("all", "keys", "none"):
             await _set_statistics(dsn, statistics_on)
-            print(f"planner statistics on the tables behind the views: {statistics_on}")
-            for name, sql in QUERIES:
-                as_owner = await _median(dsn, sql.format(city=CITY_DEVICES, **since), runs)
-                as_reader = await _median(reader_dsn, sql.format(city="true", **since), runs)
+            print(f"planner statistics on the tables behind the reader functions: {statistics_on}")
+            for name, owner_sql, reader_sql in QUERIES:
+                as_owner = await _median(dsn, owner_sql.format(city=CITY_DEVICES, **since), runs)
+                as_reader = await _median(reader_dsn, reader_sql.format(**since), runs)
                 figures.append(
                     {
                         "statistics": statistics_on,
