@@ -488,7 +488,7 @@ def roles_grant_reader(
     password_file: PasswordFileOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create or extend a login that reads one city (or every city) through the reader views;
+    """Create or extend a login that reads one city (or every city) through the reader functions;
     prints each change and what else the role still holds."""
     if (city is None) != all_cities:
         console.print("[red]give exactly one of --city CITY and --all-cities[/red]")

@@ -1,4 +1,4 @@
-"""Who may touch what in a citykpi database: the deployment's roles, their grants, the reader views.
+"""Who may touch what in a citykpi database: the deployment's roles, their grants, the reader functions.
 
 Applied by `citykpi migrate` (as the schema owner) after the SQL migrations, every time, so a table
 added later gets its grants here. The model (SECURITY.md):
@@ -151,7 +151,7 @@ class DeploymentRoles:
 
     @property
     def definer(self) -> str:
-        """Owns the reader views; NOLOGIN, and no login is ever made a member of it."""
+        """Owns the reader functions and views; NOLOGIN, and no login is ever made a member of it."""
         return f"{self.prefix}_definer"
 
     def all(self) -> tuple[str, str, str, str]:
@@ -202,7 +202,7 @@ async def _ensure_group_role(conn: asyncpg.Connection, name: str) -> None:
 
 
 async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None = None) -> DeploymentRoles:
-    """Create the deployment's roles and (re)apply every grant and reader view; idempotent."""
+    """Create the deployment's roles and (re)apply every grant, reader function and view; idempotent."""
     roles = await deployment_roles(conn, configured_prefix)
     ingest, kpi, reader, definer = (f'"{r}"' for r in roles.all())
     async with conn.transaction():
@@ -304,13 +304,12 @@ async def _apply_reader_views(conn: asyncpg.Connection, roles: DeploymentRoles, 
 
 
 async def _remove_planner_statistics(conn: asyncpg.Connection, superuser: bool) -> None:
-    """No column or extended statistics on MULTI_CITY_TABLES and their chunks (SECURITY.md).
-
-    The planner pushes a reader's leakproof comparison (`value BETWEEN 50 AND 59`) into the
-    security_barrier view and estimates it from the base table's statistics, which the view owner
-    may read: EXPLAIN's row estimate is then every city's histogram. A statistics target of 0 stops
-    ANALYZE collecting (TimescaleDB copies it to existing and new chunks); the rows ANALYZE collected
-    before stay in pg_statistic until deleted, which only a superuser may do."""
+    """No column or extended statistics on MULTI_CITY_TABLES and their chunks but the keys'
+    (SECURITY.md, Statistics): defence in depth, should a relation over one of them ever be granted
+    to a reader again, whose EXPLAIN would estimate its WHERE clause from every city's histogram.
+    A statistics target of 0 stops ANALYZE collecting (TimescaleDB copies it to existing and new
+    chunks); the rows ANALYZE collected before stay in pg_statistic until deleted, which only a
+    superuser may do."""
     tables = await conn.fetch(
         "SELECT c.oid::regclass::text AS name, array_agg(quote_ident(a.attname) ORDER BY a.attnum) "
         "FILTER (WHERE a.attstattarget IS DISTINCT FROM 0 AND a.attname <> ALL($2::text[])) AS columns "
@@ -342,8 +341,7 @@ async def _remove_planner_statistics(conn: asyncpg.Connection, superuser: bool) 
         "AND a.attname = s.attname WHERE a.attstattarget = 0"
     ):
         log.warning(
-            "%d tables or chunks behind the reader views keep planner statistics collected before "
-            "their statistics target became 0 (a city reader's EXPLAIN estimates from them): only a "
-            "superuser can delete them, see SECURITY.md",
+            "%d tables or chunks behind the reader functions keep planner statistics collected before "
+            "their statistics target became 0: only a superuser can delete them, see SECURITY.md",
             stale,
         )

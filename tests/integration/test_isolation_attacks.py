@@ -846,16 +846,16 @@ async def _explain_leaks(two_cities: TwoCities, keys: bool) -> tuple[list[str], 
 async def test_reader_explain_estimates_reveal_nothing_of_the_other_citys_values(
     two_cities: TwoCities,
 ) -> None:
-    """The planner pushes a reader's leakproof comparison into the security_barrier view and would
-    estimate it from the base table's statistics, all cities' (seen before: `value BETWEEN 50 AND
-    59`, the other city's range, 10 rows against 2 for the empty 20-49). For every reader view over
-    several cities and every column but the keys in which the other city holds values demo does
-    not, a predicate matching exactly those values and the same predicate over values no row holds
-    give the same plan and row estimates, after ANALYZE, on TimescaleDB chunks made after the
-    migration too."""
+    """Through a security_barrier view the planner pushed a reader's leakproof comparison into the
+    view and estimated it from the base table's statistics, all cities' (seen then: `value BETWEEN
+    50 AND 59`, the other city's range, 10 rows against 2 for the empty 20-49). For every reader
+    function over several cities and every column but the keys in which the other city holds values
+    demo does not, a predicate matching exactly those values and the same predicate over values no
+    row holds give the same plan and row estimates, after ANALYZE, on TimescaleDB chunks made after
+    the migration too."""
     compared, leaks = await _explain_leaks(two_cities, keys=False)
     assert not leaks, "\n".join(leaks)
-    # the other city's values showed up in every kind of view: readings, rollups, KPIs, dead letters
+    # the other city's values are compared in every kind of table: readings, rollups, KPIs, dead letters
     expected = {"readings.value", "rollup_1m.max", "rollup_1m.first_time", "kpi_values.value"}
     expected |= {"dead_letters.id", "city_facts.value", "ingest_batches.source", "cities.name"}
     # and in the newer ones: alert events, Sparkplug B sessions, stored AQI sub-indices
