@@ -228,3 +228,46 @@ async def test_a_reader_function_plans_with_its_bounds_and_scans_only_their_chun
     (inner,) = [m for m in notices if "FROM public.readings t" in m]
     scanned = inner.count("_hyper_")
     assert n in (47, 48) and chunks >= 10 and 1 <= scanned <= 3, (chunks, inner)  # now() moved on
+
+
+async def test_migrate_replaces_the_former_reader_views_over_tables(any_db: str) -> None:
+    """A database migrated before the reader functions holds security_barrier views over the tables
+    (reader.visible_cities, reader.readings, reader.devices, ...): the next migrate drops those of
+    the time series and visible_cities, and the others become views over their functions."""
+    from schemas.access import READER_TABLES
+    from schemas.migrations import migrate
+
+    await _two_cities(any_db)
+    roles = deployment_of(any_db)
+    role = f"upgraded_{uuid.uuid4().hex[:6]}"
+    in_city = "t.city_id IN (SELECT v.city_id FROM reader.visible_cities v)"
+    former = {
+        "devices": in_city,
+        "dead_letters": in_city,
+        "readings": "t.device_key > 0",
+        "rollup_1h": "true",
+    }
+    owner = await asyncpg.connect(any_db)
+    try:
+        await owner.execute(f'SET ROLE "{roles.definer}"')
+        await owner.execute("DROP VIEW reader.devices")
+        await owner.execute("CREATE VIEW reader.visible_cities AS SELECT city_id FROM public.cities")
+        for table, where in former.items():
+            await owner.execute(
+                f"CREATE VIEW reader.{table} WITH (security_barrier) AS SELECT t.* FROM public.{table} t "
+                f"WHERE {where}"
+            )
+        await owner.execute("RESET ROLE")
+        await owner.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA reader TO "{roles.reader}"')
+        await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", role)
+        await migrate(owner)
+        views = {r[0] for r in await owner.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'reader'")}
+        assert views == {t for t, spec in READER_TABLES.items() if not spec.time_column} | {"metrics"}
+    finally:
+        await owner.close()
+    reader = await asyncpg.connect(_as(any_db, role))
+    try:
+        assert {r[0] for r in await reader.fetch("SELECT city_id FROM devices")} == {"demo"}
+        assert await reader.fetchval("SELECT count(*) FROM readings('-infinity', 'infinity')") == 10
+    finally:
+        await reader.close()
