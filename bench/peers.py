@@ -88,6 +88,8 @@ RESULTS = Path(__file__).parent / "results" / "peers.json"
 TOPIC_FILTER = "city/+/json/+"
 KAFKA_PARTITIONS = 4  # so that two worker processes get two each
 CITYKPI_ROUTE = [{"filter": TOPIC_FILTER, "format": "json", "city_level": 2, "device_level": 4}]
+SENML_FILTER = "city/+/senml/+"
+SENML_ROUTE = [{"filter": SENML_FILTER, "format": "senml", "city_level": 2, "device_level": 4}]
 
 
 def backlog(n: int, t0: int) -> list[SimMessage]:
@@ -101,11 +103,11 @@ def backlog(n: int, t0: int) -> list[SimMessage]:
     ]
 
 
-def open_session(port: int, client_id: str) -> None:
+def open_session(port: int, client_id: str, topic_filter: str = TOPIC_FILTER) -> None:
     """Create an offline persistent QoS 1 session on the topic filter, so the backlog queues for it."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
     c.connect("127.0.0.1", port)
-    c.subscribe(TOPIC_FILTER, qos=1)
+    c.subscribe(topic_filter, qos=1)
     c.loop(1)
     c.loop(1)
     c.disconnect()
@@ -329,7 +331,35 @@ async def mqtt_round(
         await drop_database(TSDB_URL, dsn)
         for cid in ids.values():
             forget_session(port, cid)
-    return out
+    return out | await mqtt_senml_round(port, n, log, cores)
+
+
+async def mqtt_senml_round(port: int, n: int, log: Path, cores: int | None) -> dict[str, dict[str, float]]:
+    """citykpi (both network-loop modes) on n readings as SenML packs of 10 on MQTT: the issue's
+    150k readings/s target for packs (rows/s are readings/s)."""
+    tag = uuid.uuid4().hex[:6]
+    ids = {k: f"peer-senml-{k.replace('_', '-')}-{tag}" for k in MQTT_VARIANTS}
+    for cid in ids.values():
+        open_session(port, cid, SENML_FILTER)
+    pub = MqttPublisher(Settings(mqtt={"port": port}).mqtt, client_id=f"peer-pub-{tag}")  # type: ignore[call-arg]
+    await pub.start()
+    await pub.publish(senml_backlog(n, int(time.time()) - 86400))
+    await pub.stop()
+    dsn = await peer_database()
+    try:
+        env = {
+            "CITYKPI_MQTT__PORT": str(port),
+            "CITYKPI_MQTT__ROUTES": json.dumps(SENML_ROUTE),
+            "CITYKPI_KAFKA__ENABLED": "false",
+        }
+        variants = {
+            f"{k}_senml10": {**v, "CITYKPI_MQTT__CLIENT_ID": ids[k]} for k, v in MQTT_VARIANTS.items()
+        }
+        return await citykpi_and_telegraf(env, None, None, dsn, n, log, variants, cores)
+    finally:
+        await drop_database(TSDB_URL, dsn)
+        for cid in ids.values():
+            forget_session(port, cid)
 
 
 def senml_backlog(n: int, t0: int) -> list[SimMessage]:
