@@ -16,7 +16,9 @@ process, one after the other, on the same cores and the same TimescaleDB:
 * bare paho draining and counting (bench/drains.py: the Python MQTT limit);
 * citykpi's network loop alone, acking each batch as it arrives (its lean paho: citykpi's MQTT
   ceiling when its decode and write keep up);
-* naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`.
+* naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`;
+* then citykpi `run` in both network-loop modes on the same readings as SenML packs of 10
+  (`citykpi_senml10`, `citykpi_process_senml10`: readings/s, the issue's 150k pack target on MQTT).
 
 Kafka, the same backlog on a new 4-partition topic of the local stack's broker: citykpi `run` with a
 flat JSON topic route, Telegraf `inputs.kafka_consumer` (`version = "3.7.0"`, which Kafka 4.x needs,
