@@ -287,17 +287,31 @@ class Pipeline:
         try:
             decoded = decoder(m.payload, ctx)
         except DecodeError as e:
-            reject(batch, origin, e.reason, e.detail, route.city, route.device)
+            reject(batch, origin, e.reason, e.detail, route.dead_letter_city, route.device)
             return
         except Exception as e:  # a decoder bug must not stop the service
             log.exception("decoder %s crashed on %s", route.format, m.topic)
-            reject(batch, origin, "decoder_error", f"{type(e).__name__}: {e}", route.city, route.device)
+            reject(
+                batch,
+                origin,
+                "decoder_error",
+                f"{type(e).__name__}: {e}",
+                route.dead_letter_city,
+                route.device,
+            )
             return
         finally:
             if self.sparkplug.changed:  # stored with this batch, so a redelivery finds what it left
                 batch.sparkplug_sessions.update((r.key, r) for r in self.sparkplug.take_changed())
         for part in decoded.rejected:
-            reject(batch, origin, part.reason, part.describe(), route.city, part.device_id or route.device)
+            reject(
+                batch,
+                origin,
+                part.reason,
+                part.describe(),
+                route.dead_letter_city,
+                part.device_id or route.device,
+            )
         add = self.add_reading
         for r in decoded:
             add(batch, o, route, r, now)
@@ -315,7 +329,7 @@ class Pipeline:
                 batch.origins[o],
                 e.reason,
                 f"{_located(r)}: {e.detail}",
-                r.city or route.city,
+                route.dead_letter_city,  # never the payload's city: a device must not file into another
                 r.device_id,
             )
             return

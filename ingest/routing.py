@@ -30,6 +30,13 @@ class RouteMatch:
     field_map: Mapping[str, str]  # shared by every message of the route: never mutated
     trust_payload_city: bool = False
 
+    @property
+    def dead_letter_city(self) -> str | None:
+        """The city a dead letter of this route is filed under, whose readers see its payload: none
+        (the platform's) where payloads choose their city, since one message may carry several
+        cities' readings and its city field is the sender's claim."""
+        return None if self.trust_payload_city else self.city
+
     def device_of(self, payload_device: str) -> str:
         """The device a reading is stored under: on a topic route, the payload may only name the
         topic's device (as is, or as an NGSI URN `urn:ngsi-ld:<Type>:<device>`, kept as spelled)."""

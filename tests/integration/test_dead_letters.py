@@ -250,6 +250,21 @@ async def test_a_payload_city_on_an_untrusted_route_is_dead_lettered_not_stored_
     assert await readings(tsdb) == []
     (dead,) = await fetch(tsdb, "SELECT reason, city_id, detail FROM dead_letters")
     assert dead["reason"] == "city_mismatch" and "trust_payload_city" in dead["detail"]
+    assert dead["city_id"] == "demo"  # the topic's city, never the one the payload claims
+
+
+async def test_a_gateway_messages_dead_letter_is_the_platforms_not_a_claimed_citys(tsdb: str) -> None:
+    """On a route that lets payloads choose their city, one message carries two cities' readings;
+    the bad one's dead letter (which holds the whole message, demo's reading included) is filed
+    under no city, so only platform readers see it, not `other`'s reader."""
+    routes = [{"filter": "gw/+", "format": "json", "trust_payload_city": True, "city": "demo"}]
+    await fetch(tsdb, "INSERT INTO cities (city_id, name) VALUES ('other', 'Other') RETURNING city_id")
+    good = {"device_id": "d1", "city": "demo", "pm25": 5}
+    bad = {"device_id": "d2", "city": "other", "pm25": "five"}
+    await through_pipeline(tsdb, ("gw/1", json.dumps([good, bad]).encode()), mqtt={"routes": routes})
+    assert [(r[0], r[1], r[4]) for r in await readings(tsdb)] == [("demo", "d1", 5.0)]
+    (dead,) = await fetch(tsdb, "SELECT reason, city_id, device_id FROM dead_letters")
+    assert (dead["reason"], dead["city_id"], dead["device_id"]) == ("wrong_type", None, "d2")
 
 
 async def test_water_quality_is_stored_as_water_temperature_on_a_water_device(tsdb: str) -> None:
