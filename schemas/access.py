@@ -79,17 +79,36 @@ UNCHECKED_CHUNK_FUNCTIONS = (
     "lock_osm_chunk_dimension_slice",
 )
 
+# Built-in functions any login may call that reach past the reader functions, revoked from PUBLIC
+# in the deployment's database by a superuser owner (SECURITY.md, Side channels): the counters
+# behind the statistics views, per table, chunk, function and database (pg_stat_get_*(oid)); advisory
+# locks, with which a reader could hold the KPI refresh's per-city lock or the migration's and stall
+# them; large objects, the one thing a reader could otherwise write (lo_from_bytea, lo_create).
+SIDE_CHANNEL_FUNCTIONS = (
+    "SELECT p.oid::regprocedure::text, p.proname ~ 'advisory' FROM pg_catalog.pg_proc p "
+    "WHERE p.pronamespace = 'pg_catalog'::regnamespace AND ("
+    " (p.proname LIKE 'pg\\_stat\\_get\\_%' AND p.pronargs > 0 AND p.proargtypes[0] = 'oid'::regtype)"
+    " OR p.proname LIKE 'pg\\_%advisory\\_%' OR p.proname ~ '^lo(_|read$|write$)')"
+)
+
 # The cities the session's login may read: its own rows in city_readers, or all of them.
+# A grant is the role's, not the name's (migration 0026): name and OID both match the session's.
+SESSION_ROLE_OID = "(SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = session_user)"
 VISIBLE_CITIES = (
     "SELECT c.city_id FROM public.cities c "
-    "WHERE c.city_id IN (SELECT r.city_id FROM public.city_readers r WHERE r.role_name = session_user) "
-    "OR EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)"
+    "WHERE c.city_id IN (SELECT r.city_id FROM public.city_readers r "
+    f"WHERE r.role_name = session_user AND r.role_oid = {SESSION_ROLE_OID}) "
+    "OR EXISTS (SELECT 1 FROM public.platform_readers p "
+    f"WHERE p.role_name = session_user AND p.role_oid = {SESSION_ROLE_OID})"
 )
 CITY_FILTER = f"t.city_id IN ({VISIBLE_CITIES})"
 DEVICE_FILTER = (
     f"t.device_key IN (SELECT d.device_key FROM public.devices d WHERE d.city_id IN ({VISIBLE_CITIES}))"
 )
-PLATFORM_ONLY = "EXISTS (SELECT 1 FROM public.platform_readers p WHERE p.role_name = session_user)"
+PLATFORM_ONLY = (
+    "EXISTS (SELECT 1 FROM public.platform_readers p "
+    f"WHERE p.role_name = session_user AND p.role_oid = {SESSION_ROLE_OID})"
+)
 
 
 @dataclass(frozen=True)
@@ -235,6 +254,7 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
         await conn.execute(f"GRANT {KPI_WRITES} TO {kpi}")
         superuser = await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         await _apply_reader_views(conn, roles, superuser)
+        await _delete_grants_of_dropped_roles(conn)
         if superuser:
             views = ", ".join(STATISTICS_VIEWS)
             await conn.execute(f"REVOKE SELECT ON {views} FROM PUBLIC")
@@ -247,6 +267,22 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
                 list(UNCHECKED_CHUNK_FUNCTIONS),
             ):
                 await conn.execute(f"REVOKE EXECUTE ON FUNCTION {function[0]} FROM PUBLIC")
+            side_channels = await conn.fetch(SIDE_CHANNEL_FUNCTIONS)
+            await conn.execute(
+                f"REVOKE EXECUTE ON FUNCTION {', '.join(f for f, _ in side_channels)} FROM PUBLIC"
+            )
+            advisory = ", ".join(f for f, is_lock in side_channels if is_lock)
+            # the KPI refresh serialises on one per city and period
+            await conn.execute(f"GRANT EXECUTE ON FUNCTION {advisory} TO {ingest}, {kpi}")
+        elif await conn.fetchval(
+            "SELECT p.proacl IS NULL OR 0 = ANY (SELECT a.grantee FROM aclexplode(p.proacl) a) "
+            "FROM pg_proc p WHERE p.oid = 'pg_catalog.pg_advisory_lock(bigint)'::regprocedure"
+        ):
+            log.warning(
+                "the schema owner is not a superuser: every login here may still call the statistics "
+                "counters, advisory locks and large-object functions and select the statistics views "
+                "(SECURITY.md, Side channels); run citykpi migrate once as a superuser to revoke them"
+            )
     # in a transaction of its own: its ALTER TABLE waits for a running autovacuum ANALYZE, which on
     # PostgreSQL 17 would wait for the pg_class rows the GRANTs above changed (a deadlock seen in
     # the bench); holding nothing, it makes the server cancel the ANALYZE instead
@@ -255,9 +291,32 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
     return roles
 
 
+async def _delete_grants_of_dropped_roles(conn: asyncpg.Connection) -> None:
+    """Reader grants whose role was dropped grant nothing (they name its OID), but they are the
+    operator's loose end: name them once and delete them."""
+    dropped = await conn.fetch(
+        "WITH gone AS ("
+        " DELETE FROM public.city_readers r WHERE NOT EXISTS"
+        "  (SELECT 1 FROM pg_catalog.pg_roles a WHERE a.oid = r.role_oid) RETURNING r.role_name, r.city_id"
+        "), gone_platform AS ("
+        " DELETE FROM public.platform_readers p WHERE NOT EXISTS"
+        "  (SELECT 1 FROM pg_catalog.pg_roles a WHERE a.oid = p.role_oid) RETURNING p.role_name, NULL::text"
+        ") SELECT * FROM gone UNION ALL SELECT * FROM gone_platform ORDER BY 1, 2"
+    )
+    if dropped:
+        log.warning(
+            "deleted %d reader grant(s) of dropped roles (inert since their role was dropped): %s",
+            len(dropped),
+            ", ".join(f"{r[0]} ({r[1] or 'every city'})" for r in dropped),
+        )
+
+
 def reader_function(table: str, spec: ReaderTable) -> str:
     """CREATE OR REPLACE of `reader.<table>`: a custom plan per call (the bounds are constants, so
-    TimescaleDB excludes chunks at planning), names qualified, nothing resolved in pg_temp."""
+    TimescaleDB excludes chunks at planning), names qualified, nothing resolved in pg_temp, and no
+    server message below WARNING sent to the caller from inside (a reader's `debug_print_plan` or
+    `trace_sort` with `client_min_messages = debug5` would print the function's own plans: every
+    table, chunk and estimate behind it)."""
     arguments, where = "", spec.filter
     if spec.time_column:
         arguments = "time_from timestamptz, time_to timestamptz"
@@ -266,6 +325,7 @@ def reader_function(table: str, spec: ReaderTable) -> str:
         f"CREATE OR REPLACE FUNCTION {READER_SCHEMA}.{table}({arguments}) RETURNS SETOF public.{table} "
         f"LANGUAGE plpgsql STABLE SECURITY DEFINER ROWS {spec.rows} "
         "SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan "
+        "SET client_min_messages = warning "
         f"AS $fn$ BEGIN RETURN QUERY SELECT t.* FROM public.{table} t WHERE {where}; END $fn$"
     )
 

@@ -165,6 +165,18 @@ async def _other_city_untouched(owner_dsn: str) -> None:
         await owner.close()
 
 
+async def _allowed(conn: asyncpg.Connection, statements: list[str]) -> list[str]:
+    """The statements that ran: each of the others was refused with a privilege error."""
+    allowed = []
+    for statement in statements:
+        try:
+            await conn.execute(statement)
+            allowed.append(statement)
+        except PRIVILEGE_ERRORS:
+            pass
+    return allowed
+
+
 async def _cannot_gain_privilege(
     conn: asyncpg.Connection, roles_to_try: list[str], *also_refused: str
 ) -> None:
@@ -192,14 +204,7 @@ async def _cannot_gain_privilege(
         "COPY public.kpi_values TO PROGRAM 'id'",
         "SELECT pg_read_file('pg_hba.conf')",
     ]
-    allowed = []
-    for statement in attempts:
-        try:
-            await conn.execute(statement)
-            allowed.append(statement)
-        except PRIVILEGE_ERRORS:
-            pass
-    assert not allowed
+    assert not await _allowed(conn, attempts)
     for statement in (
         "SELECT session_user = current_user",
         "SELECT NOT rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -316,6 +321,80 @@ async def test_reader_temp_objects_shadow_nothing_and_leaky_functions_see_nothin
     finally:
         await reader.close()
     await _other_city_untouched(two_cities.owner_dsn)
+
+
+async def test_reader_debug_messages_show_nothing_from_inside_the_reader_functions(
+    two_cities: TwoCities,
+) -> None:
+    """A reader may set `client_min_messages = debug5` with `debug_print_plan`, `debug_print_parse`
+    and `trace_sort` on: each query planned inside a SECURITY DEFINER function would then be sent to
+    it as a LOG message (the tables and chunks behind the function, by relation OID, with their
+    row estimates), and each sort's row counts. The functions pin `client_min_messages = warning`:
+    the reader receives messages about its own statement only, none naming a table behind them."""
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        behind = await owner.fetch(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND (n.nspname = 'public' OR n.nspname LIKE '\\_timescaledb%')"
+        )
+    finally:
+        await owner.close()
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    messages: list[str] = []
+    reader.add_log_listener(lambda _c, msg: messages.append(f"{msg.message}\n{msg.detail or ''}"))
+    try:
+        for setting in ("debug_print_plan", "debug_print_parse", "debug_print_rewritten", "trace_sort"):
+            await reader.execute(f"SET {setting} = on")
+        await reader.execute("SET client_min_messages = debug5")
+        await reader.fetch(f"SELECT * FROM {reader_source('readings')} ORDER BY value DESC")
+        await reader.fetch(f"SELECT * FROM {reader_source('dead_letters')} ORDER BY received_at")
+        await reader.fetch("SELECT * FROM reader.kpi_values ORDER BY value")
+        await asyncio.sleep(0.1)  # log messages arrive asynchronously
+    finally:
+        await reader.close()
+    assert any(":relid" in m or "PLAN" in m.upper() for m in messages)  # the reader's own plans
+    leaked = [m for m in messages for oid in behind if f":relid {oid[0]} " in m or f":relid {oid[0]}\n" in m]
+    assert not leaked, leaked[0][:500]
+
+
+async def test_reader_takes_no_lock_counter_or_large_object_of_the_deployment(two_cities: TwoCities) -> None:
+    """Past the reader functions, a reader with read-only turned off could hold the KPI refresh's
+    advisory lock for a city (`hashtext('kpi:<city>:<period>:<start>')`) or the migration's and stall
+    them, read every table's, chunk's and function's counters (pg_stat_get_*(oid), behind the
+    revoked statistics views) and write large objects. Each is refused; the service logins keep the
+    advisory locks the refresh needs."""
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        db_oid = await owner.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
+        relations = [r[0] for r in await owner.fetch("SELECT inhrelid FROM pg_inherits")]
+        relations.append(await owner.fetchval("SELECT 'public.readings'::regclass::oid"))
+    finally:
+        await owner.close()
+    attempts = [
+        "SELECT pg_advisory_lock(hashtext('kpi:demo:year:2026-01-01'))",
+        "SELECT pg_try_advisory_lock(1)",
+        "SELECT pg_advisory_xact_lock_shared(1, 2)",
+        *(f"SELECT pg_stat_get_live_tuples({oid}), pg_stat_get_tuples_inserted({oid})" for oid in relations),
+        f"SELECT pg_stat_get_db_tuples_inserted({db_oid})",
+        "SELECT pg_stat_get_function_calls('reader.readings(timestamptz, timestamptz)'::regprocedure)",
+        "SELECT lo_from_bytea(0, 'planted')",
+        "SELECT lo_create(0)",
+        "SELECT count(*) FROM pg_stat_user_tables",
+    ]
+    reader = await asyncpg.connect(two_cities.reader_dsn)
+    try:
+        await reader.execute("SET default_transaction_read_only = off")
+        assert not await _allowed(reader, attempts)
+    finally:
+        await reader.close()
+    roles = deployment_of(two_cities.owner_dsn)
+    for group in (roles.kpi, roles.ingest):
+        service = await asyncpg.connect(await make_login(two_cities.owner_dsn, group))
+        try:
+            async with service.transaction():
+                await service.execute("SELECT pg_advisory_xact_lock(hashtext('kpi:demo:year:2026-01-01'))")
+        finally:
+            await service.close()
 
 
 async def test_reader_cannot_switch_roles_write_or_turn_read_only_off_to_any_effect(
@@ -553,6 +632,61 @@ async def test_two_deployments_on_one_cluster_share_no_role(any_db: str, server_
         from bench.stack import drop_database
 
         await drop_database(server_url, other_db)
+
+
+async def test_a_reader_grant_dies_with_its_role_and_never_passes_to_the_next_role_of_its_name(
+    two_cities: TwoCities, caplog: pytest.LogCaptureFixture
+) -> None:
+    """demo's reader is dropped without `roles revoke-reader` and its name given again: to a login
+    an operator puts in the reader group by hand (it reads no city), then through grant-reader to a
+    reader of `other` (it reads `other` only, and grant-reader says it dropped the old demo grant).
+    Another dropped reader's grant is deleted, and named, by the next migrate. Keyed by name only,
+    the new role read demo in both cases."""
+    reader_group = deployment_of(two_cities.owner_dsn).reader
+    name = two_cities.reader
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        await owner.execute(f'DROP OWNED BY "{name}"')
+        await owner.execute(f'DROP ROLE "{name}"')
+        db = await owner.fetchval("SELECT quote_ident(current_database())")
+        await owner.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD \'pw\' IN ROLE "{reader_group}"')
+        await owner.execute(f'ALTER ROLE "{name}" IN DATABASE {db} SET search_path = reader, public')
+    finally:
+        await owner.close()
+
+    async def cities_and_readings() -> tuple[set[str], int]:
+        conn = await asyncpg.connect(two_cities.reader_dsn)
+        try:
+            cities = {r[0] for r in await conn.fetch("SELECT city_id FROM cities")}
+            return cities, await conn.fetchval(f"SELECT count(*) FROM readings{ALL_TIME}")
+        finally:
+            await conn.close()
+
+    assert await cities_and_readings() == (set(), 0)
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        said = [r[0] for r in await owner.fetch("SELECT citykpi_grant_reader($1, 'other', NULL)", name)]
+        assert f"dropped the grant of city demo left by an earlier role named {name}" in said
+        assert "may now read city other" in said
+        assert not any(line.startswith("also reads") for line in said)
+    finally:
+        await owner.close()
+    assert await cities_and_readings() == ({"other"}, 10)
+
+    gone = f"reader_gone_{uuid.uuid4().hex[:6]}"
+    owner = await asyncpg.connect(two_cities.owner_dsn)
+    try:
+        await owner.execute("SELECT citykpi_grant_reader($1, 'demo', 'pw')", gone)
+        await owner.execute(f'DROP OWNED BY "{gone}"')
+        await owner.execute(f'DROP ROLE "{gone}"')
+        with caplog.at_level("WARNING", logger="schemas.access"):
+            await migrate(owner)
+        assert f"{gone} (demo)" in caplog.text
+        assert await owner.fetchval("SELECT count(*) FROM city_readers WHERE role_name = $1", gone) == 0
+        with pytest.raises(asyncpg.UndefinedObjectError):  # a grant to a name no role holds
+            await owner.execute("INSERT INTO city_readers (role_name, city_id) VALUES ($1, 'demo')", gone)
+    finally:
+        await owner.close()
 
 
 async def test_a_hostile_device_cannot_flood_a_city_or_win_the_first_value_race_unseen(any_db: str) -> None:
