@@ -17,14 +17,18 @@ process, one after the other, on the same cores and the same TimescaleDB:
 * citykpi's network loop alone, acking each batch as it arrives (its lean paho: citykpi's MQTT
   ceiling when its decode and write keep up);
 * naive paho -> json.loads -> one INSERT per message, timed on its first `--naive-messages`;
-* then citykpi `run` in both network-loop modes on the same readings as SenML packs of 10
+* then citykpi `run` in both network-loop modes on `--messages` SenML packs of 10 readings
   (`citykpi_senml10`, `citykpi_process_senml10`: readings/s, the issue's 150k pack target on MQTT).
+  As many messages as the one-reading backlog, ten times the readings: a backlog of the same
+  readings as packs (a tenth of the messages) drained in one or two transactions in under a
+  second, a burst rather than a rate (Kafka, 2026-12-01: 113k readings/s on 100,000 readings,
+  71k on 600,000).
 
 Kafka, the same backlog on a new 4-partition topic of the local stack's broker: citykpi `run` with a
 flat JSON topic route, Telegraf `inputs.kafka_consumer` (`version = "3.7.0"`, which Kafka 4.x needs,
 oldest offset, its own group, `max_undelivered_messages` 20,000) and aiokafka fetching without
 decoding (bench/drains.py); then citykpi with `kafka.workers = 2` (two consumer processes in its
-group) on it, and citykpi with one and two workers on the same readings as SenML packs of 10.
+group) on it, and citykpi with one and two workers on `--messages` SenML packs of 10 readings.
 CPU, peak RSS and run-queue wait of citykpi are summed over its worker processes; `cpu_us_per_row`
 is the CPU it spent per row (the per-core cost). `--no-mqtt` / `--no-kafka` run one transport and
 keep the other's last figures (dated) in the results.
@@ -337,7 +341,7 @@ async def mqtt_round(
 
 
 async def mqtt_senml_round(port: int, n: int, log: Path, cores: int | None) -> dict[str, dict[str, float]]:
-    """citykpi (both network-loop modes) on n readings as SenML packs of 10 on MQTT: the issue's
+    """citykpi (both network-loop modes) on n SenML packs of 10 readings on MQTT: the issue's
     150k readings/s target for packs (rows/s are readings/s)."""
     tag = uuid.uuid4().hex[:6]
     ids = {k: f"peer-senml-{k.replace('_', '-')}-{tag}" for k in MQTT_VARIANTS}
@@ -357,7 +361,7 @@ async def mqtt_senml_round(port: int, n: int, log: Path, cores: int | None) -> d
         variants = {
             f"{k}_senml10": {**v, "CITYKPI_MQTT__CLIENT_ID": ids[k]} for k, v in MQTT_VARIANTS.items()
         }
-        return await citykpi_and_telegraf(env, None, None, dsn, n, log, variants, cores)
+        return await citykpi_and_telegraf(env, None, None, dsn, 10 * n, log, variants, cores)
     finally:
         await drop_database(TSDB_URL, dsn)
         for cid in ids.values():
@@ -365,9 +369,9 @@ async def mqtt_senml_round(port: int, n: int, log: Path, cores: int | None) -> d
 
 
 def senml_backlog(n: int, t0: int) -> list[SimMessage]:
-    """n readings as SenML packs of 10 (one device, ten seconds of pm25 each) from 2,000 devices."""
+    """n SenML packs of 10 readings (one device, ten seconds of pm25 each) from 2,000 devices."""
     packs = []
-    for i in range(n // 10):
+    for i in range(n):
         device, bt = f"air-{i % 2000:04d}", t0 + (i // 2000) * 10
         records: list[dict[str, object]] = [
             {"bn": f"{device}:", "bt": bt, "n": "pm25", "u": "ug/m3", "v": 10.5}
@@ -428,7 +432,7 @@ async def kafka_round(n: int, telegraf: Path | None, log: Path) -> dict[str, dic
             "citykpi_senml10_2_workers": kafka_workers(senml, 2),
         }
         out |= await citykpi_and_telegraf(
-            citykpi_kafka_env(senml, "senml"), None, None, dsn, n, log, variants
+            citykpi_kafka_env(senml, "senml"), None, None, dsn, 10 * n, log, variants
         )
     finally:
         await drop_database(TSDB_URL, dsn)
