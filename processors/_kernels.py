@@ -220,6 +220,130 @@ def accumulate_dense(
 
 
 @njit(cache=True)
+def accumulate_cells(
+    series,
+    ts_us,
+    value,
+    bucket_us,
+    first_bucket_us,
+    series_min,
+    n_series_span,
+    bucket_compact,
+    use_compact,
+    is_decibel,
+    has_decibel,
+    present,
+    cell_ints,
+    cell_floats,
+):
+    """Accumulate each reading straight into its (bucket, series) cell; returns the number of groups.
+
+    Cells are bucket-major (cell = column · n_series_span + series offset), so readings in time
+    order touch one compact band of cells (the current minutes of every series) and no group-id
+    table or gather is needed. `present` (zeros) marks touched cells; the accumulators are
+    array-of-structs, one cell's fields adjacent: `cell_ints[3·cell:]` count, first_ts, last_ts,
+    `cell_floats[7·cell:]` sum, sumsq, min, max, first_value, last_value, energy_sum. Only touched
+    cells are written (the caller allocates them with np.empty). Readings are added in input order,
+    so every field equals the one-by-one reference bit for bit.
+    """
+    inv = 1.0 / bucket_us
+    n_groups = 0
+    for i in range(series.shape[0]):
+        v = value[i]
+        if v != v:
+            continue
+        s = series[i]
+        t = ts_us[i]
+        c = _bucket_offset(t - first_bucket_us, bucket_us, inv)
+        if use_compact:
+            c = bucket_compact[c]
+        energy = 0.0
+        if has_decibel and is_decibel[s]:
+            energy = math.exp(v * _DB_TO_LN)
+        cell = c * n_series_span + (s - series_min)
+        gi = 3 * cell
+        gf = 7 * cell
+        if present[cell] == 0:
+            present[cell] = 1
+            n_groups += 1
+            cell_ints[gi] = 1
+            cell_ints[gi + 1] = t
+            cell_ints[gi + 2] = t
+            cell_floats[gf] = v
+            cell_floats[gf + 1] = v * v
+            cell_floats[gf + 2] = v
+            cell_floats[gf + 3] = v
+            cell_floats[gf + 4] = v
+            cell_floats[gf + 5] = v
+            cell_floats[gf + 6] = energy
+            continue
+        # Ties on timestamp keep the reading seen first, as the SQL upsert keeps the stored row.
+        cell_ints[gi] += 1
+        cell_floats[gf] += v
+        cell_floats[gf + 1] += v * v
+        cell_floats[gf + 2] = min(cell_floats[gf + 2], v)
+        cell_floats[gf + 3] = max(cell_floats[gf + 3], v)
+        if t < cell_ints[gi + 1]:
+            cell_ints[gi + 1] = t
+            cell_floats[gf + 4] = v
+        if t > cell_ints[gi + 2]:
+            cell_ints[gi + 2] = t
+            cell_floats[gf + 5] = v
+        cell_floats[gf + 6] += energy
+    return n_groups
+
+
+@njit(cache=True)
+def emit_cells(
+    present,
+    cell_ints,
+    cell_floats,
+    n_series_span,
+    n_cols,
+    series_min,
+    bucket_start_of_col,
+    out_series,
+    out_bucket,
+    count,
+    total,
+    sumsq,
+    vmin,
+    vmax,
+    first_ts,
+    first_v,
+    last_ts,
+    last_v,
+    energy_sum,
+):
+    """Write the touched cells of `accumulate_cells` in (series, bucket) order, each output cell once.
+
+    The reads stride over the bucket-major cells, but consecutive series share cache lines, so each
+    line is fetched once; the twelve outputs are written sequentially.
+    """
+    k = 0
+    for s in range(n_series_span):
+        for c in range(n_cols):
+            cell = c * n_series_span + s
+            if present[cell] == 0:
+                continue
+            gi = 3 * cell
+            gf = 7 * cell
+            out_series[k] = s + series_min
+            out_bucket[k] = bucket_start_of_col[c]
+            count[k] = cell_ints[gi]
+            first_ts[k] = cell_ints[gi + 1]
+            last_ts[k] = cell_ints[gi + 2]
+            total[k] = cell_floats[gf]
+            sumsq[k] = cell_floats[gf + 1]
+            vmin[k] = cell_floats[gf + 2]
+            vmax[k] = cell_floats[gf + 3]
+            first_v[k] = cell_floats[gf + 4]
+            last_v[k] = cell_floats[gf + 5]
+            energy_sum[k] = cell_floats[gf + 6]
+            k += 1
+
+
+@njit(cache=True)
 def accumulate_sorted(order, series, ts_us, value, bucket_us, is_decibel, has_decibel):
     """Group readings visited in `order` (stable-sorted by (series, bucket)); NaN values skipped."""
     n = order.shape[0]

@@ -74,6 +74,19 @@ def _dense_cell_limit(n_valid: int) -> int:
     return 4 * n_valid + (1 << 22)
 
 
+def _staged_cell_limit(n_valid: int) -> int:
+    # Per-cell accumulators cost 81 B a cell (only touched cells are written, but a sparse grid
+    # touches pages for few groups); allow two cells per reading, as the id-table path's
+    # accumulators cost 80 B per reading.
+    return 2 * n_valid + 4096
+
+
+# PartialAggregates' fields in order: series, bucket_start_us, count | sum, sumsq, min, max |
+# first_ts_us, first_value, last_ts_us, last_value, energy_sum.
+_I, _F = np.int64, np.float64
+_OUT_DTYPES = (_I, _I, _I, _F, _F, _F, _F, _I, _F, _I, _F, _F)
+
+
 def partial_aggregates(
     series: npt.ArrayLike,
     ts_us: npt.ArrayLike,
@@ -83,9 +96,11 @@ def partial_aggregates(
 ) -> PartialAggregates:
     """Per (series, bucket_start) partial aggregates of unsorted readings; NaN values are skipped.
 
-    Buckets are epoch-aligned: bucket_start = floor(ts / bucket_us) · bucket_us. Groups go through
-    a dense (series x present-bucket) id table when that table is small (the usual case, even with
-    a few very late readings: empty buckets are compacted away), else through a stable argsort.
+    Buckets are epoch-aligned: bucket_start = floor(ts / bucket_us) · bucket_us. When the
+    (series x present-bucket) grid has at most about two cells per reading (the usual case, even
+    with a few very late readings: empty buckets are compacted away), readings accumulate straight
+    into per-cell accumulators; a sparser grid that is still small goes through a dense group-id
+    table; else a stable argsort.
     `decibel_mask_per_series[s]` says whether series s is in dB (fills `energy_sum`).
     """
     s = _int64_1d("series", series)
@@ -125,7 +140,28 @@ def partial_aggregates(
     if dense_possible and n_series_span * n_bucket_span > limit and n_bucket_span <= limit:
         compact, n_cols = K.mark_present_buckets(t, v, bucket, first_bucket, n_bucket_span)
         use_compact = True
-    if dense_possible and n_series_span * n_cols <= limit:
+    n_cells = n_series_span * int(n_cols)
+    if dense_possible and n_cells <= limit and n_cells <= _staged_cell_limit(int(n_valid)):
+        # Accumulators per (bucket, series) cell, then one ordered pass writes each output once.
+        # Large buffers come from NumPy (transparent huge pages: fewer page faults, TLB misses).
+        present = np.zeros(n_cells, dtype=np.uint8)
+        cell_ints = np.empty(3 * n_cells, dtype=np.int64)
+        cell_floats = np.empty(7 * n_cells, dtype=np.float64)
+        n_groups = K.accumulate_cells(
+            s, t, v, bucket, first_bucket, int(smin), n_series_span, compact, use_compact, mask, has_db,
+            present, cell_ints, cell_floats,
+        )  # fmt: skip
+        if use_compact:
+            cols = np.flatnonzero(compact >= 0).astype(np.int64)
+        else:
+            cols = np.arange(n_cols, dtype=np.int64)
+        bucket_start_of_col = first_bucket + cols * bucket
+        outs = tuple(np.empty(n_groups, dtype=dt) for dt in _OUT_DTYPES)
+        K.emit_cells(
+            present, cell_ints, cell_floats, n_series_span, int(n_cols), int(smin), bucket_start_of_col, *outs
+        )
+        return PartialAggregates(*outs)
+    if dense_possible and n_cells <= limit:
         out = K.accumulate_dense(
             s,
             t,

@@ -22,8 +22,9 @@ def warm_up() -> float:
     s = np.array([0, 1, 0, 1], dtype=np.int64)
     t = np.array([0, 0, 60_000_000, 3_600_000_000], dtype=np.int64)
     v = np.array([50.0, 1.0, np.nan, 2.0])
-    agg = partial_aggregates(s, t, v, 60_000_000, np.array([True, False]))
+    agg = partial_aggregates(s, t, v, 60_000_000, np.array([True, False]))  # per-cell accumulators
     merge_partial_aggregates(agg, agg)
+    partial_aggregates(s, t, v, 1_000_000)  # sparse grid: group-id table
     partial_aggregates(s, t, v, 1000)  # wide bucket span: empty buckets compacted away
     partial_aggregates(s, t * 10**6, v, 1)  # span too wide even for that: argsort path
     leq(v)

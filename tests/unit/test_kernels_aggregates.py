@@ -57,11 +57,25 @@ def random_readings(rng: np.random.Generator, n: int, n_series: int, span_us: in
     return series, ts, value
 
 
-@pytest.fixture(params=["dense", "sorted"])
+@pytest.fixture(params=["cells", "dense", "sorted"])
 def path(request, monkeypatch):
-    if request.param == "sorted":
+    """Force one grouping path: per-cell accumulators, the dense group-id table, or the argsort."""
+    calls = []
+    if request.param == "cells":
+        monkeypatch.setattr(kernels.aggregates, "_staged_cell_limit", lambda n: 1 << 40)
+        real = _kernels.accumulate_cells
+        monkeypatch.setattr(_kernels, "accumulate_cells", lambda *a: calls.append(1) or real(*a))
+    elif request.param == "dense":
+        monkeypatch.setattr(kernels.aggregates, "_staged_cell_limit", lambda n: 0)
+        real = _kernels.accumulate_dense
+        monkeypatch.setattr(_kernels, "accumulate_dense", lambda *a: calls.append(1) or real(*a))
+    else:
         monkeypatch.setattr(kernels.aggregates, "_dense_cell_limit", lambda n: 0)
-    return request.param
+        real = _kernels.accumulate_sorted
+        monkeypatch.setattr(_kernels, "accumulate_sorted", lambda *a: calls.append(1) or real(*a))
+    yield request.param
+    # Every test that finds readings must have gone through the forced path.
+    assert calls or request.node.name.startswith("test_empty_and_all_nan")
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -74,17 +88,70 @@ def test_matches_reference_on_random_unsorted_data(seed, path):
         assert_same(agg, partial_aggregates_ref(series, ts, value, bucket, mask))
 
 
-def test_sparse_bucket_span_is_compacted(monkeypatch):
-    # A reading years late makes the (series x bucket) grid huge; only present buckets get columns.
+@pytest.mark.parametrize("staged", [True, False])
+def test_sparse_bucket_span_is_compacted(monkeypatch, staged):
+    # A reading years late makes the (series x bucket) grid huge; only present buckets get columns,
+    # in the per-cell accumulators as in the group-id table.
+    if not staged:
+        monkeypatch.setattr(kernels.aggregates, "_staged_cell_limit", lambda n: 0)
     calls = []
     real = _kernels.mark_present_buckets
     monkeypatch.setattr(_kernels, "mark_present_buckets", lambda *a: calls.append(1) or real(*a))
+    kernel = "accumulate_cells" if staged else "accumulate_dense"
+    real_acc = getattr(_kernels, kernel)
+    monkeypatch.setattr(_kernels, kernel, lambda *a: calls.append(2) or real_acc(*a))
     rng = np.random.default_rng(7)
     series, ts, value = random_readings(rng, 500, 5, HOUR)
     ts[:3] -= 6 * 365 * 24 * HOUR
-    agg = partial_aggregates(series, ts, value, MINUTE)
-    assert calls == [1]
-    assert_same(agg, partial_aggregates_ref(series, ts, value, MINUTE))
+    mask = np.array([True, False, False, True, False])
+    agg = partial_aggregates(series, ts, value, MINUTE, mask)
+    assert calls == [1, 2]
+    assert_same(agg, partial_aggregates_ref(series, ts, value, MINUTE, mask))
+
+
+def arrival_stream(rng: np.random.Generator, n_rounds: int, series_ids: np.ndarray):
+    """Like bench.kernels' stream: every series every 10 s (jittered) in arrival order, 5 % of
+    readings up to an hour late, 2 % NaN."""
+    n = n_rounds * series_ids.size
+    series = np.tile(series_ids, n_rounds).astype(np.int64)
+    ts = 1_750_000_000_000_000 + np.repeat(np.arange(n_rounds), series_ids.size) * 10_000_000
+    ts = ts + rng.integers(0, 10_000_000, n)
+    late = rng.random(n) < 0.05
+    ts[late] -= rng.integers(0, HOUR, int(late.sum()))
+    value = rng.normal(60.0, 10.0, n)
+    value[rng.random(n) < 0.02] = np.nan
+    return series, ts, value
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_arrival_order_stream_with_late_readings(seed, path):
+    # Time-ordered input, late readings (some before the stream's first minute, some into groups
+    # already seen), NaNs, series indices with gaps and not starting at 0, dB series.
+    rng = np.random.default_rng(200 + seed)
+    ids = np.array([3, 4, 9, 10, 11, 40, 41, 97])
+    series, ts, value = arrival_stream(rng, 400, ids)
+    mask = np.zeros(98, dtype=bool)
+    mask[[4, 11, 97]] = True
+    for bucket in (MINUTE, 15 * MINUTE, HOUR):
+        agg = partial_aggregates(series, ts, value, bucket, mask)
+        assert_same(agg, partial_aggregates_ref(series, ts, value, bucket, mask))
+    one = series == 9
+    agg = partial_aggregates(series[one], ts[one], value[one], MINUTE)
+    assert_same(agg, partial_aggregates_ref(series[one], ts[one], value[one], MINUTE))
+
+
+def test_arrival_order_stream_uses_cell_accumulators(monkeypatch):
+    # The benchmark's shape (many series, 1-minute buckets, a few readings per group) takes the
+    # per-cell path by default, and at 1 h too.
+    calls = []
+    real = _kernels.accumulate_cells
+    monkeypatch.setattr(_kernels, "accumulate_cells", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(5)
+    series, ts, value = arrival_stream(rng, 200, np.arange(50))
+    for bucket in (MINUTE, HOUR):
+        agg = partial_aggregates(series, ts, value, bucket)
+        assert_same(agg, partial_aggregates_ref(series, ts, value, bucket))
+    assert calls == [1, 1]
 
 
 def test_timestamps_before_epoch_floor_to_bucket_start(path):
