@@ -3,7 +3,7 @@
 Every function here trusts its inputs (dtypes, shapes, index ranges): the checked public wrappers in
 `processors.kernels` are the only callers. Timestamps are int64 epoch microseconds (UTC).
 
-One module of about 950 lines, in sections by domain (as `processors.kernels` and the tests), on
+One module of about 1,100 lines, in sections by domain (as `processors.kernels` and the tests), on
 purpose: Numba's on-disk cache (`cache=True`) tracks only a kernel's own source file, so kernels that
 call each other must live in one file, or a change to a callee leaves its callers' cached code stale.
 """
