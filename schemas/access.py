@@ -259,18 +259,16 @@ async def apply_access(conn: asyncpg.Connection, configured_prefix: str | None =
             views = ", ".join(STATISTICS_VIEWS)
             await conn.execute(f"REVOKE SELECT ON {views} FROM PUBLIC")
             await conn.execute(f"GRANT SELECT ON {views} TO pg_monitor, {ingest}, {kpi}")
-            for function in await conn.fetch(
+            chunk_functions = await conn.fetch(
                 "SELECT p.oid::regprocedure::text FROM pg_proc p "
                 "JOIN pg_namespace n ON n.oid = p.pronamespace "
                 "WHERE n.nspname IN ('_timescaledb_functions', '_timescaledb_internal') "
                 "AND p.proname = ANY($1)",
                 list(UNCHECKED_CHUNK_FUNCTIONS),
-            ):
-                await conn.execute(f"REVOKE EXECUTE ON FUNCTION {function[0]} FROM PUBLIC")
-            side_channels = await conn.fetch(SIDE_CHANNEL_FUNCTIONS)
-            await conn.execute(
-                f"REVOKE EXECUTE ON FUNCTION {', '.join(f for f, _ in side_channels)} FROM PUBLIC"
             )
+            side_channels = await conn.fetch(SIDE_CHANNEL_FUNCTIONS)
+            revoked = [r[0] for r in chunk_functions] + [f for f, _ in side_channels]
+            await conn.execute(f"REVOKE EXECUTE ON FUNCTION {', '.join(revoked)} FROM PUBLIC")
             advisory = ", ".join(f for f, is_lock in side_channels if is_lock)
             # the KPI refresh serialises on one per city and period
             await conn.execute(f"GRANT EXECUTE ON FUNCTION {advisory} TO {ingest}, {kpi}")
