@@ -9,12 +9,16 @@ window), rollup_1h and rollup_1m at the edges; meters from the rollups' meter st
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from itertools import pairwise
 from typing import Any
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
 from kpi_rollups.periods import Period
 
@@ -158,6 +162,46 @@ class MeterUsage:
         return self.consumption / self.covered_s * 86400.0 if self.covered_s > 0 else None
 
 
+@dataclass(frozen=True)
+class HourlyColumns:
+    """Valid hourly rollups as columns, ordered by (device, metric, hour): one array per field, so
+    the formulas work on a year of hours without a Python object per hour."""
+
+    device_key: npt.NDArray[np.int64]
+    metric: npt.NDArray[np.object_]
+    bucket_us: npt.NDArray[np.int64]
+    n: npt.NDArray[np.int64]
+    mean: npt.NDArray[np.float64]
+    energy: npt.NDArray[np.float64]
+
+    @classmethod
+    def from_records(cls, rows: list[asyncpg.Record]) -> HourlyColumns:
+        def col(i: int, dtype: type) -> npt.NDArray[Any]:
+            return np.fromiter((r[i] for r in rows), dtype=dtype, count=len(rows))
+
+        return cls(
+            col(0, np.int64),
+            np.array([r[1] for r in rows], dtype=object),
+            col(2, np.int64),
+            col(3, np.int64),
+            col(4, np.float64),
+            col(5, np.float64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.device_key.shape[0])
+
+    def series(self) -> Iterator[tuple[int, str, slice]]:
+        """(device_key, metric, rows) of each series, in order."""
+        n = len(self)
+        if n == 0:
+            return
+        change = (self.device_key[1:] != self.device_key[:-1]) | (self.metric[1:] != self.metric[:-1])
+        bounds = [0, *(np.flatnonzero(change) + 1).tolist(), n]
+        for a, b in pairwise(bounds):
+            yield int(self.device_key[a]), str(self.metric[a]), slice(a, b)
+
+
 @dataclass
 class CityData:
     """One city's data for one period; `now` bounds the elapsed part of an ongoing period."""
@@ -168,11 +212,11 @@ class CityData:
     now: datetime
     _devices: dict[int, DeviceInfo] | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def start(self) -> datetime:
         return self.period.start_utc
 
-    @property
+    @cached_property
     def end(self) -> datetime:
         return self.period.end_utc
 
@@ -201,13 +245,12 @@ class CityData:
             }
         return self._devices
 
-    async def hourly(
-        self, metrics: list[str], *, extend_before: timedelta = timedelta(0)
-    ) -> list[asyncpg.Record]:
-        """Valid hourly rollups (device_key, metric, bucket, n, mean, energy) of the city in the
-        window (`VALID_HOUR`)."""
-        return await self.conn.fetch(
-            f"""SELECT h.device_key, m.name AS metric, h.bucket, h.n, h.sum / h.n AS mean, h.energy
+    async def hourly(self, metrics: list[str], *, extend_before: timedelta = timedelta(0)) -> HourlyColumns:
+        """Valid hourly rollups (device_key, metric, bucket_us, n, mean, energy) of the city in the
+        window (`VALID_HOUR`), `extend_before` earlier for running means."""
+        rows = await self.conn.fetch(
+            f"""SELECT h.device_key, m.name AS metric, (extract(epoch FROM h.bucket) * 1000000)::int8,
+                      h.n, h.sum / h.n AS mean, h.energy
                FROM ({self._hours_from}) h JOIN devices d ON d.device_key = h.device_key
                JOIN metrics m ON m.metric_id = h.metric_id
                WHERE {VALID_HOUR}
@@ -218,6 +261,7 @@ class CityData:
             self.end,
             self.period.tz,
         )
+        return HourlyColumns.from_records(rows)
 
     @property
     def _hours_from(self) -> str:

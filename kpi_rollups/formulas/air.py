@@ -106,19 +106,14 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
     max8h: dict[str, npt.NDArray[np.float64]] = {}
     eight: list[str] = [m for m in ("o3", "co") if m in metrics]
     if eight and n_s:
-        rows = await data.hourly(eight, extend_before=timedelta(hours=7))
-        by_series: dict[tuple[int, str], tuple[list[int], list[float]]] = {}
-        for r in rows:
-            ts, vs = by_series.setdefault((r["device_key"], r["metric"]), ([], []))
-            ts.append(to_us(r["bucket"]))
-            vs.append(float(r["mean"]))
+        hours8 = await data.hourly(eight, extend_before=timedelta(hours=7))
         for m in eight:
             max8h[m] = grid()
-        for (dk, m), (ts, vs) in by_series.items():
+        for dk, m, rows in hours8.series():
             if dk not in s_idx:
                 continue
-            t_arr = np.array(ts, dtype=np.int64)
-            run = rolling_mean_hours(t_arr, np.array(vs), 8, 6)
+            t_arr = hours8.bucket_us[rows]
+            run = rolling_mean_hours(t_arr, hours8.mean[rows], 8, 6)
             day = _local_days(t_arr, period)
             ok = (day >= 0) & np.isfinite(run)
             row = max8h[m][s_idx[dk]]
@@ -238,23 +233,16 @@ async def _european_aqi_hourly(ctx: FormulaContext, pollutants: list[str]) -> Kp
     bands (NO2, O3, SO2 hourly means; PM2.5, PM10 24-h running means of >= 18 valid hours); the
     city's hour is its worst station. Value: the worst hour of the period."""
     data, period = ctx.data, ctx.period
-    rows = await data.hourly(pollutants, extend_before=timedelta(hours=23))
-    series: dict[tuple[int, str], tuple[list[int], list[float], int]] = {}
-    for r in rows:
-        ts, vs, n = series.get((r["device_key"], r["metric"]), ([], [], 0))
-        ts.append(to_us(r["bucket"]))
-        vs.append(float(r["mean"]))
-        series[(r["device_key"], r["metric"])] = (
-            ts,
-            vs,
-            n + (int(r["n"]) if r["bucket"] >= data.start else 0),
-        )
+    hours = await data.hourly(pollutants, extend_before=timedelta(hours=23))
     start_us, end_us = to_us(data.start), to_us(data.end)
     station_series = []
-    for (dk, m), (ts, vs, _) in series.items():
-        t = np.array(ts, dtype=np.int64)
-        v = rolling_mean_hours(t, np.array(vs), 24, 18) if m in EEA_RUNNING_24H else np.array(vs)
+    readings: dict[int, int] = {}  # per station, its readings inside the period
+    for dk, m, rows in hours.series():
+        t, v = hours.bucket_us[rows], hours.mean[rows]
+        if m in EEA_RUNNING_24H:
+            v = rolling_mean_hours(t, v, 24, 18)
         inside = (t >= start_us) & (t < end_us)
+        readings[dk] = readings.get(dk, 0) + int(hours.n[rows][t >= start_us].sum())
         station_series.append((dk, m, t[inside], european_aqi_band(m, v[inside])))
     station_hours = EuAqiHours.from_series(data.start, data.end, station_series)
     uniq, idx = np.unique(station_hours.hour_us, return_inverse=True)
@@ -269,9 +257,10 @@ async def _european_aqi_hourly(ctx: FormulaContext, pollutants: list[str]) -> Kp
         )
     contributing = set(station_hours.device_key.tolist())
     day = _local_days(uniq[ok], period)
+    days = period.days()
     daily: dict[str, float] = {}
     for d, b in zip(day.tolist(), city_hour[ok].tolist(), strict=True):
-        key = period.days()[d].isoformat()
+        key = days[d].isoformat()
         daily[key] = max(daily.get(key, 0.0), float(b))
     by_band = {
         EU_BANDS[b]: int(np.count_nonzero(city_hour[ok] == b)) for b in sorted(set(city_hour[ok].tolist()))
@@ -280,7 +269,7 @@ async def _european_aqi_hourly(ctx: FormulaContext, pollutants: list[str]) -> Kp
     return KpiResult(
         component="aqi_eu",
         value=float(city_hour.max()),
-        n_readings=sum(n for (dk, _), (_, _, n) in series.items() if dk in contributing),
+        n_readings=sum(n for dk, n in readings.items() if dk in contributing),
         n_devices=len(contributing),
         coverage=min(1.0, int(ok.sum()) / (period.seconds / 3600.0)),
         details={

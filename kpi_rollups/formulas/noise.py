@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kpi_rollups.city_rollups import to_us
 from kpi_rollups.formulas._base import FormulaContext, _coverage, _mean, _Params, formula
 from kpi_rollups.values import KpiResult
 from processors.kernels import (
@@ -38,21 +37,36 @@ async def noise_exposure(ctx: FormulaContext) -> list[KpiResult]:
     """Lden per area and the population share of areas above the threshold (see catalog.toml)."""
     p: NoiseParams = ctx.params(NoiseParams)
     data, period = ctx.data, ctx.period
-    rows = await data.hourly([p.metric])
+    hours = await data.hourly([p.metric])
     devices = await data.devices()
     counts = await data.series_counts([p.metric])
-    # hourly energy mean over each area's sensors
-    by_area: dict[str, dict[int, list[float]]] = {}
+    # hourly energy mean over each area's sensors: per area, its sensors' rows
+    rows_of: dict[str, list[slice]] = {}
+    for dk, _, rows in hours.series():
+        dev = devices.get(dk)
+        rows_of.setdefault((dev.area_id if dev else None) or "", []).append(rows)
+    by_area: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}
     sensors: dict[str, set[int]] = {}
     n_readings: dict[str, int] = {}
-    for r in rows:
-        if not r["energy"] or r["energy"] <= 0:
+    for area, slices in rows_of.items():
+        idx = np.concatenate([np.arange(s.start, s.stop) for s in slices])
+        idx = idx[hours.energy[idx] > 0]
+        if not idx.size:
             continue
-        dev = devices.get(r["device_key"])
-        area = (dev.area_id if dev else None) or ""
-        by_area.setdefault(area, {}).setdefault(to_us(r["bucket"]), []).append(r["energy"] / r["n"])
-        sensors.setdefault(area, set()).add(r["device_key"])
-        n_readings[area] = n_readings.get(area, 0) + int(r["n"])
+        t, inverse = np.unique(hours.bucket_us[idx], return_inverse=True)
+        inverse = inverse.reshape(-1)
+        energy_sum = np.bincount(inverse, weights=hours.energy[idx] / hours.n[idx], minlength=t.size)
+        by_area[area] = (
+            t,
+            np.array(
+                [
+                    10 * math.log10(e / k)
+                    for e, k in zip(energy_sum.tolist(), np.bincount(inverse).tolist(), strict=True)
+                ]
+            ),
+        )
+        sensors[area] = set(hours.device_key[idx].tolist())
+        n_readings[area] = int(hours.n[idx].sum())
     lengths = np.array(
         [
             p.evening_start_hour - p.day_start_hour,
@@ -64,14 +78,12 @@ async def noise_exposure(ctx: FormulaContext) -> list[KpiResult]:
     results: list[KpiResult] = []
     levels: dict[str, float] = {}
     area_cov: dict[str, tuple[float, float]] = {}
-    for area, hours_map in sorted(by_area.items()):
+    for area, (t, area_leq) in sorted(by_area.items()):
         if not area:
             continue
-        t = np.array(sorted(hours_map), dtype=np.int64)
-        leq = np.array([10 * math.log10(sum(hours_map[int(x)]) / len(hours_map[int(x)])) for x in t])
         res = lden_from_hourly_leq(
             t,
-            leq,
+            area_leq,
             period.tz,
             day_start_hour=p.day_start_hour,
             evening_start_hour=p.evening_start_hour,

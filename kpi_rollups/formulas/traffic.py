@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from kpi_rollups.city_rollups import to_us
 from kpi_rollups.formulas._base import FormulaContext, _coverage, _finite, _local_times, _Params, formula
 from kpi_rollups.values import KpiResult
 from processors.kernels import (
@@ -36,31 +35,34 @@ async def travel_time_index_kpi(ctx: FormulaContext) -> list[KpiResult]:
     """
     p: TtiParams = ctx.params(TtiParams)
     data = ctx.data
-    rows = await data.hourly([p.speed_metric, p.count_metric])
+    hours = await data.hourly([p.speed_metric, p.count_metric])
     devices = await data.devices()
-    speed: dict[tuple[int, int], float] = {}
-    flow: dict[tuple[int, int], float] = {}
-    n_speed: dict[int, int] = {}
-    for r in rows:
-        key = (r["device_key"], to_us(r["bucket"]))
-        if r["metric"] == p.speed_metric:
-            speed[key] = float(r["mean"])
-            n_speed[r["device_key"]] = n_speed.get(r["device_key"], 0) + int(r["n"])
-        else:
-            flow[key] = float(r["mean"]) * int(r["n"])
-    if not speed:
+    speed_rows: dict[int, slice] = {}
+    count_rows: dict[int, slice] = {}
+    for dk, metric, rows in hours.series():
+        (speed_rows if metric == p.speed_metric else count_rows)[dk] = rows
+    if not speed_rows:
         return [KpiResult(not_computable=f"no {p.speed_metric} readings in the period")]
-    sensors = sorted(n_speed)
-    idx = {dk: i for i, dk in enumerate(sensors)}
-    keys = list(speed)
-    g = np.array([idx[k[0]] for k in keys], dtype=np.int64)
-    t = np.array([k[1] for k in keys], dtype=np.int64)
-    sp = np.array([speed[k] for k in keys])
-    cnt = np.array([flow.get(k, np.nan) for k in keys])
-    for i in range(len(sensors)):  # hours without a count weigh as the sensor's median hour (1 if none)
-        mine = g == i
-        fill = np.nanmedian(cnt[mine]) if np.isfinite(cnt[mine]).any() else 1.0
-        cnt[mine & ~np.isfinite(cnt)] = fill
+    sensors = sorted(speed_rows)
+    n_speed = {dk: int(hours.n[speed_rows[dk]].sum()) for dk in sensors}
+    g_parts, t_parts, sp_parts, cnt_parts = [], [], [], []
+    for i, dk in enumerate(sensors):
+        t_i = hours.bucket_us[speed_rows[dk]]
+        cnt_i = np.full(t_i.shape[0], np.nan)  # vehicles in the hour: mean x readings of its count
+        if dk in count_rows:
+            rows = count_rows[dk]
+            at = np.searchsorted(t_i, hours.bucket_us[rows])
+            hit = at < t_i.shape[0]
+            hit[hit] = t_i[at[hit]] == hours.bucket_us[rows][hit]
+            cnt_i[at[hit]] = (hours.mean[rows] * hours.n[rows])[hit]
+        # hours without a count weigh as the sensor's median hour (1 if none)
+        cnt_i[~np.isfinite(cnt_i)] = np.nanmedian(cnt_i) if np.isfinite(cnt_i).any() else 1.0
+        g_parts.append(np.full(t_i.shape[0], i, dtype=np.int64))
+        t_parts.append(t_i)
+        sp_parts.append(hours.mean[speed_rows[dk]])
+        cnt_parts.append(cnt_i)
+    g, t = np.concatenate(g_parts), np.concatenate(t_parts)
+    sp, cnt = np.concatenate(sp_parts), np.concatenate(cnt_parts)
     _, hour, wday = _local_times(t, ctx.period.tz)
     night = np.isin(hour, p.night_hours)
     peak = np.isin(hour, p.peak_hours) & ((wday < 5) if p.weekdays_only else True)
