@@ -95,16 +95,16 @@ VALID_HOUR = "h.n >= ceil(0.75 * 3600.0 / least(coalesce(d.expected_interval_s, 
 # buckets with readings; below, per bucket at most its number of slots (near-duplicate readings
 # fill no extra slot).
 FILLED_SLOTS = """
-SELECT u.device_key, u.metric,
-       CASE WHEN u.interval_s >= {secs}
-            THEN count(DISTINCT floor(extract(epoch FROM r.bucket) / u.interval_s))
-            ELSE sum(least(r.n, ceil({secs} / u.interval_s))) END::int8 AS filled
+SELECT u.device_key, u.metric, {filled}::int8 AS filled
 FROM unnest($1::int4[], $2::text[], $3::float8[]) AS u(device_key, metric, interval_s)
 JOIN metrics m ON m.name = u.metric
 JOIN {table} r ON r.device_key = u.device_key AND r.metric_id = m.metric_id
 WHERE r.bucket >= $4 AND r.bucket < $5 AND r.n > 0
-GROUP BY u.device_key, u.metric, u.interval_s
+GROUP BY u.device_key, u.metric
 """
+# one query per case, so the common one (readings more often than buckets) sums without sorting
+FILLED_BELOW_BUCKET = "sum(least(r.n, ceil({secs} / u.interval_s)))"
+FILLED_FROM_BUCKET = "count(DISTINCT floor(extract(epoch FROM r.bucket) / u.interval_s))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,17 +346,25 @@ class CityData:
             out[key] = SeriesCount(
                 r["device_key"], r["metric"], int(r["n"]), float(interval) if interval else None
             )
-        known = [sc for sc in out.values() if sc.interval_s]
-        table, secs = ("rollup_1h", 3600) if self.period.whole_hour_zone else ("rollup_15m", 900)
-        for r in await self.conn.fetch(
-            FILLED_SLOTS.format(table=table, secs=f"{secs}.0"),
-            [sc.device_key for sc in known],
-            [sc.metric for sc in known],
-            [sc.interval_s for sc in known],
-            self.start,
-            self.end,
+        table, secs = ("rollup_1h", 3600.0) if self.period.whole_hour_zone else ("rollup_15m", 900.0)
+        for filled, series in (
+            (
+                FILLED_BELOW_BUCKET.format(secs=secs),
+                [sc for sc in out.values() if 0 < (sc.interval_s or 0) < secs],
+            ),
+            (FILLED_FROM_BUCKET, [sc for sc in out.values() if (sc.interval_s or 0) >= secs]),
         ):
-            out[(r["device_key"], r["metric"])].filled_slots = int(r["filled"])
+            if not series:
+                continue
+            for r in await self.conn.fetch(
+                FILLED_SLOTS.format(table=table, filled=filled),
+                [sc.device_key for sc in series],
+                [sc.metric for sc in series],
+                [sc.interval_s for sc in series],
+                self.start,
+                self.end,
+            ):
+                out[(r["device_key"], r["metric"])].filled_slots = int(r["filled"])
         return out
 
     def capture(self, sc: SeriesCount) -> tuple[float, float]:
