@@ -198,7 +198,7 @@ async def ingest_latency(
         client_id,
         CITYKPI_MQTT__SHARED_GROUP=client_id,
         CITYKPI_KPI_REFRESH_INTERVAL_S=str(refresh_interval_s),
-        CITYKPI_KPI_REFRESH_MONTH_YEAR_S="0",  # the whole round (day, month, year) every time
+        CITYKPI_KPI_REFRESH_MONTH_YEAR_S="0",  # both schedules (day; month and year) back to back
         CITYKPI_LOG_LEVEL="INFO",
     )
     del os.environ["CITYKPI_BENCH_SERVICE_LOG"]
@@ -218,11 +218,12 @@ async def ingest_latency(
             await wait_rows(dsn, probes + sent, timeout=60)
         missing = probes + sent - await count_readings(dsn)
         p50, p99 = await commit_latency(dsn)
-        rounds = [
-            float(json.loads(line)["message"].rsplit(" in ", 1)[1].split()[0])
-            for line in log_path.read_text().splitlines()
-            if '"KPIs refreshed for' in line
-        ]
+        rounds: dict[str, list[float]] = {"day": [], "month, year": []}  # per schedule
+        for line in log_path.read_text().splitlines():
+            if '"KPIs refreshed (' in line:
+                message = json.loads(line)["message"]
+                kinds = message.split("(", 1)[1].split(")", 1)[0]
+                rounds[kinds].append(float(message.rsplit(" in ", 1)[1].split()[0]))
     finally:
         await end_service(proc, service_log, dsn, client_id)
         log_path.unlink(missing_ok=True)
@@ -236,8 +237,8 @@ async def ingest_latency(
         "not_stored_after_60_s": missing,
         "latency_p50_s": p50,
         "latency_p99_s": p99,
-        "refresh_rounds": len(rounds),
-        "refresh_round_median_s": statistics.median(rounds) if rounds else None,
+        "refresh_rounds": {k: len(v) for k, v in rounds.items()},
+        "refresh_round_median_s": {k: statistics.median(v) if v else None for k, v in rounds.items()},
         "service_rss_mib_max": max(rss) if rss else None,
     }
 

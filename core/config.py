@@ -423,8 +423,9 @@ class Settings(BaseSettings):
     kpi_refresh_month_year_s: float = Field(
         900.0,
         ge=0,
-        description="how often the scheduled refresh also recomputes the current month and year (their "
-        "cost grows with the data: bench/refresh.py); the day is recomputed every round",
+        description="how often the current month and year are recomputed, on a schedule of their own "
+        "beside the day's (their cost grows with the data: bench/refresh.py; at least "
+        "kpi_refresh_interval_s)",
     )
     shutdown_timeout_s: float = Field(
         60.0,

@@ -309,10 +309,11 @@ async def refresh_city_now(
     now: datetime,
     last_day: date | None = None,
     kinds: tuple[PeriodKind, ...] = KINDS,
+    late_days: bool = True,
 ) -> date:
     """Refresh the current periods of `kinds` (day, month and year) of a city; after a local midnight
-    also the periods that just ended (once), so they are stored complete; then the past periods late
-    readings reached (`refresh_late_days`). Returns the current local day."""
+    also the periods that just ended (once), so they are stored complete; then, with `late_days`,
+    the past periods late readings reached (`refresh_late_days`). Returns the current local day."""
     current = current_periods(tz, now)
     today = current[0].start
     periods = [(p, "scheduled") for p in current if p.kind in kinds]
@@ -328,7 +329,8 @@ async def refresh_city_now(
             log.exception(
                 "KPI refresh of %s for %s %s failed; will retry next round", city_id, p.kind, p.label
             )
-    await refresh_late_days(pool, city_id, tz, now, {(p.kind, p.start) for p, _ in periods})
+    if late_days:
+        await refresh_late_days(pool, city_id, tz, now, {(p.kind, p.start) for p, _ in periods})
     return today
 
 
@@ -366,14 +368,31 @@ async def refresh_late_days(
 
 
 async def kpi_refresh_loop(settings: Settings) -> None:
-    """Refresh every configured city's KPIs for the current day every `settings.kpi_refresh_interval_s`
-    and its month and year every `settings.kpi_refresh_month_year_s` (a year's refresh reads the
-    year's rollups), cities concurrently (each a tenant); log failures and keep going. Runs until
-    cancelled."""
+    """Refresh every configured city's KPIs on two schedules side by side: the current day every
+    `settings.kpi_refresh_interval_s` (with the periods that ended at a local midnight and those late
+    readings reached), the current month and year every `settings.kpi_refresh_month_year_s` (a
+    year's refresh reads the year's rollups: minutes for a large city), each on connections of its
+    own, so a slow month or year never holds up the day. Cities run concurrently (each a tenant);
+    failures are logged and the rounds go on. Runs until cancelled."""
+    await asyncio.gather(
+        _refresh_rounds(settings, ("day",), settings.kpi_refresh_interval_s, ended_and_late=True),
+        _refresh_rounds(
+            settings,
+            ("month", "year"),
+            max(settings.kpi_refresh_month_year_s, settings.kpi_refresh_interval_s),
+            ended_and_late=False,
+        ),
+    )
+
+
+async def _refresh_rounds(
+    settings: Settings, kinds: tuple[PeriodKind, ...], interval: float, *, ended_and_late: bool
+) -> None:
+    """One schedule of `kpi_refresh_loop`: a round of `kinds` for every city every `interval` s (the
+    next starts when the last has ended if it took longer); with `ended_and_late`, also the periods
+    that ended at a local midnight and the days late readings reached."""
     dsn = settings.database.kpi_dsn()
-    interval = settings.kpi_refresh_interval_s
     last_day: dict[str, date] = {}
-    month_year_at: float | None = None
     pool: asyncpg.Pool | None = None
     try:
         while True:
@@ -387,12 +406,17 @@ async def kpi_refresh_loop(settings: Settings) -> None:
                         timeout=settings.database.connect_timeout_s,
                     )
                 now = datetime.now(UTC)
-                kinds: tuple[PeriodKind, ...] = ("day",)
-                if month_year_at is None or started - month_year_at >= settings.kpi_refresh_month_year_s:
-                    kinds, month_year_at = KINDS, started
                 days = await asyncio.gather(
                     *(
-                        refresh_city_now(pool, c.city_id, c.timezone, now, last_day.get(c.city_id), kinds)
+                        refresh_city_now(
+                            pool,
+                            c.city_id,
+                            c.timezone,
+                            now,
+                            last_day.get(c.city_id) if ended_and_late else None,
+                            kinds,
+                            late_days=ended_and_late,
+                        )
                         for c in settings.cities
                     ),
                     return_exceptions=True,
@@ -403,12 +427,17 @@ async def kpi_refresh_loop(settings: Settings) -> None:
                     else:
                         log.error("KPI refresh of city %s failed: %s", c.city_id, d)
                 log.info(
-                    "KPIs refreshed for %d cities in %.2f s", len(settings.cities), time.monotonic() - started
+                    "KPIs refreshed (%s) for %d cities in %.2f s",
+                    ", ".join(kinds),
+                    len(settings.cities),
+                    time.monotonic() - started,
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.error("KPI refresh round failed: %s; retrying in %.0f s", e, interval)
+                log.error(
+                    "KPI refresh round (%s) failed: %s; retrying in %.0f s", ", ".join(kinds), e, interval
+                )
                 if pool is not None:
                     pool.terminate()
                     pool = None

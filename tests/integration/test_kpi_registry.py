@@ -245,6 +245,49 @@ async def test_the_month_and_year_are_recomputed_on_their_own_slower_cadence(tsd
             await task
 
 
+async def test_a_month_refresh_held_up_does_not_hold_up_the_day(tsdb: str) -> None:
+    """The month and year run on a schedule of their own: while the month's store waits (here on its
+    advisory lock, held by another session, as a year's refresh of a large city takes minutes), the
+    day is still recomputed every round; the month is stored once it can go on."""
+    await import_registry_file(tsdb, DEMO)
+    settings = Settings(
+        database={"url": tsdb},  # type: ignore[arg-type]
+        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
+        kpi_refresh_interval_s=0.2,
+        kpi_refresh_month_year_s=3600,
+    )
+    month = datetime.now(UTC).astimezone(ZoneInfo("Europe/Paris")).date().replace(day=1)
+    computed = "SELECT period_kind, count(*), max(computed_at) FROM kpi_values GROUP BY 1"
+    holder = await asyncpg.connect(tsdb)
+    hold = holder.transaction()
+    await hold.start()
+    await holder.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"kpi:demo:month:{month}")
+    task = asyncio.create_task(kpi_refresh_loop(settings))
+    try:
+        day_times: set[datetime] = set()
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            kinds = {r[0]: r[2] for r in await fetch(tsdb, computed)}
+            if "day" in kinds:
+                day_times.add(kinds["day"])
+            if len(day_times) >= 4:
+                break
+        assert len(day_times) >= 4, "the day was not recomputed while the month was held up"
+        assert "month" not in kinds and "year" not in kinds
+        await hold.rollback()
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            kinds = {r[0]: r[2] for r in await fetch(tsdb, computed)}
+            if {"month", "year"} <= kinds.keys():
+                break
+        assert {"month", "year"} <= kinds.keys()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await holder.close()
+
+
 async def test_the_service_refreshes_in_a_process_of_its_own_and_stops_it(tsdb: str) -> None:
     """The service's refresh runs off the ingest event loop: in a child process, which writes the
     current periods, ends when cancelled, and whose death is an error (the supervisor restarts it)."""
