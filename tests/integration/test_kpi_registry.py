@@ -34,6 +34,16 @@ async def fetch(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
+def demo_refresh_settings(tsdb: str, **refresh: float) -> Settings:
+    """The demo city on `tsdb`, its KPIs refreshed every 0.2 s (and `refresh` settings)."""
+    return Settings(
+        database={"url": tsdb},  # type: ignore[arg-type]
+        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
+        kpi_refresh_interval_s=0.2,
+        **refresh,  # type: ignore[arg-type]
+    )
+
+
 async def test_demo_registry_imports_idempotently(tsdb: str) -> None:
     first = await import_registry_file(tsdb, DEMO)
     second = await import_registry_file(tsdb, DEMO)
@@ -214,12 +224,7 @@ async def test_the_month_and_year_are_recomputed_on_their_own_slower_cadence(tsd
     """Each round recomputes the day; the month and year (whose cost grows with the data) only every
     kpi_refresh_month_year_s: here the first round only."""
     await import_registry_file(tsdb, DEMO)
-    settings = Settings(
-        database={"url": tsdb},  # type: ignore[arg-type]
-        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
-        kpi_refresh_interval_s=0.2,
-        kpi_refresh_month_year_s=3600,
-    )
+    settings = demo_refresh_settings(tsdb, kpi_refresh_month_year_s=3600)
     computed = "SELECT period_kind, max(computed_at) FROM kpi_values GROUP BY 1"
     task = asyncio.create_task(kpi_refresh_loop(settings))
     try:
@@ -250,12 +255,7 @@ async def test_a_month_refresh_held_up_does_not_hold_up_the_day(tsdb: str) -> No
     advisory lock, held by another session, as a year's refresh of a large city takes minutes), the
     day is still recomputed every round; the month is stored once it can go on."""
     await import_registry_file(tsdb, DEMO)
-    settings = Settings(
-        database={"url": tsdb},  # type: ignore[arg-type]
-        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
-        kpi_refresh_interval_s=0.2,
-        kpi_refresh_month_year_s=3600,
-    )
+    settings = demo_refresh_settings(tsdb, kpi_refresh_month_year_s=3600)
     month = datetime.now(UTC).astimezone(ZoneInfo("Europe/Paris")).date().replace(day=1)
     computed = "SELECT period_kind, count(*), max(computed_at) FROM kpi_values GROUP BY 1"
     holder = await asyncpg.connect(tsdb)
@@ -292,11 +292,7 @@ async def test_the_service_refreshes_in_a_process_of_its_own_and_stops_it(tsdb: 
     """The service's refresh runs off the ingest event loop: in a child process, which writes the
     current periods, ends when cancelled, and whose death is an error (the supervisor restarts it)."""
     await import_registry_file(tsdb, DEMO)
-    settings = Settings(
-        database={"url": tsdb},  # type: ignore[arg-type]
-        cities=[{"city_id": "demo", "name": "Demo", "timezone": "Europe/Paris"}],  # type: ignore[list-item]
-        kpi_refresh_interval_s=0.2,
-    )
+    settings = demo_refresh_settings(tsdb)
     task = asyncio.create_task(kpi_refresh_process(settings))
     try:
         for _ in range(300):
