@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from itertools import pairwise
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import numpy as np
@@ -75,39 +76,59 @@ def window_segments(start: datetime, end: datetime) -> list[tuple[str, datetime,
     return out
 
 
-# One row per (device, metric, local hour) of the city in [$3, $4), for metrics $2, with the device's
-# expected interval: the hourly rollups where local hours are UTC hours, else the 15-minute rollups
-# grouped by local hour ($5 zone). Devices are joined once, here (a second join outside made the
-# planner underestimate the rows 100x and sort them on disk).
-_HOURS_WHERE = """d.city_id = $1
-    AND r.metric_id IN (SELECT metric_id FROM metrics WHERE name = ANY($2::text[]))
-    AND r.bucket >= $3 AND r.bucket < $4"""
-HOURS_FROM_1H = f"""SELECT r.device_key, r.metric_id, r.bucket, r.n, r.sum, r.energy, d.expected_interval_s
-    FROM rollup_1h r JOIN devices d ON d.device_key = r.device_key
-    WHERE {_HOURS_WHERE} AND $5::text IS NOT NULL"""
-HOURS_FROM_15M = f"""SELECT r.device_key, r.metric_id,
-           date_trunc('hour', r.bucket AT TIME ZONE $5::text) AT TIME ZONE $5::text AS bucket,
-           sum(r.n)::int8 AS n, sum(r.sum) AS sum, sum(r.energy) AS energy, d.expected_interval_s
-    FROM rollup_15m r JOIN devices d ON d.device_key = r.device_key
-    WHERE {_HOURS_WHERE} GROUP BY 1, 2, 3, d.expected_interval_s"""
-# An hourly value needs 75 % of the hour's expected readings (Directive 2008/50/EC, Annex VII):
-# one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown) needs one.
-VALID_HOUR = "h.n >= ceil(0.75 * 3600.0 / least(coalesce(h.expected_interval_s, 3600.0), 3600.0))"
-# Expected slots (one per expected interval) holding a reading, from the hourly (or 15-minute)
-# rollups of bucket length {secs}: for intervals of a bucket or more the distinct slots of the
-# buckets with readings; below, per bucket at most its number of slots (near-duplicate readings
-# fill no extra slot).
-FILLED_SLOTS = """
-SELECT u.device_key, u.metric, {filled}::int8 AS filled
-FROM unnest($1::int4[], $2::text[], $3::float8[]) AS u(device_key, metric, interval_s)
-JOIN metrics m ON m.name = u.metric
-JOIN {table} r ON r.device_key = u.device_key AND r.metric_id = m.metric_id
-WHERE r.bucket >= $4 AND r.bucket < $5 AND r.n > 0
-GROUP BY u.device_key, u.metric
+# Every bucket with readings of the city's metrics $2 (ids, so the planner estimates the rows from
+# the column's statistics: names in a subquery made it expect 100x fewer and probe devices per row)
+# in [$3, $4) of {table} (rollup_1h where local hours are UTC hours, else rollup_15m), with the UTC
+# start of its local hour ($5 zone): the formulas' hours, daily statistics and filled slots are
+# computed from these columns in NumPy (one scan of the window per metric set, no sort or spill in
+# PostgreSQL).
+BUCKETS = """
+SELECT r.device_key::int8, r.metric_id::int8, (extract(epoch FROM r.bucket) * 1000000)::int8,
+       (extract(epoch FROM {hour}) * 1000000)::int8, r.n::int8, r.sum::float8, r.energy::float8,
+       coalesce(d.expected_interval_s, 'NaN')::float8
+FROM {table} r JOIN devices d ON d.device_key = r.device_key
+WHERE d.city_id = $1 AND r.metric_id = ANY($2::int2[])
+  AND r.bucket >= $3 AND r.bucket < $4 AND r.n > 0 AND $5::text IS NOT NULL
 """
-# one query per case, so the common one (readings more often than buckets) sums without sorting
-FILLED_BELOW_BUCKET = "sum(least(r.n, ceil({secs} / u.interval_s)))"
-FILLED_FROM_BUCKET = "count(DISTINCT floor(extract(epoch FROM r.bucket) / u.interval_s))"
+LOCAL_HOUR = "date_trunc('hour', r.bucket AT TIME ZONE $5::text) AT TIME ZONE $5::text"
+# the earliest hour a formula reads before the window: the 24-h running means of the European AQI
+MAX_EXTEND_BEFORE = timedelta(hours=23)
+
+
+def valid_hours(n: npt.NDArray[np.int64], interval_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """An hourly value needs 75 % of the hour's expected readings (Directive 2008/50/EC, Annex VII):
+    one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown: NaN)
+    needs one."""
+    expected = np.minimum(np.where(np.isnan(interval_s), 3600.0, interval_s), 3600.0)
+    with np.errstate(divide="ignore"):
+        return n >= np.ceil(2700.0 / expected)
+
+
+def local_times(
+    instant_us: npt.NDArray[np.int64], zone_name: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(local date ordinal, local hour 0-23, local weekday 0=Monday) of each instant, DST-aware."""
+    zone = ZoneInfo(zone_name)
+    uniq, inverse = np.unique(instant_us, return_inverse=True)
+    ordinal = np.empty(uniq.shape[0], dtype=np.int64)
+    hours = np.empty(uniq.shape[0], dtype=np.int64)
+    wdays = np.empty(uniq.shape[0], dtype=np.int64)
+    for i, u in enumerate(uniq.tolist()):
+        t = (EPOCH + timedelta(microseconds=u)).astimezone(zone)
+        ordinal[i], hours[i], wdays[i] = t.toordinal(), t.hour, t.weekday()
+    inv = inverse.reshape(-1)
+    return ordinal[inv], hours[inv], wdays[inv]
+
+
+def _starts(*keys: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Indices where a run of equal keys starts, in arrays sorted by those keys."""
+    if keys[0].shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.zeros(keys[0].shape[0], dtype=np.bool_)
+    change[0] = True
+    for k in keys:
+        change[1:] |= k[1:] != k[:-1]
+    return np.flatnonzero(change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,41 +224,105 @@ class HourlyColumns:
     so the formulas work on a year of hours without a Python object per hour."""
 
     device_key: npt.NDArray[np.int64]
+    metric_id: npt.NDArray[np.int64]
     metric: npt.NDArray[np.object_]
     bucket_us: npt.NDArray[np.int64]
     n: npt.NDArray[np.int64]
     mean: npt.NDArray[np.float64]
     energy: npt.NDArray[np.float64]
 
-    @classmethod
-    def ordered(
-        cls,
-        device_key: npt.NDArray[np.int64],
-        metric_id: npt.NDArray[np.int64],
-        bucket_us: npt.NDArray[np.int64],
-        n: npt.NDArray[np.int64],
-        mean: npt.NDArray[np.float64],
-        energy: npt.NDArray[np.float64],
-        metric_names: dict[int, str],
-    ) -> HourlyColumns:
-        """Sorted into series (cheaper here than an ORDER BY in the query), metric ids named."""
-        order = np.lexsort((bucket_us, metric_id, device_key))
-        ids = metric_id[order]
-        names = np.array([metric_names.get(i, "") for i in range(int(ids.max(initial=0)) + 1)], dtype=object)
-        return cls(device_key[order], names[ids], bucket_us[order], n[order], mean[order], energy[order])
-
     def __len__(self) -> int:
         return int(self.device_key.shape[0])
 
     def series(self) -> Iterator[tuple[int, str, slice]]:
         """(device_key, metric, rows) of each series, in order."""
-        n = len(self)
-        if n == 0:
-            return
-        change = (self.device_key[1:] != self.device_key[:-1]) | (self.metric[1:] != self.metric[:-1])
-        bounds = [0, *(np.flatnonzero(change) + 1).tolist(), n]
+        bounds = [*_starts(self.device_key, self.metric_id).tolist(), len(self)]
         for a, b in pairwise(bounds):
             yield int(self.device_key[a]), str(self.metric[a]), slice(a, b)
+
+
+@dataclass(frozen=True)
+class DailyColumns:
+    """Per (device, metric, local day) of valid hours: mean and max of the hourly means, hours,
+    readings and hours above the metric's hourly limit; ordered by (device, metric id, day)."""
+
+    device_key: npt.NDArray[np.int64]
+    metric: npt.NDArray[np.object_]
+    day_ordinal: npt.NDArray[np.int64]
+    mean: npt.NDArray[np.float64]
+    max_hourly: npt.NDArray[np.float64]
+    hours: npt.NDArray[np.int64]
+    n: npt.NDArray[np.int64]
+    hours_above: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class MetricBuckets:
+    """Every rollup bucket with readings of some metrics from `from_us` to the window's end (`BUCKETS`),
+    as columns: CityData reads them once per metric set and derives hours, daily statistics and
+    filled slots from them."""
+
+    metrics: frozenset[str]
+    from_us: int
+    bucket_s: float  # 3600 (rollup_1h) or 900 (rollup_15m, grouped by local hour)
+    names: npt.NDArray[np.object_]  # metric name by metric id
+    device_key: npt.NDArray[np.int64]
+    metric_id: npt.NDArray[np.int64]
+    bucket_us: npt.NDArray[np.int64]
+    hour_us: npt.NDArray[np.int64]  # the UTC start of the bucket's local hour
+    n: npt.NDArray[np.int64]
+    sum: npt.NDArray[np.float64]
+    energy: npt.NDArray[np.float64]
+    interval_s: npt.NDArray[np.float64]  # the device's expected interval, NaN if none
+
+    def rows(self, metrics: list[str], from_us: int) -> npt.NDArray[np.bool_]:
+        ids = [i for i, name in enumerate(self.names.tolist()) if name in metrics]
+        return (self.bucket_us >= from_us) & np.isin(self.metric_id, ids)
+
+    def hourly(self, metrics: list[str], from_us: int) -> HourlyColumns:
+        """The valid local hours of `metrics` from `from_us`: buckets summed per local hour."""
+        sel = np.flatnonzero(self.rows(metrics, from_us))
+        order = sel[
+            np.lexsort((self.bucket_us[sel], self.hour_us[sel], self.metric_id[sel], self.device_key[sel]))
+        ]
+        dk, mid, hour = self.device_key[order], self.metric_id[order], self.hour_us[order]
+        n, total, energy, interval = (
+            self.n[order],
+            self.sum[order],
+            self.energy[order],
+            self.interval_s[order],
+        )
+        if self.bucket_s < 3600.0 and order.size:
+            first = _starts(dk, mid, hour)
+            n, total, energy = (np.add.reduceat(x, first) for x in (n, total, energy))
+            dk, mid, hour, interval = dk[first], mid[first], hour[first], interval[first]
+        ok = valid_hours(n, interval)
+        return HourlyColumns(
+            dk[ok], mid[ok], self.names[mid[ok]], hour[ok], n[ok], total[ok] / n[ok], energy[ok]
+        )
+
+    def filled_slots(self, series: dict[tuple[int, str], float], from_us: int) -> dict[tuple[int, str], int]:
+        """Expected slots (one per interval, `series` maps (device, metric) to it) holding a reading:
+        for intervals below a bucket, per bucket at most its number of slots (near-duplicate
+        readings fill no extra slot); from a bucket up, the distinct slots of the buckets."""
+        sel = np.flatnonzero(self.bucket_us >= from_us)
+        key = self.device_key[sel] * 65536 + self.metric_id[sel]
+        uniq, inverse = np.unique(key, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        names = self.names.tolist()
+        pairs = [(int(k) // 65536, names[int(k) % 65536]) for k in uniq.tolist()]
+        interval = np.array([series.get(p, np.nan) for p in pairs], dtype=np.float64)[inverse]
+        below = np.flatnonzero((interval > 0) & (interval < self.bucket_s))
+        filled = np.bincount(
+            inverse[below],
+            weights=np.minimum(self.n[sel][below], np.ceil(self.bucket_s / interval[below])),
+            minlength=uniq.shape[0],
+        )
+        above = np.flatnonzero(interval >= self.bucket_s)
+        slot = np.floor(self.bucket_us[sel][above] / 1e6 / interval[above]).astype(np.int64)
+        distinct = np.unique(np.stack([inverse[above], slot]), axis=1)[0]
+        filled += np.bincount(distinct, minlength=uniq.shape[0])
+        return {p: int(f) for p, f in zip(pairs, filled.tolist(), strict=True) if p in series}
 
 
 @dataclass
@@ -249,6 +334,7 @@ class CityData:
     period: Period
     now: datetime
     _devices: dict[int, DeviceInfo] | None = field(default=None, repr=False)
+    _buckets: MetricBuckets | None = field(default=None, repr=False)
 
     @cached_property
     def start(self) -> datetime:
@@ -283,55 +369,78 @@ class CityData:
             }
         return self._devices
 
-    async def hourly(self, metrics: list[str], *, extend_before: timedelta = timedelta(0)) -> HourlyColumns:
-        """Valid hourly rollups (device_key, metric, bucket_us, n, mean, energy) of the city in the
-        window (`VALID_HOUR`), `extend_before` earlier for running means."""
-        columns = await copy_columns(
-            self.conn,
-            f"""SELECT h.device_key::int8, h.metric_id::int8, (extract(epoch FROM h.bucket) * 1000000)::int8,
-                       h.n::int8, (h.sum / h.n)::float8, h.energy::float8
-                FROM ({self._hours_from}) h WHERE {VALID_HOUR}""",
-            self.city_id,
-            metrics,
-            self.start - extend_before,
-            self.end,
-            self.period.tz,
-            kinds="iiiiff",
-        )
-        names = await self.conn.fetch(
+    async def buckets(self, metrics: list[str]) -> MetricBuckets:
+        """The buckets of `metrics` from `MAX_EXTEND_BEFORE` before the window to its end, read once
+        for the last metric set asked and reused while the formula asks for its subsets (only one
+        set is kept: a year of a large city's hours is large)."""
+        kept = self._buckets
+        if kept is not None and kept.metrics.issuperset(metrics):
+            return kept
+        rows = await self.conn.fetch(
             "SELECT metric_id, name FROM metrics WHERE name = ANY($1::text[])", metrics
         )
-        device_key, metric_id, bucket_us, n, mean, energy = columns
-        return HourlyColumns.ordered(
-            device_key, metric_id, bucket_us, n, mean, energy, {r["metric_id"]: r["name"] for r in names}
+        named = {r["metric_id"]: r["name"] for r in rows}
+        names = np.array([named.get(i, "") for i in range(max(named, default=0) + 1)], dtype=object)
+        whole_hours = self.period.whole_hour_zone
+        from_ = self.start - MAX_EXTEND_BEFORE
+        device_key, metric_id, bucket_us, hour_us, n, total, energy, interval = await copy_columns(
+            self.conn,
+            BUCKETS.format(
+                table="rollup_1h" if whole_hours else "rollup_15m",
+                hour="r.bucket" if whole_hours else LOCAL_HOUR,
+            ),
+            self.city_id,
+            list(named),
+            from_,
+            self.end,
+            self.period.tz,
+            kinds="iiiiifff",
         )
+        self._buckets = MetricBuckets(
+            frozenset(metrics),
+            to_us(from_),
+            3600.0 if whole_hours else 900.0,
+            names,
+            device_key,
+            metric_id,
+            bucket_us,
+            hour_us,
+            n,
+            total,
+            energy,
+            interval,
+        )
+        return self._buckets
 
-    @property
-    def _hours_from(self) -> str:
-        return HOURS_FROM_1H if self.period.whole_hour_zone else HOURS_FROM_15M
+    async def hourly(self, metrics: list[str], *, extend_before: timedelta = timedelta(0)) -> HourlyColumns:
+        """Valid hourly rollups (device_key, metric, bucket_us, n, mean, energy) of the city in the
+        window (`valid_hours`), `extend_before` (at most `MAX_EXTEND_BEFORE`) earlier for running means."""
+        if extend_before > MAX_EXTEND_BEFORE:
+            raise ValueError(f"hours are read at most {MAX_EXTEND_BEFORE} before the window")
+        return (await self.buckets(metrics)).hourly(metrics, to_us(self.start - extend_before))
 
     async def daily_linear(
         self, metrics: list[str], hourly_limits: dict[str, float] | None = None
-    ) -> list[asyncpg.Record]:
+    ) -> DailyColumns:
         """Per (device, metric, local day): mean and max of hourly means, hours, readings and the
         number of hours above `hourly_limits[metric]`."""
+        h = await self.hourly(metrics)
+        day = local_times(h.bucket_us, self.period.tz)[0]
+        first = _starts(h.device_key, h.metric_id, day)
+        hours = np.diff(np.append(first, len(h)))
         limits = hourly_limits or {}
-        return await self.conn.fetch(
-            f"""SELECT h.device_key, m.name AS metric, (h.bucket AT TIME ZONE $5)::date AS day,
-                      avg(h.sum / h.n) AS mean, max(h.sum / h.n) AS max_hourly,
-                      count(*) AS hours, sum(h.n) AS n,
-                      count(*) FILTER (WHERE h.sum / h.n > lim.value) AS hours_above
-               FROM ({self._hours_from}) h JOIN metrics m ON m.metric_id = h.metric_id
-               LEFT JOIN unnest($6::text[], $7::float8[]) AS lim(metric, value) ON lim.metric = m.name
-               WHERE {VALID_HOUR}
-               GROUP BY 1, 2, 3""",
-            self.city_id,
-            metrics,
-            self.start,
-            self.end,
-            self.period.tz,
-            list(limits),
-            [float(v) for v in limits.values()],
+        limit = np.array([limits.get(m, np.nan) for m in h.metric.tolist()], dtype=np.float64)
+        if not first.size:  # no hours (reduceat needs an index)
+            return DailyColumns(h.device_key, h.metric, day, h.mean, h.mean, h.n, h.n, h.n)
+        return DailyColumns(
+            h.device_key[first],
+            h.metric[first],
+            day[first],
+            np.add.reduceat(h.mean, first) / hours,
+            np.maximum.reduceat(h.mean, first),
+            hours,
+            np.add.reduceat(h.n, first),
+            np.add.reduceat((h.mean > limit).astype(np.int64), first),
         )
 
     async def series_counts(self, metrics: list[str]) -> dict[tuple[int, str], SeriesCount]:
@@ -388,25 +497,10 @@ class CityData:
             out[key] = SeriesCount(
                 r["device_key"], r["metric"], int(r["n"]), float(interval) if interval else None
             )
-        table, secs = ("rollup_1h", 3600.0) if self.period.whole_hour_zone else ("rollup_15m", 900.0)
-        for filled, series in (
-            (
-                FILLED_BELOW_BUCKET.format(secs=secs),
-                [sc for sc in out.values() if 0 < (sc.interval_s or 0) < secs],
-            ),
-            (FILLED_FROM_BUCKET, [sc for sc in out.values() if (sc.interval_s or 0) >= secs]),
-        ):
-            if not series:
-                continue
-            for r in await self.conn.fetch(
-                FILLED_SLOTS.format(table=table, filled=filled),
-                [sc.device_key for sc in series],
-                [sc.metric for sc in series],
-                [sc.interval_s for sc in series],
-                self.start,
-                self.end,
-            ):
-                out[(r["device_key"], r["metric"])].filled_slots = int(r["filled"])
+        buckets = await self.buckets(metrics)
+        intervals = {key: sc.interval_s for key, sc in out.items() if sc.interval_s}
+        for key, filled in buckets.filled_slots(intervals, to_us(self.start)).items():
+            out[key].filled_slots = filled
         return out
 
     def capture(self, sc: SeriesCount) -> tuple[float, float]:

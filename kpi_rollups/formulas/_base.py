@@ -8,14 +8,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from kpi_rollups.catalog import KpiDefinition
-from kpi_rollups.city_rollups import EPOCH, CityData, SeriesCount
+from kpi_rollups.city_rollups import CityData, SeriesCount, local_times
 from kpi_rollups.periods import Period, local_midnight_utc
 from kpi_rollups.registry import RegistrySnapshot
 from kpi_rollups.values import KpiOptions, KpiResult
@@ -80,25 +79,9 @@ def _coverage(data: CityData, counts: list[SeriesCount]) -> tuple[float, float]:
     return sum(c[0] for c in caps) / len(caps), sum(c[1] for c in caps) / len(caps)
 
 
-def _local_times(
-    bucket_us: npt.NDArray[np.int64], zone_name: str
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(local date ordinal, local hour 0-23, local weekday 0=Monday) of each instant, DST-aware."""
-    zone = ZoneInfo(zone_name)
-    uniq, inverse = np.unique(bucket_us, return_inverse=True)
-    ordinal = np.empty(uniq.shape[0], dtype=np.int64)
-    hours = np.empty(uniq.shape[0], dtype=np.int64)
-    wdays = np.empty(uniq.shape[0], dtype=np.int64)
-    for i, u in enumerate(uniq.tolist()):
-        t = (EPOCH + timedelta(microseconds=u)).astimezone(zone)
-        ordinal[i], hours[i], wdays[i] = t.toordinal(), t.hour, t.weekday()
-    inv = inverse.reshape(-1)
-    return ordinal[inv], hours[inv], wdays[inv]
-
-
 def _local_days(bucket_us: npt.NDArray[np.int64], period: Period) -> npt.NDArray[np.int64]:
     """Index of each instant's local day in the period (-1 outside)."""
-    day = _local_times(bucket_us, period.tz)[0] - period.start.toordinal()
+    day = local_times(bucket_us, period.tz)[0] - period.start.toordinal()
     return np.where((day >= 0) & (day < period.n_days), day, -1)
 
 

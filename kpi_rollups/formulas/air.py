@@ -74,10 +74,11 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
     daily = await data.daily_linear(metrics, limits)
     counts = await data.series_counts(metrics)
     devices = await data.devices()
-    stations = sorted({r["device_key"] for r in daily})
-    s_idx = {dk: i for i, dk in enumerate(stations)}
+    stations = np.unique(daily.device_key).tolist()
     n_s, n_d = len(stations), period.n_days
-    first = period.start.toordinal()
+    row = np.searchsorted(np.array(stations, dtype=np.int64), daily.device_key)
+    day = daily.day_ordinal - period.start.toordinal()
+    inside = (day >= 0) & (day < n_d)
 
     def grid() -> npt.NDArray[np.float64]:
         return np.full((n_s, n_d), np.nan)
@@ -87,14 +88,13 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
     hours = {m: np.zeros((n_s, n_d)) for m in metrics}
     above = {m: np.zeros((n_s, n_d)) for m in metrics}
     n_read = {m: np.zeros(n_s, dtype=np.int64) for m in metrics}
-    for r in daily:
-        d = r["day"].toordinal() - first
-        if not 0 <= d < n_d:
-            continue
-        i, m = s_idx[r["device_key"]], r["metric"]
-        mean[m][i, d], max1h[m][i, d] = r["mean"], r["max_hourly"]
-        hours[m][i, d], above[m][i, d] = r["hours"], r["hours_above"]
-        n_read[m][i] += int(r["n"])
+    for m in metrics:
+        sel = inside & (daily.metric == m)
+        at = (row[sel], day[sel])
+        mean[m][at], max1h[m][at] = daily.mean[sel], daily.max_hourly[sel]
+        hours[m][at], above[m][at] = daily.hours[sel], daily.hours_above[sel]
+        np.add.at(n_read[m], row[sel], daily.n[sel])
+    s_idx = {dk: i for i, dk in enumerate(stations)}
     # a daily value needs `threshold` of the day's elapsed hours (18 of 24 at 75 %)
     min_hours = np.where(
         (eh := _elapsed_hours_per_day(period, data.now)) > 0, np.ceil(ctx.threshold * eh - 1e-9), np.inf

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from kpi_rollups.formulas._base import FormulaContext, _coverage, _finite, _local_times, _Params, formula
+from kpi_rollups.city_rollups import local_times
+from kpi_rollups.formulas._base import FormulaContext, _coverage, _finite, _Params, formula
 from kpi_rollups.values import KpiResult
 from processors.kernels import (
     traffic_hourly,
@@ -63,7 +64,7 @@ async def travel_time_index_kpi(ctx: FormulaContext) -> list[KpiResult]:
         cnt_parts.append(cnt_i)
     g, t = np.concatenate(g_parts), np.concatenate(t_parts)
     sp, cnt = np.concatenate(sp_parts), np.concatenate(cnt_parts)
-    _, hour, wday = _local_times(t, ctx.period.tz)
+    _, hour, wday = local_times(t, ctx.period.tz)
     night = np.isin(hour, p.night_hours)
     peak = np.isin(hour, p.peak_hours) & ((wday < 5) if p.weekdays_only else True)
     night_agg = traffic_hourly(g[night], cnt[night], sp[night], len(sensors))
