@@ -258,12 +258,11 @@ class DailyColumns:
 
 @dataclass(frozen=True)
 class MetricBuckets:
-    """Every rollup bucket with readings of some metrics from `from_us` to the window's end (`BUCKETS`),
-    as columns: CityData reads them once per metric set and derives hours, daily statistics and
-    filled slots from them."""
+    """Every rollup bucket with readings of some metrics from `MAX_EXTEND_BEFORE` before the window
+    to its end (`BUCKETS`), as columns: CityData reads them once per metric set and derives hours,
+    daily statistics and filled slots from them."""
 
     metrics: frozenset[str]
-    from_us: int
     bucket_s: float  # 3600 (rollup_1h) or 900 (rollup_15m, grouped by local hour)
     names: npt.NDArray[np.object_]  # metric name by metric id
     device_key: npt.NDArray[np.int64]
@@ -382,7 +381,6 @@ class CityData:
         named = {r["metric_id"]: r["name"] for r in rows}
         names = np.array([named.get(i, "") for i in range(max(named, default=0) + 1)], dtype=object)
         whole_hours = self.period.whole_hour_zone
-        from_ = self.start - MAX_EXTEND_BEFORE
         device_key, metric_id, bucket_us, hour_us, n, total, energy, interval = await copy_columns(
             self.conn,
             BUCKETS.format(
@@ -391,14 +389,13 @@ class CityData:
             ),
             self.city_id,
             list(named),
-            from_,
+            self.start - MAX_EXTEND_BEFORE,
             self.end,
             self.period.tz,
             kinds="iiiiifff",
         )
         self._buckets = MetricBuckets(
             frozenset(metrics),
-            to_us(from_),
             3600.0 if whole_hours else 900.0,
             names,
             device_key,
