@@ -1,9 +1,11 @@
 """Data access for the KPI formulas: rollups of ONE city over one period window.
 
 Every query joins `devices` and filters `devices.city_id`, so nothing of another city's devices
-can enter a KPI (tenant isolation). Aggregates come from the rollup tables: rollup_1h where local
-hours or days matter, and for whole-window sums a mix of rollup_1d (UTC days fully inside the
-window), rollup_1h and rollup_1m at the edges; meters from the rollups' meter step columns.
+can enter a KPI (tenant isolation). Aggregates come from the rollup tables: where local hours or
+days matter, one binary COPY per metric set of rollup_1h (rollup_15m in zones whose local hours
+are not UTC hours) into NumPy columns (`MetricBuckets`); for whole-window sums a mix of rollup_1d
+(UTC days fully inside the window), rollup_1h and rollup_1m at the edges; meters from the
+rollups' meter step columns.
 """
 
 from __future__ import annotations
@@ -97,11 +99,10 @@ MAX_EXTEND_BEFORE = timedelta(hours=23)
 
 def valid_hours(n: npt.NDArray[np.int64], interval_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
     """An hourly value needs 75 % of the hour's expected readings (Directive 2008/50/EC, Annex VII):
-    one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown: NaN)
-    needs one."""
-    expected = np.minimum(np.where(np.isnan(interval_s), 3600.0, interval_s), 3600.0)
-    with np.errstate(divide="ignore"):
-        return n >= np.ceil(2700.0 / expected)
+    one reading of a 10-second sensor is no hourly mean; a device read hourly (or unknown: NaN, or
+    not above 0, as `series_counts` reads it) needs one."""
+    expected = np.minimum(np.where(interval_s > 0, interval_s, 3600.0), 3600.0)
+    return n >= np.ceil(2700.0 / expected)
 
 
 def local_times(
@@ -202,6 +203,7 @@ async def copy_columns(
 
     await conn.copy_from_query(query, *args, output=keep, format="binary")
     raw = b"".join(chunks)
+    chunks.clear()  # one copy of the rows at a time (a year of a large city's buckets: GBs)
     if raw[:11] != _COPY_SIGNATURE or raw[-2:] != b"\xff\xff":
         raise ValueError("not a PostgreSQL binary COPY stream")
     start = 19 + int.from_bytes(raw[15:19], "big")  # after the header and its extension area
@@ -274,13 +276,14 @@ class MetricBuckets:
     energy: npt.NDArray[np.float64]
     interval_s: npt.NDArray[np.float64]  # the device's expected interval, NaN if none
 
-    def rows(self, metrics: list[str], from_us: int) -> npt.NDArray[np.bool_]:
+    def mask(self, metrics: list[str], from_us: int) -> npt.NDArray[np.bool_]:
+        """The buckets of `metrics` from `from_us`."""
         ids = [i for i, name in enumerate(self.names.tolist()) if name in metrics]
         return (self.bucket_us >= from_us) & np.isin(self.metric_id, ids)
 
     def hourly(self, metrics: list[str], from_us: int) -> HourlyColumns:
         """The valid local hours of `metrics` from `from_us`: buckets summed per local hour."""
-        sel = np.flatnonzero(self.rows(metrics, from_us))
+        sel = np.flatnonzero(self.mask(metrics, from_us))
         order = sel[
             np.lexsort((self.bucket_us[sel], self.hour_us[sel], self.metric_id[sel], self.device_key[sel]))
         ]
@@ -333,7 +336,7 @@ class CityData:
     period: Period
     now: datetime
     _devices: dict[int, DeviceInfo] | None = field(default=None, repr=False)
-    _buckets: MetricBuckets | None = field(default=None, repr=False)
+    _buckets: MetricBuckets | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def start(self) -> datetime:
@@ -371,7 +374,8 @@ class CityData:
     async def buckets(self, metrics: list[str]) -> MetricBuckets:
         """The buckets of `metrics` from `MAX_EXTEND_BEFORE` before the window to its end, read once
         for the last metric set asked and reused while the formula asks for its subsets (only one
-        set is kept: a year of a large city's hours is large)."""
+        set is kept: a year of a large city's hours is large). The 23 h before are read even when
+        no running mean needs them: one read per set; a day refresh reads about twice its rows."""
         kept = self._buckets
         if kept is not None and kept.metrics.issuperset(metrics):
             return kept
@@ -410,7 +414,7 @@ class CityData:
         return self._buckets
 
     async def hourly(self, metrics: list[str], *, extend_before: timedelta = timedelta(0)) -> HourlyColumns:
-        """Valid hourly rollups (device_key, metric, bucket_us, n, mean, energy) of the city in the
+        """Valid hourly rollups (device_key, metric_id, metric, bucket_us, n, mean, energy) of the city in the
         window (`valid_hours`), `extend_before` (at most `MAX_EXTEND_BEFORE`) earlier for running means."""
         if extend_before > MAX_EXTEND_BEFORE:
             raise ValueError(f"hours are read at most {MAX_EXTEND_BEFORE} before the window")
@@ -426,9 +430,11 @@ class CityData:
         first = _starts(h.device_key, h.metric_id, day)
         hours = np.diff(np.append(first, len(h)))
         limits = hourly_limits or {}
-        limit = np.array([limits.get(m, np.nan) for m in h.metric.tolist()], dtype=np.float64)
+        names = (await self.buckets(metrics)).names.tolist()
+        limit = np.array([limits.get(name, np.nan) for name in names], dtype=np.float64)[h.metric_id]
         if not first.size:  # no hours (reduceat needs an index)
-            return DailyColumns(h.device_key, h.metric, day, h.mean, h.mean, h.n, h.n, h.n)
+            none, nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+            return DailyColumns(none, h.metric, none, nothing, nothing, none, none, none)
         return DailyColumns(
             h.device_key[first],
             h.metric[first],

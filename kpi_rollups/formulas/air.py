@@ -76,9 +76,9 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
     devices = await data.devices()
     stations = np.unique(daily.device_key).tolist()
     n_s, n_d = len(stations), period.n_days
-    row = np.searchsorted(np.array(stations, dtype=np.int64), daily.device_key)
-    day = daily.day_ordinal - period.start.toordinal()
-    inside = (day >= 0) & (day < n_d)
+    st_row = np.searchsorted(np.array(stations, dtype=np.int64), daily.device_key)
+    day_idx = daily.day_ordinal - period.start.toordinal()
+    inside = (day_idx >= 0) & (day_idx < n_d)
 
     def grid() -> npt.NDArray[np.float64]:
         return np.full((n_s, n_d), np.nan)
@@ -90,10 +90,10 @@ async def air_pollution(ctx: FormulaContext) -> list[KpiResult]:
     n_read = {m: np.zeros(n_s, dtype=np.int64) for m in metrics}
     for m in metrics:
         sel = inside & (daily.metric == m)
-        at = (row[sel], day[sel])
+        at = (st_row[sel], day_idx[sel])
         mean[m][at], max1h[m][at] = daily.mean[sel], daily.max_hourly[sel]
         hours[m][at], above[m][at] = daily.hours[sel], daily.hours_above[sel]
-        np.add.at(n_read[m], row[sel], daily.n[sel])
+        np.add.at(n_read[m], st_row[sel], daily.n[sel])
     s_idx = {dk: i for i, dk in enumerate(stations)}
     # a daily value needs `threshold` of the day's elapsed hours (18 of 24 at 75 %)
     min_hours = np.where(

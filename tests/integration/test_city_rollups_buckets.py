@@ -122,6 +122,15 @@ async def test_hours_daily_statistics_and_filled_slots_equal_their_sql_definitio
         assert got.n.tolist() == [r[4] for r in ref]
         np.testing.assert_allclose(got.mean, [r[5] for r in ref], rtol=1e-12)
         np.testing.assert_allclose(got.energy, [r[6] for r in ref], rtol=1e-12)
+        # a subset with the longest extension, from the same read
+        ref_no2 = await conn.fetch(
+            HOURLY.format(hours=hours_sql, valid=VALID_HOUR), "c", ["no2"], data.start - timedelta(hours=23),
+            data.end, tz,
+        )  # fmt: skip
+        no2 = await data.hourly(["no2"], extend_before=timedelta(hours=23))
+        assert no2.bucket_us.tolist() == [r[3] for r in ref_no2] and no2.n.tolist() == [r[4] for r in ref_no2]
+        assert no2.bucket_us.min() < got.bucket_us.min()
+        assert len(await data.hourly(["no_such_metric"])) == 0
 
         ref_daily = {
             (r[0], r[1], r[2].toordinal()): tuple(r[3:])
