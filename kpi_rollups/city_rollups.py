@@ -261,8 +261,8 @@ class DailyColumns:
 @dataclass(frozen=True)
 class MetricBuckets:
     """Every rollup bucket with readings of some metrics from `MAX_EXTEND_BEFORE` before the window
-    to its end (`BUCKETS`), as columns: CityData reads them once per metric set and derives hours,
-    daily statistics and filled slots from them."""
+    to its end (`BUCKETS`), as columns sorted by (device, metric id, local hour, bucket): CityData
+    reads them once per metric set and derives hours, daily statistics and filled slots from them."""
 
     metrics: frozenset[str]
     bucket_s: float  # 3600 (rollup_1h) or 900 (rollup_15m, grouped by local hour)
@@ -283,10 +283,7 @@ class MetricBuckets:
 
     def hourly(self, metrics: list[str], from_us: int) -> HourlyColumns:
         """The valid local hours of `metrics` from `from_us`: buckets summed per local hour."""
-        sel = np.flatnonzero(self.mask(metrics, from_us))
-        order = sel[
-            np.lexsort((self.bucket_us[sel], self.hour_us[sel], self.metric_id[sel], self.device_key[sel]))
-        ]
+        order = np.flatnonzero(self.mask(metrics, from_us))  # the buckets are in series order
         dk, mid, hour = self.device_key[order], self.metric_id[order], self.hour_us[order]
         n, total, energy, interval = (
             self.n[order],
@@ -398,18 +395,19 @@ class CityData:
             self.period.tz,
             kinds="iiiiifff",
         )
+        order = np.lexsort((bucket_us, hour_us, metric_id, device_key))  # once, not per hourly() call
         self._buckets = MetricBuckets(
             frozenset(metrics),
             3600.0 if whole_hours else 900.0,
             names,
-            device_key,
-            metric_id,
-            bucket_us,
-            hour_us,
-            n,
-            total,
-            energy,
-            interval,
+            device_key[order],
+            metric_id[order],
+            bucket_us[order],
+            hour_us[order],
+            n[order],
+            total[order],
+            energy[order],
+            interval[order],
         )
         return self._buckets
 
