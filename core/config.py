@@ -256,6 +256,12 @@ class KafkaSettings(BaseModel):
 class WriterSettings(BaseModel):
     batch_max_rows: int = Field(5000, ge=1)
     batch_max_delay_s: float = Field(0.2, gt=0)
+    connections: int = Field(
+        2,
+        ge=1,
+        description="database connections writing batches, each in its own transaction: consecutive batches "
+        "are written at once (acknowledged in order, each after its commit)",
+    )
     retry_max_backoff_s: float = Field(30.0, gt=0)
     probe_interval_s: float = Field(
         0.25, gt=0, description="while the database is unreachable it is probed this often; writes resume"

@@ -4,6 +4,9 @@ Sources hand over `Delivery`s (messages acknowledged together) with `submit()`, 
 the pipeline is full: that wait is the backpressure on MQTT (unacked messages stop at the broker's
 in-flight limit) and Kafka (the consumer pauses). A write batch is made of whole deliveries, and a
 delivery is acknowledged only after the batch holding it is committed (see processors.writer).
+With several writers (`writer.connections`), consecutive batches are in transactions at once (the
+service's work on one overlaps the database's on another); acknowledgements still go in batch
+order, each only once its batch and every earlier one committed.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
@@ -94,13 +98,14 @@ class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        writer: TimescaleWriter,
+        writers: TimescaleWriter | Sequence[TimescaleWriter],
         on_write: Callable[[WriteResult], None] | None = None,
         publish_dead_letters: Callable[[list[DeadLetter]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self._publish_dead_letters = publish_dead_letters
-        self.writer = writer
+        self.writers = [writers] if isinstance(writers, TimescaleWriter) else list(writers)
+        self.writer = self.writers[0]  # the Sparkplug sessions and city zones are read through it
         self.validator = Validator(settings.validation)
         self._naive_times_in_city = settings.validation.naive_times == "city"
         self._configured_zones = {c.city_id: c.timezone for c in settings.cities}
@@ -108,6 +113,9 @@ class Pipeline:
         self._on_write = on_write
         self._inbound: asyncio.Queue[Any] = asyncio.Queue(maxsize=32)
         self._to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+        # batches in their transactions, oldest first, with their acks (at most one per writer)
+        self._committing: asyncio.Queue[Any] = asyncio.Queue(maxsize=len(self.writers))
+        self._in_flight: deque[asyncio.Task[WriteResult]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._queued_rows = 0  # decoded, handed to the write loop, not yet written
@@ -130,6 +138,7 @@ class Pipeline:
         self._tasks = [
             asyncio.create_task(self._decode_loop(), name="citykpi-decode"),
             asyncio.create_task(self._write_loop(), name="citykpi-write"),
+            asyncio.create_task(self._ack_loop(), name="citykpi-ack"),
         ]
 
     async def submit(self, delivery: Delivery) -> None:
@@ -143,15 +152,15 @@ class Pipeline:
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
-        """The decode and write loops, for the service's supervisor."""
+        """The decode, write and acknowledgement loops, for the service's supervisor."""
         return self._tasks
 
     async def abort(self) -> None:
         """Stop at once: what is not committed stays unacknowledged (the drain deadline passed)."""
         self._closed = True
-        for t in self._tasks:
+        for t in [*self._tasks, *self._in_flight]:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._in_flight, return_exceptions=True)
 
     async def drain_and_stop(self) -> None:
         """Write and acknowledge everything already submitted, then stop."""
@@ -343,12 +352,38 @@ class Pipeline:
 
     # -- writing --------------------------------------------------------------------------
     async def _write_loop(self) -> None:
+        """Each batch onto the writers in turn, each writer one transaction at a time: batch i waits
+        for batch i - len(writers) (on the same writer) to finish. A batch carrying Sparkplug
+        sessions waits for every earlier batch, so session rows are stored in the order they changed."""
+        writers, in_flight = self.writers, self._in_flight
+        turn = 0
+        try:
+            while True:
+                item = await self._to_write.get()
+                if item is _STOP:
+                    return
+                batch, acks = item
+                if len(in_flight) == len(writers):
+                    await asyncio.wait([in_flight[0]])
+                if batch.sparkplug_sessions and in_flight:
+                    await asyncio.wait(in_flight)
+                while in_flight and in_flight[0].done():
+                    in_flight.popleft()
+                task = asyncio.create_task(writers[turn].write(batch), name="citykpi-write-batch")
+                turn = (turn + 1) % len(writers)
+                in_flight.append(task)
+                await self._committing.put((task, batch, acks))
+        finally:
+            await self._committing.put(_STOP)
+
+    async def _ack_loop(self) -> None:
+        """Acknowledge the batches in order, each once it is committed (and so is every earlier one)."""
         while True:
-            item = await self._to_write.get()
+            item = await self._committing.get()
             if item is _STOP:
                 return
-            batch, acks = item
-            result = await self.writer.write(batch)
+            task, batch, acks = item
+            result = await task
             if self._publish_dead_letters is not None and batch.dead_letters:
                 await self._publish_dead_letters(batch.dead_letters)
             for ack in acks:

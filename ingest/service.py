@@ -35,25 +35,29 @@ log = logging.getLogger(__name__)
 class Service:
     def __init__(self, settings: Settings, on_write: Callable[[WriteResult], None] | None = None) -> None:
         self.settings = settings
-        self.writer = TimescaleWriter(
-            settings.database.url.get_secret_value(),
-            unknown_device=settings.validation.unknown_device,
-            registration=RegistrationBudget(
-                settings.validation.max_new_devices_per_message,
-                settings.validation.max_new_devices_per_city_minute,
-            ),
-            max_backoff_s=settings.writer.retry_max_backoff_s,
-            connect_timeout_s=settings.database.connect_timeout_s,
-            command_timeout_s=settings.database.command_timeout_s,
-            probe_interval_s=settings.writer.probe_interval_s,
-            max_attempts=settings.writer.max_attempts,
+        registration = RegistrationBudget(  # one budget, whichever connection registers
+            settings.validation.max_new_devices_per_message,
+            settings.validation.max_new_devices_per_city_minute,
         )
+        self.writers = [
+            TimescaleWriter(
+                settings.database.url.get_secret_value(),
+                unknown_device=settings.validation.unknown_device,
+                registration=registration,
+                max_backoff_s=settings.writer.retry_max_backoff_s,
+                connect_timeout_s=settings.database.connect_timeout_s,
+                command_timeout_s=settings.database.command_timeout_s,
+                probe_interval_s=settings.writer.probe_interval_s,
+                max_attempts=settings.writer.max_attempts,
+            )
+            for _ in range(settings.writer.connections)
+        ]
         self.dead_letter_topic: DeadLetterTopic | None = None
         if settings.kafka.dead_letter_topic:
             self.dead_letter_topic = DeadLetterTopic(settings.kafka, settings.kafka.dead_letter_topic)
         self.pipeline = Pipeline(
             settings,
-            self.writer,
+            self.writers,
             on_write,
             self.dead_letter_topic.publish if self.dead_letter_topic else None,
         )
@@ -89,7 +93,8 @@ class Service:
             self.kafka_workers.spawn()  # they start while this process warms up
         self.warm_up_s = await asyncio.to_thread(warm_up)
         log.info("numba kernels ready in %.2f s", self.warm_up_s)
-        await self.writer.start()
+        for writer in self.writers:
+            await writer.start()
         if self.dead_letter_topic is not None:
             await self.dead_letter_topic.start()
         await self.pipeline.start()
@@ -136,31 +141,36 @@ class Service:
     async def _monitor(self) -> None:
         """Every second: each source's gauges, and whether its background work is still alive."""
         while True:
-            telemetry.WRITE_BLOCKED_SECONDS.set(self.writer.blocked_s)
+            telemetry.WRITE_BLOCKED_SECONDS.set(self.write_blocked_s)
             for s in self.sources:
                 await s.report()
                 if (why := s.failure()) is not None:
                     self.supervisor.fail(f"{s.name} source: {why}")
             await asyncio.sleep(1)
 
+    @property
+    def write_blocked_s(self) -> float:
+        """How long the longest-waiting write has gone without a commit (0 when none waits)."""
+        return max(w.blocked_s for w in self.writers)
+
     def ready(self) -> bool:
         """Started, not failed, database connected and no write waiting too long, a source connected."""
         return (
             self._started
             and self.failure is None
-            and self.writer.connected
-            and self.writer.blocked_s < self.settings.writer.unready_after_s
+            and all(w.connected for w in self.writers)
+            and self.write_blocked_s < self.settings.writer.unready_after_s
             and any(s.connected for s in self.sources)
         )
 
     def healthy(self) -> bool:
         """Alive: not failed, and the write loop is not stuck (the liveness probe restarts it if so)."""
-        return self.failure is None and self.writer.blocked_s < self.settings.writer.stalled_after_s
+        return self.failure is None and self.write_blocked_s < self.settings.writer.stalled_after_s
 
     def _why_unhealthy(self) -> str | None:
         if self.healthy():
             return None
-        return self.failure or f"no commit for {self.writer.blocked_s:.0f} s"
+        return self.failure or f"no commit for {self.write_blocked_s:.0f} s"
 
     def held_messages(self) -> int:
         return sum(s.held_messages for s in self.sources)
@@ -203,7 +213,7 @@ class Service:
             log.info(
                 "draining: %d messages held, writer waiting %.0f s",
                 self.held_messages(),
-                self.writer.blocked_s,
+                self.write_blocked_s,
             )
             await asyncio.sleep(5)
 
@@ -214,7 +224,7 @@ class Service:
 
     async def _close(self) -> None:
         """Disconnect everything; each step runs even if one before it fails."""
-        closers = [s.close for s in self.sources] + [self.writer.stop]
+        closers = [s.close for s in self.sources] + [w.stop for w in self.writers]
         if self.kafka_workers is not None:
             closers.insert(0, self.kafka_workers.stop)
         if self.dead_letter_topic is not None:

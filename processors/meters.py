@@ -205,9 +205,10 @@ async def meter_steps_of_batch(
     keys: npt.NDArray[np.int64],
     cumulative_metric_ids: frozenset[int],
 ) -> BatchMeterSteps | None:
-    """Step the batch's new cumulative readings from each meter's stored state (locked), or re-read
-    the meter from one UTC day before its earliest new reading when that is not later than the
-    last one folded in (a late reading) or it has no state; save the new state."""
+    """Step the batch's new cumulative readings from each meter's stored state, or re-read the meter
+    from one UTC day before its earliest new reading when that is not later than the last one folded
+    in (a late reading) or it has no state; save the new state. Each meter is locked first, so a
+    concurrent writer's transaction on it has committed before its state and readings are read."""
     if not cumulative_metric_ids or len(batch) == 0:
         return None
     is_meter = np.isin(keys & 0xFFFF, np.array(sorted(cumulative_metric_ids), dtype=np.int64))
@@ -221,7 +222,8 @@ async def meter_steps_of_batch(
     dense = dense.reshape(-1)
     first_new = np.full(meters.shape[0], np.iinfo(np.int64).max)
     np.minimum.at(first_new, dense, new_ts)
-    dk, mid = (meters >> 16).tolist(), (meters & 0xFFFF).tolist()
+    dk, mid = (meters >> 16).tolist(), (meters & 0xFFFF).tolist()  # sorted: the lock order
+    await conn.execute(sql.LOCK_METERS, dk, mid)
     specs = {
         (r["device_key"], r["metric_id"]): _spec_of(r["name"], r["spec"])
         for r in await conn.fetch(sql.METER_SPECS, dk, mid)

@@ -9,7 +9,9 @@ Commit order (the one place it is written down):
   2. COMMIT;
   3. only then does the caller acknowledge the messages (MQTT PUBACK, Kafka offset commit).
 A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
-twice, because only rows the insert reports as new reach the rollups.
+twice, because only rows the insert reports as new reach the rollups. Several writers may run step
+1 at once (`writer.connections`, ingest/pipeline.py acknowledges in batch order): the rollup merges
+add up in any order, each meter is locked before it is stepped, and rows are locked in one order.
 
 Retriable errors (connection loss, restart, deadlock…) keep the batch and retry with capped,
 full-jitter exponential backoff (tenacity); while the server is unreachable it is probed every
@@ -575,5 +577,8 @@ class TimescaleWriter:
             np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n),
             np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n),
         )
+        n_rollup = await merge_rollups(conn, batch, keys, self._decibel_ids, self._cumulative_ids)
+        # last: a concurrent writer's batch of the same city and past day waits on its mark until
+        # this transaction commits, so the mark is taken when nothing else is left to do
         await mark_late_days(conn, device_key, batch.ts_us)
-        return await merge_rollups(conn, batch, keys, self._decibel_ids, self._cumulative_ids)
+        return n_rollup

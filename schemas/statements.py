@@ -117,6 +117,7 @@ SELECT DISTINCT d.city_id, (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::dat
 FROM unnest($1::int4[], $2::int8[]) AS u(device_key, t)
 JOIN devices d ON d.device_key = u.device_key JOIN cities c ON c.city_id = d.city_id
 WHERE (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date < (now() AT TIME ZONE c.timezone)::date
+ORDER BY 1, 2  -- concurrent writers upsert in one order (no deadlock)
 ON CONFLICT (city_id, day) DO UPDATE SET marked_at = now()
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 
@@ -186,6 +187,14 @@ SELECT u.device_key, u.metric_id, m.name, jsonb_build_object(
            'phases', d.metadata->'phases', 'noise_tolerance', d.metadata->'noise_tolerance')::text AS spec
 FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
 JOIN devices d ON d.device_key = u.device_key JOIN metrics m ON m.metric_id = u.metric_id
+"""
+# Each meter of the batch, locked until the transaction ends (sorted by the caller, so concurrent
+# writers lock in one order): a meter without stored state has no row to lock, and a writer that
+# stepped it from readings another transaction has not committed yet would count a step twice.
+# Keys below -2^48, apart from the KPI refresh's hashtext keys and the migration's.
+LOCK_METERS = """
+SELECT count(pg_advisory_xact_lock(-281474976710656 - ((u.device_key::int8 << 16) | u.metric_id)))
+FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
 """
 LOCK_METER_STATE = """
 SELECT s.device_key, s.metric_id, s.last_us, s.ref_us, s.ref_value, s.prev_value, s.pending_us,

@@ -228,7 +228,7 @@ async def test_a_failed_start_undoes_what_it_started(tsdb: str, mosquitto: Priva
     mqtt = service.sources[0]
     assert not mqtt.alive  # type: ignore[attr-defined]  # paho's network thread ended
     assert all(t.done() for t in service.pipeline.tasks)
-    assert not service.writer.connected
+    assert not any(w.connected for w in service.writers)
     assert get_or_none(port, "/healthz") is None  # the HTTP server is closed
 
 
