@@ -1,15 +1,16 @@
 """The TimescaleDB writer: one transaction per batch, idempotent, rollups included.
 
 Commit order (the one place it is written down):
-  1. in one transaction: record the ingest batch, COPY readings into a staging table,
-     INSERT … ON CONFLICT DO NOTHING RETURNING the new rows, merge their partial aggregates and
+  1. in one transaction: record the ingest batch, COPY readings into a staging table (binary,
+     built by NumPy), INSERT … ON CONFLICT DO NOTHING (when it stores fewer rows than staged, ask
+     which ones this batch stored), merge the new rows' partial aggregates and
      meter steps (processors/meters.py) into the rollup tables, mark the past local days they
      reach for a KPI recompute (processors/late.py), store dead letters (rejects and same-key
      conflicts) and the Sparkplug B sessions the batch's messages changed (aliases, seq, online);
   2. COMMIT;
   3. only then does the caller acknowledge the messages (MQTT PUBACK, Kafka offset commit).
 A crash before 3 redelivers the messages; step 1 then stores nothing twice and aggregates nothing
-twice, because only rows the insert reports as new reach the rollups. Several writers may run step
+twice, because only rows this batch stored reach the rollups. Several writers may run step
 1 at once (`writer.connections`, ingest/pipeline.py acknowledges in batch order): the rollup merges
 add up in any order, each meter is locked before it is stepped, and rows are locked in one order.
 
@@ -25,17 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import numpy as np
+import numpy.typing as npt
 import tenacity
 
 from core import telemetry
@@ -43,7 +46,7 @@ from processors import errors
 from processors.batch import ReadingBatch
 from processors.late import mark_late_days
 from processors.registration import RegistrationBudget
-from processors.rollups import merge_rollups, series_of
+from processors.rollups import binary_copy, merge_rollups, series_of
 from schemas import statements as sql
 from schemas.metrics import METRICS
 from schemas.sparkplug import SessionKey, SessionRow
@@ -226,6 +229,39 @@ class WriteBatch:
             origins=self.origins,
             position=self.position,
         )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+PG_EPOCH_US = 946_684_800_000_000  # PostgreSQL's binary timestamptz counts µs from 2000-01-01 UTC
+STAGING_TYPES = (">i8", ">i4", ">i2", ">f8", ">i2")  # staging_readings' columns, binary COPY
+
+
+@dataclass(frozen=True, slots=True)
+class StagedReadings:
+    """A batch's readings of known devices as columns (times in epoch µs), with the batch row each
+    came from: COPYed into staging_readings in binary, built by NumPy, and handed to the rollups as
+    they are when the insert stores them all (no rows sent back)."""
+
+    row: npt.NDArray[np.int64]
+    device_key: npt.NDArray[np.int64]
+    metric_id: npt.NDArray[np.int64]
+    ts_us: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    flags: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.row.shape[0])
+
+    def copy_stream(self) -> bytes:
+        columns: list[npt.NDArray[np.generic]] = [
+            self.ts_us - PG_EPOCH_US,
+            self.device_key,
+            self.metric_id,
+            self.value,
+            self.flags,
+        ]
+        return binary_copy(columns, STAGING_TYPES)
 
 
 @dataclass
@@ -466,20 +502,24 @@ class TimescaleWriter:
         try:
             conn = await self._connect()
             device_keys = await self._device_keys(conn, batch)
-            records, rows, dead = self._records(batch, device_keys)
+            staged, dead = self._staged(batch, device_keys)
             async with conn.transaction():
                 position = json.dumps(escaped_json(batch.position))
                 batch_id = await conn.fetchval(sql.INSERT_INGEST_BATCH, batch.source, position, len(batch))
-                new_rows: list[asyncpg.Record] = []
-                if records:
-                    await conn.copy_records_to_table(
-                        "staging_readings", records=records, columns=sql.STAGING_READINGS_COLUMNS
+                new = staged
+                if len(staged):
+                    await conn.copy_to_table(
+                        "staging_readings",
+                        source=io.BytesIO(staged.copy_stream()),
+                        columns=sql.STAGING_READINGS_COLUMNS,
+                        format="binary",
                     )
-                    new_rows = await conn.fetch(sql.INSERT_NEW_READINGS, batch_id)
-                    if len(new_rows) < len(records):
-                        dead.extend(await self._conflicts(conn, batch, records, rows))
+                    status = await conn.execute(sql.INSERT_NEW_READINGS, batch_id)
+                    if int(status.rsplit(" ", 1)[1]) < len(staged):  # replays: find what was new
+                        new = await self._stored_by(conn, batch_id)
+                        dead.extend(await self._conflicts(conn, batch, staged))
                 t_rollup = time.perf_counter()
-                n_rollup = await self._merge_rollups(conn, new_rows)
+                n_rollup = await self._merge_rollups(conn, new)
                 t_rollup = time.perf_counter() - t_rollup
                 if dead:
                     await conn.copy_records_to_table(
@@ -488,40 +528,62 @@ class TimescaleWriter:
                 if batch.sparkplug_sessions:
                     sessions = [r.record() for r in batch.sparkplug_sessions.values()]
                     await conn.executemany(sql.UPSERT_SPARKPLUG_SESSION, sessions)
-                await conn.execute(sql.UPDATE_INGEST_BATCH, batch_id, len(new_rows))
+                await conn.execute(sql.UPDATE_INGEST_BATCH, batch_id, len(new))
         except (errors.RetriableWriteError, errors.PermanentWriteError):
             raise
         except Exception as e:  # classify by SQLSTATE: retriable or permanent
             raise errors.classify(e) from e
         return WriteResult(
             len(batch),
-            len(new_rows),
-            len(records) - len(new_rows),
+            len(new),
+            len(staged) - len(new),
             len(dead),
             n_rollup,
             time.perf_counter() - t0,
             t_rollup,
         )
 
-    def _records(
+    def _staged(
         self, batch: WriteBatch, device_keys: dict[tuple[str, str], int]
-    ) -> tuple[list[tuple[object, ...]], list[int], list[DeadLetter]]:
-        """Staging records, the batch row of each, and the dead letters so far."""
-        records: list[tuple[object, ...]] = []
-        rows: list[int] = []
+    ) -> tuple[StagedReadings, list[DeadLetter]]:
+        """The readings of known devices as columns, and the dead letters so far (unknown ones)."""
         dead = list(batch.dead_letters)
-        metric_ids = self._metric_ids
-        for row, (city, device, metric, t, value, flags) in enumerate(
-            zip(batch.city, batch.device, batch.metric, batch.time, batch.value, batch.flags, strict=True)
-        ):
-            key = device_keys.get((city, device))
-            if key is None:
-                reason = "unknown_city" if city not in self._cities else "unknown_device"
-                dead.append(batch.dead_letter(row, reason, f"{metric}={value} at {t.isoformat()}"))
-                continue
-            records.append((t, key, metric_ids[metric], value, flags))
-            rows.append(row)
-        return records, rows, dead
+        keys = [device_keys.get(k) for k in zip(batch.city, batch.device, strict=True)]
+        rows = [i for i, k in enumerate(keys) if k is not None]
+        if len(rows) < len(keys):
+            for row, key in enumerate(keys):
+                if key is None:
+                    city, metric, value, t = (
+                        batch.city[row],
+                        batch.metric[row],
+                        batch.value[row],
+                        batch.time[row],
+                    )
+                    reason = "unknown_city" if city not in self._cities else "unknown_device"
+                    dead.append(batch.dead_letter(row, reason, f"{metric}={value} at {t.isoformat()}"))
+        n, metric_ids = len(rows), self._metric_ids
+        return StagedReadings(
+            np.array(rows, dtype=np.int64),
+            np.fromiter((keys[i] for i in rows), np.int64, n),
+            np.fromiter((metric_ids[batch.metric[i]] for i in rows), np.int64, n),
+            np.fromiter(((batch.time[i] - EPOCH) // ONE_US for i in rows), np.int64, n),
+            np.fromiter((batch.value[i] for i in rows), np.float64, n),
+            np.fromiter((batch.flags[i] for i in rows), np.int64, n),
+        ), dead
+
+    @staticmethod
+    async def _stored_by(conn: asyncpg.Connection, batch_id: int) -> StagedReadings:
+        """The staged readings this transaction's insert stored (some were stored before)."""
+        got = await conn.fetch(sql.NEW_READINGS_OF_BATCH, batch_id)
+        n = len(got)
+        return StagedReadings(
+            np.full(n, -1, dtype=np.int64),  # not needed: conflicts are looked up in what was staged
+            np.fromiter((r[0] for r in got), np.int64, n),
+            np.fromiter((r[1] for r in got), np.int64, n),
+            np.fromiter((r[2] for r in got), np.int64, n),
+            np.fromiter((r[3] for r in got), np.float64, n),
+            np.zeros(n, dtype=np.int64),
+        )
 
     async def _device_keys(self, conn: asyncpg.Connection, batch: WriteBatch) -> dict[tuple[str, str], int]:
         cache = self._devices
@@ -549,36 +611,39 @@ class TimescaleWriter:
         return cache
 
     async def _conflicts(
-        self, conn: asyncpg.Connection, batch: WriteBatch, records: list[tuple[object, ...]], rows: list[int]
+        self, conn: asyncpg.Connection, batch: WriteBatch, staged: StagedReadings
     ) -> list[DeadLetter]:
         name = {v: k for k, v in self._metric_ids.items()}
-        row_of = {(r[1], r[2], r[0], r[3]): row for r, row in zip(records, rows, strict=True)}
+        row_of = {
+            (dk, m, t, v): row
+            for dk, m, t, v, row in zip(
+                staged.device_key.tolist(),
+                staged.metric_id.tolist(),
+                staged.ts_us.tolist(),
+                staged.value.tolist(),
+                staged.row.tolist(),
+                strict=True,
+            )
+        }
         out = []
         for r in await conn.fetch(sql.CONFLICTING_READINGS):
             detail = (
                 f"{name.get(r['metric_id'])} at {r['time'].isoformat()}: got {r['value']}, "
                 f"kept first stored value {r['stored_value']}"
             )
-            row = row_of[(r["device_key"], r["metric_id"], r["time"], r["value"])]
+            row = row_of[(r["device_key"], r["metric_id"], r["ts_us"], r["value"])]
             out.append(batch.dead_letter(row, "conflicting_duplicate", detail))
             telemetry.CONFLICTING_VALUES.labels(batch.city[row]).inc()
         return out
 
-    async def _merge_rollups(self, conn: asyncpg.Connection, new_rows: list[asyncpg.Record]) -> int:
-        """The newly stored rows, as one columnar batch, into the rollups (and late-day marks)."""
-        if not new_rows:
+    async def _merge_rollups(self, conn: asyncpg.Connection, new: StagedReadings) -> int:
+        """The newly stored readings, as one columnar batch, into the rollups (and late-day marks)."""
+        if not len(new):
             return 0
-        n = len(new_rows)
-        device_key = np.fromiter((r[0] for r in new_rows), dtype=np.int64, count=n)
-        metric_id = np.fromiter((r[1] for r in new_rows), dtype=np.int64, count=n)
-        series, keys = series_of(device_key, metric_id)
-        batch = ReadingBatch.from_columns(
-            series,
-            np.fromiter((r[2] for r in new_rows), dtype=np.int64, count=n),
-            np.fromiter((r[3] for r in new_rows), dtype=np.float64, count=n),
-        )
+        series, keys = series_of(new.device_key, new.metric_id)
+        batch = ReadingBatch.from_columns(series, new.ts_us, new.value)
         n_rollup = await merge_rollups(conn, batch, keys, self._decibel_ids, self._cumulative_ids)
         # last: a concurrent writer's batch of the same city and past day waits on its mark until
         # this transaction commits, so the mark is taken when nothing else is left to do
-        await mark_late_days(conn, device_key, batch.ts_us)
+        await mark_late_days(conn, new.device_key, batch.ts_us)
         return n_rollup

@@ -8,18 +8,27 @@ CREATE TEMP TABLE IF NOT EXISTS staging_readings (
 """
 STAGING_READINGS_COLUMNS = ("time", "device_key", "metric_id", "value", "flags")
 
-# Replays are no-ops: the first stored value wins. RETURNING hands the newly stored rows to the
-# rollup kernels in the same transaction, so each reading is aggregated exactly once.
+# Replays are no-ops: the first stored value wins. When the insert stores every staged row (its
+# status says how many), those rows go to the rollup kernels in the same transaction as the writer
+# staged them; otherwise NEW_READINGS_OF_BATCH finds the ones this batch stored. So each reading is
+# aggregated exactly once.
 INSERT_NEW_READINGS = """
 INSERT INTO readings (time, device_key, metric_id, value, flags, batch_id)
 SELECT time, device_key, metric_id, value, flags, $1 FROM staging_readings
 ON CONFLICT (device_key, metric_id, time) DO NOTHING
-RETURNING device_key, metric_id, (extract(epoch FROM time) * 1000000)::int8 AS ts_us, value
+"""
+# The staged readings stored by batch $1 (once each: a batch may stage one reading twice).
+NEW_READINGS_OF_BATCH = """
+SELECT DISTINCT ON (s.device_key, s.metric_id, s.time)
+       s.device_key::int8, s.metric_id::int8, (extract(epoch FROM s.time) * 1000000)::int8 AS ts_us, s.value
+FROM staging_readings s JOIN readings r USING (device_key, metric_id, time)
+WHERE r.batch_id = $1 AND r.value = s.value
 """
 
 # Staged readings whose key is already stored with another value (same-timestamp collision).
 CONFLICTING_READINGS = """
-SELECT s.device_key, s.metric_id, s.time, s.value, r.value AS stored_value
+SELECT s.device_key, s.metric_id, s.time, (extract(epoch FROM s.time) * 1000000)::int8 AS ts_us, s.value,
+       r.value AS stored_value
 FROM staging_readings s JOIN readings r USING (device_key, metric_id, time)
 WHERE r.value IS DISTINCT FROM s.value
 """

@@ -63,6 +63,29 @@ async def test_replayed_batch_stores_and_aggregates_nothing_twice(any_db: str) -
         await conn.close()
 
 
+async def test_a_partly_replayed_batch_aggregates_each_reading_it_stored_once(any_db: str) -> None:
+    """A batch of 100 readings stored before, 100 new ones, one new reading staged twice (same value)
+    and one new key with two values: it stores 100 + 1 + 1 (the first value wins), dead-letters the
+    second value, and the rollups equal a recomputation from the raw readings. (When the insert
+    stores fewer rows than staged, the writer asks which ones this batch stored.)"""
+    old = [(f"air-{i % 5}", "pm25", T0 + timedelta(seconds=13 * i), float(i)) for i in range(100)]
+    new = [(f"air-{i % 5}", "pm25", T0 + timedelta(hours=2, seconds=13 * i), float(i)) for i in range(100)]
+    twice = ("air-1", "pm25", T0 + timedelta(hours=5), 7.0)
+    clash = [("air-2", "pm25", T0 + timedelta(hours=6), 8.0), ("air-2", "pm25", T0 + timedelta(hours=6), 9.0)]
+    async with TimescaleWriter(any_db) as w:
+        await w.write(batch_of(old))
+        result = await w.write(batch_of(old + new + [twice, twice, *clash]))
+    assert (result.stored, result.duplicates, result.dead_letters) == (102, 102, 1)
+    conn = await asyncpg.connect(any_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 202
+        assert await conn.fetchval("SELECT value FROM readings WHERE time = $1", clash[0][2]) == 8.0
+        for table, width in (("rollup_1m", "1 minute"), ("rollup_1h", "1 hour"), ("rollup_1d", "1 day")):
+            assert await rollup_stored(conn, table) == await rollup_recomputed_from_raw(conn, table, width)
+    finally:
+        await conn.close()
+
+
 async def test_same_key_with_another_value_keeps_the_first_and_dead_letters_the_second(tsdb: str) -> None:
     async with TimescaleWriter(tsdb) as w:
         await w.write(batch_of([("n-1", "laeq", T0, 60.0)]))
