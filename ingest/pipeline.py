@@ -12,6 +12,7 @@ order, each only once its batch and every earlier one committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -79,6 +80,13 @@ class PipelineStats:
 
 
 _STOP = object()
+
+
+def _stop_nowait(queue: asyncio.Queue[Any]) -> None:
+    """Tell the next loop to stop without waiting on it: after a failure or a cancellation it may be
+    gone, and a loop blocked on its full queue would hang `abort()`."""
+    with contextlib.suppress(asyncio.QueueFull):
+        queue.put_nowait(_STOP)
 
 
 def _located(r: Reading) -> str:
@@ -201,8 +209,10 @@ class Pipeline:
                 await self._to_write.put((batch, acks))
                 if stop:
                     break
-        finally:
-            await self._to_write.put(_STOP)
+        except BaseException:
+            _stop_nowait(self._to_write)
+            raise
+        await self._to_write.put(_STOP)
 
     def _zone_of(self, city: str | None) -> tzinfo | None:
         """The zone zone-less payload times of `city` are read in (validation.naive_times = "city"):
@@ -361,7 +371,7 @@ class Pipeline:
             while True:
                 item = await self._to_write.get()
                 if item is _STOP:
-                    return
+                    break
                 batch, acks = item
                 if len(in_flight) == len(writers):
                     await asyncio.wait([in_flight[0]])
@@ -373,8 +383,10 @@ class Pipeline:
                 turn = (turn + 1) % len(writers)
                 in_flight.append(task)
                 await self._committing.put((task, batch, acks))
-        finally:
-            await self._committing.put(_STOP)
+        except BaseException:
+            _stop_nowait(self._committing)
+            raise
+        await self._committing.put(_STOP)
 
     async def _ack_loop(self) -> None:
         """Acknowledge the batches in order, each once it is committed (and so is every earlier one)."""

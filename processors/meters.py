@@ -40,6 +40,7 @@ from processors.kernels import (
 from schemas import statements as sql
 
 DAY_US = 86_400_000_000
+METER_LOCK_BUCKETS = 512  # advisory locks a writer's transaction takes at most for its meters
 VOLTS_PER_PHASE = 230.0
 Q4_OVER_Q3 = 1.25  # ISO 4064-1: overload flow rate / permanent flow rate
 # ISO 4064 permanent flow rate Q3 (m3/h) of the usual meter per nominal diameter (DN, mm).
@@ -222,8 +223,8 @@ async def meter_steps_of_batch(
     dense = dense.reshape(-1)
     first_new = np.full(meters.shape[0], np.iinfo(np.int64).max)
     np.minimum.at(first_new, dense, new_ts)
-    dk, mid = (meters >> 16).tolist(), (meters & 0xFFFF).tolist()  # sorted: the lock order
-    await conn.execute(sql.LOCK_METERS, dk, mid)
+    dk, mid = (meters >> 16).tolist(), (meters & 0xFFFF).tolist()
+    await conn.execute(sql.LOCK_METERS, np.unique(meters % METER_LOCK_BUCKETS).tolist())
     specs = {
         (r["device_key"], r["metric_id"]): _spec_of(r["name"], r["spec"])
         for r in await conn.fetch(sql.METER_SPECS, dk, mid)

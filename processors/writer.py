@@ -515,7 +515,7 @@ class TimescaleWriter:
                         format="binary",
                     )
                     status = await conn.execute(sql.INSERT_NEW_READINGS, batch_id)
-                    if int(status.rsplit(" ", 1)[1]) < len(staged):  # replays: find what was new
+                    if int(status.rsplit(" ", 1)[1]) != len(staged):  # replays: find what was new
                         new = await self._stored_by(conn, batch_id)
                         dead.extend(await self._conflicts(conn, batch, staged))
                 t_rollup = time.perf_counter()

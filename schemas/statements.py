@@ -120,14 +120,16 @@ DELETE_EMPTY_ROLLUP_BUCKETS = (
 DECIBEL_METRICS = "SELECT metric_id FROM metrics WHERE aggregation = 'decibel'"
 
 # Late readings (processors/late.py): the (city, local day) of readings before the city's today.
+# marked_at is the time of the statement, not of its transaction (now()): a mark made later by a
+# concurrent writer must never carry an earlier time, or the refresh would clear it unserved.
 MARK_LATE_DAYS = """
-INSERT INTO kpi_pending_days (city_id, day)
-SELECT DISTINCT d.city_id, (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date
+INSERT INTO kpi_pending_days (city_id, day, marked_at)
+SELECT DISTINCT d.city_id, (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date, clock_timestamp()
 FROM unnest($1::int4[], $2::int8[]) AS u(device_key, t)
 JOIN devices d ON d.device_key = u.device_key JOIN cities c ON c.city_id = d.city_id
 WHERE (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date < (now() AT TIME ZONE c.timezone)::date
 ORDER BY 1, 2  -- concurrent writers upsert in one order (no deadlock)
-ON CONFLICT (city_id, day) DO UPDATE SET marked_at = now()
+ON CONFLICT (city_id, day) DO UPDATE SET marked_at = clock_timestamp()
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])
 
 INSERT_INGEST_BATCH = """
@@ -197,13 +199,13 @@ SELECT u.device_key, u.metric_id, m.name, jsonb_build_object(
 FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
 JOIN devices d ON d.device_key = u.device_key JOIN metrics m ON m.metric_id = u.metric_id
 """
-# Each meter of the batch, locked until the transaction ends (sorted by the caller, so concurrent
-# writers lock in one order): a meter without stored state has no row to lock, and a writer that
-# stepped it from readings another transaction has not committed yet would count a step twice.
+# The batch's meters, locked until the transaction ends: a meter without stored state has no row to
+# lock, and a writer that stepped it from readings another transaction has not committed yet would
+# count a step twice. One lock per bucket of meters (the caller's sorted bucket numbers, so
+# concurrent writers lock in one order): a lock per meter could fill the server's lock table.
 # Keys below -2^48, apart from the KPI refresh's hashtext keys and the migration's.
 LOCK_METERS = """
-SELECT count(pg_advisory_xact_lock(-281474976710656 - ((u.device_key::int8 << 16) | u.metric_id)))
-FROM unnest($1::int4[], $2::int2[]) AS u(device_key, metric_id)
+SELECT count(pg_advisory_xact_lock(-281474976710656 - b)) FROM unnest($1::int8[]) AS b
 """
 LOCK_METER_STATE = """
 SELECT s.device_key, s.metric_id, s.last_us, s.ref_us, s.ref_value, s.prev_value, s.pending_us,

@@ -159,3 +159,81 @@ async def test_two_transactions_stepping_one_new_meter_count_each_step_once(any_
         await second.stop()
         await holder.close()
         await owner.close()
+
+
+async def test_abort_returns_when_the_acknowledgement_loop_has_died(tsdb: str) -> None:
+    """A dead-letter publisher that raises ends the acknowledgement loop after the first committed
+    batch; the write loop goes on until its queue is full (a batch per message: one reading each).
+    abort() still returns (a loop waiting to hand over its stop marker on a full queue would hang
+    it), and nothing is acknowledged."""
+    login = await make_login(tsdb, deployment_of(tsdb).ingest)
+    one_per_batch = {"batch_max_rows": 1, "connections": 2}
+    settings = Settings(database={"url": login}, writer=one_per_batch)  # type: ignore[arg-type]
+    writers = [TimescaleWriter(login), TimescaleWriter(login)]
+    acked: list[int] = []
+
+    async def acknowledge() -> None:
+        acked.append(1)
+
+    async def refuse(dead: object) -> None:
+        raise RuntimeError("the dead-letter topic is down")
+
+    try:
+        for w in writers:
+            await w.start()
+        pipeline = Pipeline(settings, writers, publish_dead_letters=refuse)
+        await pipeline.start()
+        router = Router(settings.mqtt.routes)
+        for i in range(12):  # each a batch: one reading and one dead letter (a text value)
+            pack = [
+                {"bn": "air-1:", "bt": (NOW + timedelta(seconds=i)).timestamp(), "n": "pm25", "v": 5.0},
+                {"n": "pm10", "v": "high"},
+            ]
+            part = Message(json.dumps(pack).encode(), "city/demo/senml/air-1", datetime.now(UTC))
+            await pipeline.submit(Delivery("mqtt", router, [part], acknowledge))
+        ack_loop = pipeline.tasks[2]
+        await asyncio.wait_for(asyncio.wait([ack_loop]), 10)
+        assert isinstance(ack_loop.exception(), RuntimeError)
+        await asyncio.sleep(0.5)  # the write loop fills the queue behind the dead loop
+        await asyncio.wait_for(pipeline.abort(), 10)
+        assert acked == []
+        assert all(t.done() for t in pipeline.tasks)
+    finally:
+        for w in writers:
+            await w.stop()
+
+
+async def test_a_late_day_mark_committed_last_is_never_older_than_one_committed_before(tsdb: str) -> None:
+    """Batch A (late readings of air-1 on a past day) starts first and waits on a locked rollup row;
+    batch B (air-2, same day) starts later and commits first. The refresh serves B's mark and clears
+    marks of that day not newer than it (kpi_rollups/refresh.py); then A commits. A's mark must
+    survive: its readings were not in the recompute. (With the transaction's start time as the mark
+    time, A's mark would be older than B's and be cleared.)"""
+    login = await make_login(tsdb, deployment_of(tsdb).ingest)
+    async with TimescaleWriter(login) as w:  # devices, and air-1's rollup row to lock
+        await w.write(batch_of(("air-1", 1.0), ("air-2", 1.0)))
+    owner = await asyncpg.connect(tsdb)
+    holder = await asyncpg.connect(tsdb)
+    first, second = TimescaleWriter(login), TimescaleWriter(login)
+    try:
+        await owner.execute("DELETE FROM kpi_pending_days")
+        await first.start()
+        await second.start()
+        hold = await hold_rollup_row(holder, "air-1")
+        a = asyncio.create_task(first.write(batch_of(("air-1", 2.0), t=T0 + timedelta(seconds=5))))
+        await waiting_on_a_lock(owner, login, 1)
+        await second.write(batch_of(("air-2", 3.0), t=T0 + timedelta(seconds=5)))
+        (served,) = await owner.fetch("SELECT day, marked_at FROM kpi_pending_days")
+        await hold.rollback()
+        await a
+        await owner.execute(  # what the refresh does once it has recomputed the day
+            "DELETE FROM kpi_pending_days WHERE day = $1 AND marked_at <= $2",
+            served["day"],
+            served["marked_at"],
+        )
+        assert await owner.fetchval("SELECT count(*) FROM kpi_pending_days") == 1
+    finally:
+        await first.stop()
+        await second.stop()
+        await holder.close()
+        await owner.close()
