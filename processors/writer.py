@@ -387,6 +387,12 @@ class TimescaleWriter:
             try:
                 total += await self._write_retrying(piece)
             except errors.PermanentWriteError as e:
+                if piece is batch and len(batch) > 1:  # once a batch: its halves may fail again
+                    log.warning(
+                        "the database refused a batch of %d readings (%s); isolating the rows at fault",
+                        len(batch),
+                        e,
+                    )
                 pending[0:1] = self._isolate(piece, e.sqlstate, str(e))
                 continue
             except errors.RetriableWriteError as e:

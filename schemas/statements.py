@@ -124,10 +124,12 @@ DECIBEL_METRICS = "SELECT metric_id FROM metrics WHERE aggregation = 'decibel'"
 # concurrent writer must never carry an earlier time, or the refresh would clear it unserved.
 MARK_LATE_DAYS = """
 INSERT INTO kpi_pending_days (city_id, day, marked_at)
-SELECT DISTINCT d.city_id, (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date, clock_timestamp()
-FROM unnest($1::int4[], $2::int8[]) AS u(device_key, t)
-JOIN devices d ON d.device_key = u.device_key JOIN cities c ON c.city_id = d.city_id
-WHERE (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date < (now() AT TIME ZONE c.timezone)::date
+SELECT city_id, day, clock_timestamp() FROM (
+    SELECT DISTINCT d.city_id, (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date AS day
+    FROM unnest($1::int4[], $2::int8[]) AS u(device_key, t)
+    JOIN devices d ON d.device_key = u.device_key JOIN cities c ON c.city_id = d.city_id
+    WHERE (({EPOCH} + u.t * {US}) AT TIME ZONE c.timezone)::date < (now() AT TIME ZONE c.timezone)::date
+) late
 ORDER BY 1, 2  -- concurrent writers upsert in one order (no deadlock)
 ON CONFLICT (city_id, day) DO UPDATE SET marked_at = clock_timestamp()
 """.replace("{EPOCH}", EPOCH_PLUS_US[0]).replace("{US}", EPOCH_PLUS_US[1])

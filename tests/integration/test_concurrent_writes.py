@@ -205,10 +205,10 @@ async def test_abort_returns_when_the_acknowledgement_loop_has_died(tsdb: str) -
 
 async def test_a_late_day_mark_committed_last_is_never_older_than_one_committed_before(tsdb: str) -> None:
     """Batch A (late readings of air-1 on a past day) starts first and waits on a locked rollup row;
-    batch B (air-2, same day) starts later and commits first. The refresh serves B's mark and clears
-    marks of that day not newer than it (kpi_rollups/refresh.py); then A commits. A's mark must
-    survive: its readings were not in the recompute. (With the transaction's start time as the mark
-    time, A's mark would be older than B's and be cleared.)"""
+    batch B (air-2 and air-3: one mark of the same day) starts later and commits first. The refresh
+    serves B's mark and clears marks of that day not newer than it (kpi_rollups/refresh.py); then A
+    commits. A's mark must survive: its readings were not in the recompute. (With the transaction's
+    start time as the mark time, A's mark would be older than B's and be cleared.)"""
     login = await make_login(tsdb, deployment_of(tsdb).ingest)
     async with TimescaleWriter(login) as w:  # devices, and air-1's rollup row to lock
         await w.write(batch_of(("air-1", 1.0), ("air-2", 1.0)))
@@ -222,8 +222,12 @@ async def test_a_late_day_mark_committed_last_is_never_older_than_one_committed_
         hold = await hold_rollup_row(holder, "air-1")
         a = asyncio.create_task(first.write(batch_of(("air-1", 2.0), t=T0 + timedelta(seconds=5))))
         await waiting_on_a_lock(owner, login, 1)
-        await second.write(batch_of(("air-2", 3.0), t=T0 + timedelta(seconds=5)))
+        await second.write(batch_of(("air-2", 3.0), ("air-3", 3.0), t=T0 + timedelta(seconds=5)))
         (served,) = await owner.fetch("SELECT day, marked_at FROM kpi_pending_days")
+        # in one transaction: two readings of one late day are one mark, not a refused statement
+        # (which would split the batch into rows, each committed alone)
+        last = "SELECT received, stored FROM ingest_batches ORDER BY batch_id DESC LIMIT 1"
+        assert tuple(await owner.fetchrow(last)) == (2, 2)
         await hold.rollback()
         await a
         await owner.execute(  # what the refresh does once it has recomputed the day
